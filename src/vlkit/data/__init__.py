@@ -1,0 +1,1 @@
+"""Data: tokenizers, image transforms, datasets."""

@@ -1,0 +1,195 @@
+"""open_clip checkpoints (a state dict + open_clip's model config) -> vlkit `CLIP`.
+
+Supports open_clip's built-in ViT and ModifiedResNet towers (`open_clip/model.py`,
+`transformer.py`, `modified_resnet.py`); timm or Hugging Face towers and the custom attention
+blocks have no vlkit equivalent and raise an error naming the option.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlkit.data.preprocess_config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PreprocessConfig
+from vlkit.hub.errors import CheckpointError
+from vlkit.models.clip import CLIPConfig
+from vlkit.models.resnet import ResNetConfig
+from vlkit.models.text import TextConfig
+from vlkit.models.vit import ViTConfig
+
+# Keys that old OpenAI-converted state dicts carry but that are not weights.
+_IGNORED = {"input_resolution", "context_length", "vocab_size", "attn_mask", "visual.attn_mask"}
+
+# open_clip option -> its default; any other value has no vlkit equivalent.
+_UNSUPPORTED_VISION = {
+    "timm_model_name": None, "ls_init_value": None, "attentional_pool": False,
+    "pos_embed_type": "learnable", "pool_type": "tok", "qk_norm": False,
+    "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
+    "scale_attn": False, "scale_fc": False,
+}  # fmt: skip
+_UNSUPPORTED_TEXT = {
+    "hf_model_name": None, "ls_init_value": None, "embed_cls": False, "proj_type": "linear",
+    "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
+    "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
+}  # fmt: skip
+
+_BLOCK_RULES = [
+    (r"resblocks\.(\d+)\.ln_1\.", r"blocks.\1.norm1."),
+    (r"resblocks\.(\d+)\.ln_2\.", r"blocks.\1.norm2."),
+    (r"resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$", r"blocks.\1.attention.qkv.\2"),
+    (r"resblocks\.(\d+)\.attn\.out_proj\.", r"blocks.\1.attention.out_proj."),
+    (r"resblocks\.(\d+)\.mlp\.c_fc\.", r"blocks.\1.mlp.fc1."),
+    (r"resblocks\.(\d+)\.mlp\.c_proj\.", r"blocks.\1.mlp.fc2."),
+]
+_VIT_RULES = [
+    (r"^visual\.conv1\.", "vision.patch_embed."),
+    (r"^visual\.class_embedding$", "vision.class_token"),
+    (r"^visual\.positional_embedding$", "vision.position_embedding"),
+    (r"^visual\.ln_pre\.", "vision.norm_pre."),
+    (r"^visual\.ln_post\.", "vision.norm_post."),
+    (r"^visual\.proj$", "image_projection.weight"),
+    (r"^visual\.transformer\.", "vision.transformer."),
+]
+_TEXT_RULES = [
+    (r"^token_embedding\.", "text.token_embedding."),
+    (r"^positional_embedding$", "text.position_embedding"),
+    (r"^ln_final\.", "text.norm_final."),
+    (r"^text_projection$", "text_projection.weight"),
+    (r"^transformer\.", "text.transformer."),
+]
+# Stored as (in, out) matrices used as x @ proj; nn.Linear keeps (out, in).
+_TRANSPOSED = {"visual.proj", "text_projection"}
+
+
+def _check_supported(section: dict[str, Any], unsupported: dict[str, Any], where: str) -> None:
+    for option, default in unsupported.items():
+        if section.get(option, default) != default:
+            raise CheckpointError(
+                f"open_clip {where} option {option}={section[option]!r} is not supported by vlkit"
+            )
+
+
+def _norm_eps(section: dict[str, Any]) -> float:
+    return float((section.get("norm_kwargs") or {}).get("eps", 1e-5))
+
+
+def config_from_open_clip(
+    model_cfg: dict[str, Any], preprocess_cfg: dict | None = None
+) -> CLIPConfig:
+    """Translates an open_clip model config (`model_configs/*.json` or `open_clip_config.json`'s
+    `model_cfg`) into a CLIPConfig."""
+    vision = dict(model_cfg.get("vision_cfg") or {})
+    text = dict(model_cfg.get("text_cfg") or {})
+    if model_cfg.get("custom_text") and text.get("hf_model_name"):
+        raise CheckpointError("open_clip configs with a Hugging Face text tower are not supported")
+    _check_supported(vision, _UNSUPPORTED_VISION, "vision_cfg")
+    _check_supported(text, _UNSUPPORTED_TEXT, "text_cfg")
+    activation = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
+    embed_dim = int(model_cfg["embed_dim"])
+    image_size = vision.get("image_size", 224)
+    if isinstance(image_size, (list, tuple)):
+        if len(set(image_size)) != 1:
+            raise CheckpointError(f"non-square open_clip image_size {image_size} is not supported")
+        image_size = image_size[0]
+    layers = vision.get("layers", 12)
+    width = int(vision.get("width", 768))
+    head_width = int(vision.get("head_width", 64))
+    if isinstance(layers, (list, tuple)):
+        vision_config = ResNetConfig(
+            image_size=image_size, layers=tuple(layers), width=width,
+            heads=width * 32 // head_width, output_dim=embed_dim,
+        )  # fmt: skip
+    else:
+        vision_config = ViTConfig(
+            image_size=image_size, patch_size=int(vision.get("patch_size", 16)), width=width,
+            layers=int(layers), heads=width // head_width,
+            mlp_dim=int(width * vision.get("mlp_ratio", 4.0)), activation=activation,
+            layer_norm_eps=_norm_eps(vision), pre_norm=not vision.get("no_ln_pre", False),
+        )  # fmt: skip
+    pool_type = text.get("pool_type", "argmax")
+    if pool_type not in ("argmax", "last", "eos"):
+        raise CheckpointError(f"open_clip text pool_type {pool_type!r} is not supported")
+    text_width = int(text.get("width", 512))
+    text_config = TextConfig(
+        vocab_size=int(text.get("vocab_size", 49408)),
+        context_length=int(text.get("context_length", 77)),
+        width=text_width,
+        layers=int(text.get("layers", 12)),
+        heads=int(text.get("heads", 8)),
+        mlp_dim=int(text_width * text.get("mlp_ratio", 4.0)),
+        activation=activation,
+        layer_norm_eps=_norm_eps(text),
+        causal=not text.get("no_causal_mask", False),
+        pooling=pool_type,
+        eos_token_id=int(text.get("eos_id", 49407)),
+        pad_token_id=int(text.get("pad_id", 0)),
+    )
+    preprocess_cfg = preprocess_cfg or {}
+    preprocess = PreprocessConfig(
+        image_size=image_size,
+        resize_mode="squash" if preprocess_cfg.get("resize_mode") == "squash" else "shortest",
+        interpolation=preprocess_cfg.get("interpolation", "bicubic"),
+        mean=tuple(preprocess_cfg.get("mean", OPENAI_CLIP_MEAN)),
+        std=tuple(preprocess_cfg.get("std", OPENAI_CLIP_STD)),
+    )
+    bias = model_cfg.get("init_logit_bias")
+    return CLIPConfig(
+        vision=vision_config,
+        text=text_config,
+        embed_dim=embed_dim,
+        vision_projection=isinstance(vision_config, ViTConfig),
+        text_projection_bias=bool(text.get("proj_bias", False)),
+        init_logit_bias=None if bias is None else float(bias),
+        preprocess=preprocess,
+    )
+
+
+def from_open_clip_state_dict(
+    state: dict[str, torch.Tensor], config: CLIPConfig
+) -> dict[str, torch.Tensor]:
+    """Renames open_clip keys to vlkit keys (dropping a DDP `module.` prefix and non-weights)."""
+    resnet = isinstance(config.vision, ResNetConfig)
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key in _IGNORED:
+            continue
+        if key in _TRANSPOSED:
+            value = value.T
+        if resnet and key.startswith("visual."):
+            new = "vision." + key.removeprefix("visual.")
+        else:
+            new = key
+            for pattern, replacement in _VIT_RULES + _TEXT_RULES:
+                new = re.sub(pattern, replacement, new)
+        for pattern, replacement in _BLOCK_RULES:
+            new = re.sub(pattern, replacement, new)
+        out[new] = value
+    return out
+
+
+def read_open_clip_config(source: str | Path | dict[str, Any]) -> tuple[dict, dict | None]:
+    """Returns (model_cfg, preprocess_cfg) from a dict or JSON file in either of open_clip's
+    layouts: a bare model config, or the hub's `open_clip_config.json` with `model_cfg`."""
+    if isinstance(source, dict):
+        data = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise CheckpointError(f"open_clip config not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"{path} is not valid JSON: {error}") from error
+    if "model_cfg" in data:
+        return data["model_cfg"], data.get("preprocess_cfg")
+    if "embed_dim" not in data:
+        raise CheckpointError("open_clip config needs 'embed_dim' (or a 'model_cfg' section)")
+    return data, None
+
+
+OPEN_CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")

@@ -1,0 +1,104 @@
+"""Reading and writing weight files without executing code from them.
+
+safetensors files are plain tensors; `.bin`/`.pt` pickles are read with
+`torch.load(weights_only=True)`, which refuses anything but tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vlkit.hub.errors import CheckpointError
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Loads a `.safetensors`, `.bin`, `.pt` or `.pth` file, or a sharded `*.index.json`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    if path.name.endswith(".index.json"):
+        index = json.loads(path.read_text())
+        shards = sorted(set(index.get("weight_map", {}).values()))
+        if not shards:
+            raise CheckpointError(f"{path}: no 'weight_map' in the shard index")
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(read_weights(path.parent / shard))
+        return state
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt file, or a pickle that is more than weights
+        raise CheckpointError(f"cannot read weights from {path}: {error}") from error
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]  # a training checkpoint (open_clip's `epoch_N.pt`)
+    if not isinstance(loaded, dict):
+        raise CheckpointError(f"{path} does not hold a state dict (found {type(loaded).__name__})")
+    return {key: value for key, value in loaded.items() if isinstance(value, torch.Tensor)}
+
+
+def find_weights(directory: Path, names: Iterable[str]) -> Path:
+    """The first of `names` that exists in `directory`, or a CheckpointError listing them."""
+    names = list(names)
+    for name in names:
+        if (directory / name).is_file():
+            return directory / name
+    raise CheckpointError(f"no weights in {directory}: looked for {', '.join(names)}")
+
+
+def atomic_write(path: Path, write) -> None:
+    """Calls `write(tmp_path)`, fsyncs, then renames over `path`, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_safetensors(
+    state: dict[str, torch.Tensor], path: Path, metadata: dict | None = None
+) -> None:
+    tensors = {key: value.detach().contiguous().cpu() for key, value in state.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def write_json(data: dict, path: Path) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copies `state` into `model`, raising one error that names every missing, unexpected or
+    mis-shaped key (instead of PyTorch's first-failure traceback)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mis_shaped = [
+        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(state) & set(expected))
+        if state[key].shape != expected[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if mis_shaped:
+        problems.append(f"mis-shaped keys [{'; '.join(mis_shaped)}]")
+    if problems:
+        raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)

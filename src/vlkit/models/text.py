@@ -1,0 +1,124 @@
+"""Text transformer tower of CLIP (Radford et al. 2021, Sec. 2.4) and SigLIP.
+
+CLIP: causal self-attention; the feature of the end-of-text token is the text embedding. Two rules
+locate it in real checkpoints: the first position of `eos_token_id` (Hugging Face configs after
+transformers PR #24773), or `argmax(input_ids)` (OpenAI/open_clip, and HF configs whose
+`eos_token_id` is 2), which works because end-of-text has the largest id in CLIP's vocabulary.
+SigLIP: bidirectional attention and the last position's feature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlkit.layers import Transformer
+from vlkit.models.outputs import TextOutput
+
+
+@dataclass
+class TextConfig:
+    """Shape and variant of a text transformer.
+
+    Attributes:
+        pooling: "eos" (first `eos_token_id`), "argmax" (position of the largest id) or "last".
+        causal: Causal self-attention (CLIP) or bidirectional (SigLIP).
+    """
+
+    vocab_size: int = 49408
+    context_length: int = 77
+    width: int = 512
+    layers: int = 12
+    heads: int = 8
+    mlp_dim: int = 2048
+    activation: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    causal: bool = True
+    pooling: str = "argmax"
+    eos_token_id: int = 49407
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("eos", "argmax", "last"):
+            raise ValueError(
+                f"TextConfig.pooling must be eos, argmax or last, got {self.pooling!r}"
+            )
+
+
+class TextTransformer(nn.Module):
+    """Token ids (B, L) -> `TextOutput(tokens (B, L, D), pooled (B, D))`."""
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.width)
+        self.position_embedding = nn.Parameter(torch.zeros(config.context_length, config.width))
+        self.transformer = Transformer(
+            config.width, config.layers, config.heads, config.mlp_dim, config.activation,
+            config.layer_norm_eps,
+        )  # fmt: skip
+        self.norm_final = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
+        self.init_weights()
+
+    @property
+    def width(self) -> int:
+        return self.config.width
+
+    def init_weights(self) -> None:
+        """Initialisation as in open_clip's `TextTransformer`."""
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.position_embedding, std=0.01)
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        self.transformer.gradient_checkpointing = enabled
+
+    def _attention_mask(
+        self, attention_mask: torch.Tensor | None, length: int, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """Additive (B or 1, 1, L, L) mask combining causality and padding, or None.
+
+        Masked entries get the dtype's most negative finite value rather than -inf, as
+        transformers does, so that a row with every key masked stays finite instead of NaN.
+        """
+        if attention_mask is None:
+            return None  # causal-only runs through SDPA's is_causal fast path
+        minimum = torch.finfo(dtype).min
+        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+        if self.config.causal:
+            causal = torch.ones(length, length, dtype=torch.bool, device=keep.device).tril()
+            keep = keep & causal
+        mask = torch.zeros(keep.shape, dtype=dtype, device=keep.device)
+        return mask.masked_fill(~keep, minimum)
+
+    def pool(self, tokens: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Selects the end-of-text feature (B, D) from tokens (B, L, D)."""
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        if self.config.pooling == "last":
+            return tokens[:, -1]
+        if self.config.pooling == "argmax":
+            return tokens[rows, input_ids.argmax(dim=-1)]
+        is_eos = input_ids == self.config.eos_token_id
+        return tokens[rows, is_eos.int().argmax(dim=-1)]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        return_attention: bool = False,
+    ) -> TextOutput:
+        length = input_ids.shape[-1]
+        if input_ids.ndim != 2 or length > self.config.context_length:
+            raise ValueError(
+                f"expected token ids of shape (B, L) with L <= {self.config.context_length}, "
+                f"got {tuple(input_ids.shape)}"
+            )
+        x = self.token_embedding(input_ids)  # (B, L, D)
+        x = x + self.position_embedding[:length].to(x.dtype)
+        mask = self._attention_mask(attention_mask, length, x.dtype)
+        x, attentions = self.transformer(
+            x, attn_mask=mask, is_causal=self.config.causal, return_attention=return_attention
+        )
+        x = self.norm_final(x)
+        return TextOutput(tokens=x, pooled=self.pool(x, input_ids), attentions=attentions)

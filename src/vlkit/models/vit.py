@@ -1,0 +1,126 @@
+"""Vision Transformer image tower (Dosovitskiy et al. 2021) as used by CLIP and SigLIP.
+
+CLIP (Radford et al. 2021, Sec. 2.4): conv patch embedding without bias, a CLS token, learnable
+positions, an extra LayerNorm before the blocks, pooled = LN(CLS). SigLIP (Zhai et al. 2023):
+biased patch embedding, no CLS token, no pre-norm, LN over all tokens, then a multihead
+attention-pooling head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from vlkit.layers import AttentionPoolingHead, Transformer
+from vlkit.models.outputs import VisionOutput
+
+
+@dataclass
+class ViTConfig:
+    """Shape and variant of a Vision Transformer.
+
+    Attributes:
+        pool: "cls" takes the CLS token (CLIP); "map" uses multihead attention pooling (SigLIP).
+    """
+
+    image_size: int = 224
+    patch_size: int = 32
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_dim: int = 3072
+    activation: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    class_token: bool = True
+    patch_bias: bool = False
+    pre_norm: bool = True
+    pool: str = "cls"
+    num_channels: int = 3
+    type: str = field(default="vit", init=False)
+
+    def __post_init__(self) -> None:
+        if self.pool not in ("cls", "map"):
+            raise ValueError(f"ViTConfig.pool must be 'cls' or 'map', got {self.pool!r}")
+        if self.pool == "cls" and not self.class_token:
+            raise ValueError("ViTConfig.pool='cls' needs class_token=True")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_positions(self) -> int:
+        return self.grid_size**2 + int(self.class_token)
+
+
+class VisionTransformer(nn.Module):
+    """Images (B, C, H, W) -> `VisionOutput(tokens (B, N, D), pooled (B, D))`."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.patch_embed = nn.Conv2d(
+            config.num_channels,
+            width,
+            kernel_size=config.patch_size,
+            stride=config.patch_size,
+            bias=config.patch_bias,
+        )
+        self.class_token = nn.Parameter(torch.zeros(width)) if config.class_token else None
+        self.position_embedding = nn.Parameter(torch.zeros(config.num_positions, width))
+        self.norm_pre = (
+            nn.LayerNorm(width, eps=config.layer_norm_eps) if config.pre_norm else nn.Identity()
+        )
+        self.transformer = Transformer(
+            width, config.layers, config.heads, config.mlp_dim, config.activation,
+            config.layer_norm_eps,
+        )  # fmt: skip
+        self.norm_post = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.attention_pool = (
+            AttentionPoolingHead(
+                width, config.heads, config.mlp_dim, config.activation, config.layer_norm_eps
+            )
+            if config.pool == "map"
+            else None
+        )
+        self.init_weights()
+
+    @property
+    def width(self) -> int:
+        return self.config.width
+
+    def init_weights(self) -> None:
+        """Initialisation as in open_clip's `VisionTransformer` (scaled normal)."""
+        scale = self.config.width**-0.5
+        if self.class_token is not None:
+            nn.init.normal_(self.class_token, std=scale)
+        nn.init.normal_(self.position_embedding, std=scale)
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        self.transformer.gradient_checkpointing = enabled
+
+    def forward(self, images: torch.Tensor, return_attention: bool = False) -> VisionOutput:
+        expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"expected images of shape (B, {', '.join(map(str, expected))}), "
+                f"got {tuple(images.shape)}"
+            )
+        x = self.patch_embed(images.to(self.patch_embed.weight.dtype))  # (B, D, g, g)
+        x = x.flatten(2).transpose(1, 2)  # (B, g*g, D)
+        if self.class_token is not None:
+            cls = self.class_token.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1)  # (B, 1 + g*g, D)
+        x = x + self.position_embedding.to(x.dtype)
+        x = self.norm_pre(x)
+        x, attentions = self.transformer(x, return_attention=return_attention)
+        x = self.norm_post(x)
+        pooled = x[:, 0] if self.attention_pool is None else self.attention_pool(x)
+        return VisionOutput(tokens=x, pooled=pooled, attentions=attentions)
