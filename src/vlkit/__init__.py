@@ -1,9 +1,22 @@
 """vlkit: native multimodal (vision-language) models in PyTorch."""
 
+from vlkit.api import get_tokenizer, get_transform
+from vlkit.hub import CheckpointError, from_pretrained
 from vlkit.models import CLIP, CLIPConfig, SigLIP
 from vlkit.models.clip import create_model
 from vlkit.models.presets import PRESETS
 
 __version__ = "0.1.0"
 
-__all__ = ["CLIP", "CLIPConfig", "PRESETS", "SigLIP", "create_model", "__version__"]
+__all__ = [
+    "CLIP",
+    "CLIPConfig",
+    "CheckpointError",
+    "PRESETS",
+    "SigLIP",
+    "__version__",
+    "create_model",
+    "from_pretrained",
+    "get_tokenizer",
+    "get_transform",
+]

@@ -172,7 +172,8 @@ def config_from_hf(hf: dict[str, Any], source: str) -> CLIPConfig:
         layer_norm_eps=text["layer_norm_eps"],
         causal=not siglip,
         pooling=pooling,
-        eos_token_id=text["eos_token_id"],
+        # Argmax pooling relies on end-of-text being the largest id (49407 in CLIP's vocabulary).
+        eos_token_id=text["vocab_size"] - 1 if pooling == "argmax" else text["eos_token_id"],
         pad_token_id=text["pad_token_id"] if text["pad_token_id"] is not None else 0,
     )
     vision_config = ViTConfig(

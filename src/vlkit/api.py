@@ -1,0 +1,91 @@
+"""The public entry points that accept a preset name, a checkpoint directory or a model.
+
+`get_tokenizer` and `get_transform` answer "what does this model expect?" for anything
+`create_model` or `from_pretrained` accepts, so user code never has to know which format a
+checkpoint came in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vlkit.data.preprocess_config import PreprocessConfig
+from vlkit.hub import VLKIT_CONFIG, CheckpointError, resolve_checkpoint
+from vlkit.hub.hf_clip import config_from_hf
+from vlkit.hub.open_clip import config_from_open_clip, read_open_clip_config
+from vlkit.models.clip import CLIP, CLIPConfig
+from vlkit.models.presets import PRESETS
+
+_TOKENIZER_FILES = ("vocab.json", "spiece.model", "tokenizer.json")
+
+
+def _checkpoint_config(directory: Path) -> CLIPConfig | None:
+    """The CLIPConfig a checkpoint directory describes, or None if it has no model config."""
+    if (directory / VLKIT_CONFIG).is_file():
+        return CLIPConfig.from_json(directory / VLKIT_CONFIG)
+    if (directory / "open_clip_config.json").is_file():
+        return config_from_open_clip(*read_open_clip_config(directory / "open_clip_config.json"))
+    if (directory / "config.json").is_file():
+        return config_from_hf(json.loads((directory / "config.json").read_text()), str(directory))
+    return None
+
+
+def get_tokenizer(name_or_path: str | Path | CLIP, context_length: int | None = None) -> Any:
+    """The tokenizer for a preset name, checkpoint directory, hub id or model.
+
+    CLIP checkpoints without tokenizer files (open_clip directories, vlkit's own format) use the
+    standard CLIP vocabulary shipped with vlkit, with the model's context length.
+    """
+    from vlkit.data import tokenizer as tokenizers
+
+    if isinstance(name_or_path, CLIP):
+        config = name_or_path.config
+        return _tokenizer_for_config(config, context_length, "the given model")
+    name = str(name_or_path)
+    if name in PRESETS:
+        return _tokenizer_for_config(PRESETS[name], context_length, f"preset {name!r}")
+    if name == "clip" or not (Path(name).exists() or name.count("/") == 1):
+        return tokenizers.get_tokenizer(name, context_length=context_length)
+    directory = resolve_checkpoint(name)
+    if directory.is_dir() and not any((directory / f).is_file() for f in _TOKENIZER_FILES):
+        config = _checkpoint_config(directory)
+        if config is not None:
+            return _tokenizer_for_config(config, context_length, str(directory))
+    return tokenizers.get_tokenizer(str(directory), context_length=context_length)
+
+
+def _tokenizer_for_config(config: CLIPConfig, context_length: int | None, source: str) -> Any:
+    from vlkit.data import tokenizer as tokenizers
+
+    if config.model_type != "clip" or config.text.vocab_size != 49408:
+        raise CheckpointError(
+            f"{source}: no tokenizer files, and the model does not use CLIP's 49,408-token "
+            "vocabulary; pass the checkpoint directory that holds its tokenizer"
+        )
+    return tokenizers.get_tokenizer(
+        "clip", context_length=context_length or config.text.context_length
+    )
+
+
+def get_transform(name_or_path: str | Path | CLIP | PreprocessConfig, train: bool = False) -> Any:
+    """The image transform (PIL image -> (3, S, S) tensor) for a preset, checkpoint or model."""
+    from vlkit.data import transforms
+
+    if isinstance(name_or_path, CLIP):
+        return transforms.get_transform(name_or_path.config.preprocess, train=train)
+    if isinstance(name_or_path, PreprocessConfig):
+        return transforms.get_transform(name_or_path, train=train)
+    name = str(name_or_path)
+    if name in PRESETS:
+        return transforms.get_transform(PRESETS[name].preprocess, train=train)
+    directory = resolve_checkpoint(name)
+    if (directory / "preprocessor_config.json").is_file():
+        return transforms.get_transform(directory, train=train)
+    config = _checkpoint_config(directory) if directory.is_dir() else None
+    if config is None:
+        raise CheckpointError(
+            f"{directory}: no preprocessor_config.json and no model config to derive one from"
+        )
+    return transforms.get_transform(config.preprocess, train=train)

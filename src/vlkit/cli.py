@@ -1,0 +1,178 @@
+"""The `vlkit` command line. It parses arguments and calls typed library functions.
+
+    vlkit demo [--out runs/demo]
+    vlkit zeroshot IMAGE... --model PATH --labels "a cat,a dog" [--templates NAME|FILE] [--json]
+    vlkit embed --model PATH (--images DIR | --texts FILE) --out FILE.npy
+
+Bad input (missing or unreadable image, unsupported checkpoint, bad arguments) prints one line
+naming the problem and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class UsageError(ValueError):
+    """Bad command-line input, reported in one line."""
+
+
+def _load(model_path: str):
+    from vlkit.api import get_tokenizer, get_transform
+    from vlkit.hub import from_pretrained
+
+    model = from_pretrained(model_path)
+    return (
+        model,
+        get_tokenizer(model_path, context_length=model.config.text.context_length),
+        (get_transform(model)),
+    )
+
+
+def zeroshot(
+    images: Sequence[str],
+    model_path: str,
+    labels: Sequence[str],
+    templates: str = "none",
+    top: int | None = None,
+) -> list[dict]:
+    """Ranks `labels` for each image. Probabilities: softmax over the labels of the scaled
+    similarities for CLIP; for SigLIP, the per-label sigmoid of its logits (the probability the
+    model was trained to output, as transformers' zero-shot pipeline reports it)."""
+    from vlkit.data.images import load_image
+    from vlkit.evaluation import build_zero_shot_classifier, load_templates
+
+    if not labels:
+        raise UsageError("--labels is empty: give comma-separated class names")
+    model, tokenizer, transform = _load(model_path)
+    classifier = build_zero_shot_classifier(model, tokenizer, labels, load_templates(templates))
+    results = []
+    for path in images:
+        pixels = transform(load_image(path)).unsqueeze(0)
+        with torch.no_grad():
+            image = model.encode_image(pixels, normalize=True).float()
+            logits = model.temperature().float() * image @ classifier.T
+            if model.logit_bias is not None:
+                probs = torch.sigmoid(logits + model.logit_bias.float())[0]
+            else:
+                probs = logits.softmax(dim=-1)[0]
+        order = probs.argsort(descending=True)[:top]
+        ranked = [{"label": labels[i], "probability": round(probs[i].item(), 6)} for i in order]
+        results.append({"image": str(path), "ranking": ranked})
+    return results
+
+
+def embed(
+    model_path: str, out: str, images_dir: str | None = None, texts_file: str | None = None
+) -> np.ndarray:
+    """Writes L2-normalised embeddings (N, D) as .npy and the inputs' names next to it (.json)."""
+    from vlkit.data.images import load_image
+
+    if (images_dir is None) == (texts_file is None):
+        raise UsageError("give exactly one of --images DIR or --texts FILE")
+    model, tokenizer, transform = _load(model_path)
+    chunks, names = [], []
+    with torch.no_grad():
+        if images_dir is not None:
+            directory = Path(images_dir)
+            if not directory.is_dir():
+                raise UsageError(f"--images {directory}: not a directory")
+            names = sorted(
+                str(p) for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not names:
+                raise UsageError(
+                    f"--images {directory}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
+            for start in range(0, len(names), 64):
+                batch = torch.stack([transform(load_image(p)) for p in names[start : start + 64]])
+                chunks.append(model.encode_image(batch, normalize=True))
+        else:
+            path = Path(texts_file)
+            if not path.is_file():
+                raise UsageError(f"--texts {path}: no such file")
+            names = [line for line in path.read_text().splitlines() if line.strip()]
+            if not names:
+                raise UsageError(f"--texts {path}: no non-empty lines")
+            for start in range(0, len(names), 256):
+                chunks.append(
+                    model.encode_text(tokenizer(names[start : start + 256]), normalize=True)
+                )
+    embeddings = torch.cat(chunks).float().numpy()
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out_path, embeddings)
+    out_path.with_suffix(".json").write_text(json.dumps({"inputs": names}, indent=1) + "\n")
+    return embeddings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlkit", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="train a small CLIP on easy-VQA and evaluate it")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--seconds", type=float, default=None, help="training time budget")
+
+    zs = commands.add_parser("zeroshot", help="rank labels for images")
+    zs.add_argument("images", nargs="+")
+    zs.add_argument("--model", required=True, help="checkpoint directory, file or hub id")
+    zs.add_argument("--labels", required=True, help='comma-separated, e.g. "a cat,a dog"')
+    zs.add_argument("--templates", default="none", help="openai-imagenet, cifar, none or a FILE")
+    zs.add_argument("--top", type=int, default=None, help="show only the best N labels")
+    zs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    em = commands.add_parser("embed", help="write image or text embeddings to .npy")
+    em.add_argument("--model", required=True)
+    group = em.add_mutually_exclusive_group(required=True)
+    group.add_argument("--images", help="directory of images")
+    group.add_argument("--texts", help="text file, one text per line")
+    em.add_argument("--out", required=True, help="output .npy file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from vlkit.data.images import ImageLoadError
+    from vlkit.hub import CheckpointError
+
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from vlkit.demo import run_demo
+
+            kwargs = {"out_dir": args.out}
+            if args.seconds is not None:
+                kwargs["seconds_budget"] = args.seconds
+            summary = run_demo(**kwargs)
+            print(json.dumps(summary, indent=2))
+        elif args.command == "zeroshot":
+            labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+            results = zeroshot(args.images, args.model, labels, args.templates, args.top)
+            if args.json:
+                print(json.dumps(results, indent=2))
+            else:
+                for result in results:
+                    print(result["image"])
+                    for item in result["ranking"]:
+                        print(f"  {item['probability']:8.4f}  {item['label']}")
+        elif args.command == "embed":
+            embeddings = embed(args.model, args.out, args.images, args.texts)
+            print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.out}")
+    except (UsageError, ImageLoadError, CheckpointError, FileNotFoundError, ValueError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"vlkit: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Zero-shot classification with prompt ensembles (Radford et al. 2021, Sec. 3.1.4).
+
+Each class's weight vector is the mean of its L2-normalised text embeddings over the templates,
+normalised again (as CLIP's ImageNet notebook and open_clip's `build_zero_shot_classifier` do).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# Names of the template sets shipped in vlkit/assets/templates/.
+TEMPLATE_SETS = ("openai-imagenet", "cifar", "none")
+
+
+def load_templates(name_or_file: str | Path) -> list[str]:
+    """Prompt templates with one `{}` for the class name.
+
+    Args:
+        name_or_file: "openai-imagenet" (CLIP's 80 ImageNet templates), "cifar" (CLIP's 18 CIFAR
+            templates), "none" (the class name alone), or a text file with one template per
+            line (blank lines and lines starting with # are skipped), or a JSON list.
+    """
+    if name_or_file == "none":
+        return ["{}"]
+    if name_or_file in TEMPLATE_SETS:
+        text = (
+            resources.files("vlkit").joinpath(f"assets/templates/{name_or_file}.json").read_text()
+        )
+        return list(json.loads(text)["templates"])
+    path = Path(name_or_file)
+    if not path.is_file():
+        raise ValueError(
+            f"templates {str(name_or_file)!r}: not one of {', '.join(TEMPLATE_SETS)} "
+            "and no such file"
+        )
+    raw = path.read_text()
+    if path.suffix == ".json":
+        data = json.loads(raw)
+        templates = data["templates"] if isinstance(data, dict) else data
+    else:
+        templates = [line.strip() for line in raw.splitlines()]
+        templates = [t for t in templates if t and not t.startswith("#")]
+    bad = [t for t in templates if "{}" not in t and "{c}" not in t]
+    if not templates or bad:
+        raise ValueError(f"{path}: every template needs a '{{}}' placeholder (bad: {bad[:3]})")
+    return [t.replace("{c}", "{}") for t in templates]
+
+
+@torch.no_grad()
+def build_zero_shot_classifier(
+    model: torch.nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Class weight vectors (num_classes, embed_dim), unit length, from classnames x templates."""
+    if not classnames or not templates:
+        raise ValueError("need at least one class name and one template")
+    device = next(model.parameters()).device
+    texts = [template.format(name) for name in classnames for template in templates]
+    embeddings = []
+    for start in range(0, len(texts), batch_size):
+        ids = tokenizer(texts[start : start + batch_size]).to(device)
+        embeddings.append(model.encode_text(ids, normalize=True).float())
+    per_template = torch.cat(embeddings).view(len(classnames), len(templates), -1)
+    return F.normalize(per_template.mean(dim=1), dim=-1)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """top-1, top-5 (NaN with fewer than 5 classes) and mean per-class recall.
+
+    Mean per-class recall averages the recall of the classes present in `labels`, as
+    CLIP_benchmark's `balanced_accuracy_score` does.
+    """
+    num_classes = logits.shape[1]
+    ranked = logits.topk(min(5, num_classes), dim=1).indices
+    correct = ranked == labels[:, None]
+    top1 = correct[:, 0].float().mean().item()
+    top5 = correct.any(dim=1).float().mean().item() if num_classes >= 5 else math.nan
+    recalls = [correct[labels == c, 0].float().mean().item() for c in labels.unique()]
+    return {"top1": top1, "top5": top5, "mean_per_class_recall": sum(recalls) / len(recalls)}
