@@ -39,10 +39,16 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         if self.resize_mode not in ("shortest", "squash"):
-            raise ValueError(f"resize_mode must be 'shortest' or 'squash', got {self.resize_mode!r}")
+            raise ValueError(
+                f"resize_mode must be 'shortest' or 'squash', got {self.resize_mode!r}"
+            )
         if self.interpolation not in ("bicubic", "bilinear"):
-            raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {self.interpolation!r}")
+            raise ValueError(
+                f"interpolation must be 'bicubic' or 'bilinear', got {self.interpolation!r}"
+            )
         if self.crop_rounding not in ("round", "floor"):
-            raise ValueError(f"crop_rounding must be 'round' or 'floor', got {self.crop_rounding!r}")
+            raise ValueError(
+                f"crop_rounding must be 'round' or 'floor', got {self.crop_rounding!r}"
+            )
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)

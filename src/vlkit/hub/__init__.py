@@ -94,7 +94,10 @@ def _load_hf(path: Path) -> CLIP:
     if (path / "preprocessor_config.json").is_file():
         from vlkit.data.transforms import preprocess_config_from_hf
 
-        config.preprocess = preprocess_config_from_hf(path)
+        try:
+            config.preprocess = preprocess_config_from_hf(path)
+        except ValueError as error:
+            raise CheckpointError(f"{path / 'preprocessor_config.json'}: {error}") from error
     model = create_model(config)
     weights = find_weights(path, HF_WEIGHT_FILES)
     state = from_hf_state_dict(read_weights(weights), model, str(weights))

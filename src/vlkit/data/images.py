@@ -1,0 +1,144 @@
+"""Loading image files as RGB PIL images, with errors that name the file.
+
+Colour handling follows transformers' `image_transforms.convert_to_rgb` (the conversion both of
+its CLIP/SigLIP image-processor backends apply): anything with transparency (an alpha band, or
+a palette / RGB image with a `transparency` entry) is alpha-composited onto a white background;
+everything else goes through PIL's `convert("RGB")`. open_clip's `_convert_to_rgb` /
+`MaybeConvertMode` instead call `convert("RGB")` directly, which drops the alpha band and
+keeps whatever colour the transparent pixels store (often black); for opaque images the two
+agree exactly.
+
+High-bit-depth images are the one place where this module deliberately departs from both
+references: PIL's `convert("RGB")` *clips* 16-bit and 32-bit values to 255 instead of scaling
+them, so a 16-bit PNG would come out almost white. Here they are scaled down to 8 bits first
+(see `_to_8bit`).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["ImageLoadError", "load_image", "load_images", "to_rgb"]
+
+# Modes holding integer samples wider than 8 bits, and float samples.
+_WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_FLOAT_MODES = ("F",)
+
+
+class ImageLoadError(ValueError):
+    """An image file is missing, is not an image, or has truncated / corrupt data."""
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Maps a single-band 16/32-bit integer or float image to an 8-bit "L" image.
+
+    The input range is inferred from the mode and, where the mode cannot tell, from the data:
+
+    - "I;16*" (16-bit PNG/TIFF): `value / 257`, so 65535 -> 255.
+    - "I" (32-bit signed; older Pillow opens 16-bit PNGs in this mode): treated as 16-bit when
+      any value exceeds 255, else as already 8-bit.
+    - "F" (32-bit float): treated as [0, 1] when every value is within it, else as [0, 255].
+
+    Values outside the inferred range are clipped.
+    """
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and array.size and array.max() > 255):
+        array = array / 257.0
+    elif image.mode == "F" and array.size and array.min() >= 0.0 and array.max() <= 1.0:
+        array = array * 255.0
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Converts a PIL image of any mode to "RGB".
+
+    Transparency is composited onto white exactly as transformers' `convert_to_rgb` does
+    (transformers/image_transforms.py): a band named "A" or a `transparency` entry in
+    `image.info` triggers `alpha_composite` over an opaque white RGBA background. Grayscale,
+    palette, CMYK, YCbCr and bilevel images use PIL's own `convert("RGB")`. 16-bit, 32-bit
+    integer and float images are first scaled to 8 bits (see `_to_8bit`).
+
+    Args:
+        image: Any PIL image.
+
+    Returns:
+        An "RGB" image (the input itself when it already is one without transparency).
+    """
+    if image.mode == "RGB" and image.info.get("transparency") is None:
+        return image
+    if image.mode in _WIDE_INT_MODES or image.mode in _FLOAT_MODES:
+        image = _to_8bit(image)
+    has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
+    if has_alpha:
+        # Premultiplied modes ("RGBa", "La") convert to straight alpha via "RGBA" first.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Reads an image file into memory as an RGB PIL image.
+
+    The whole file is decoded here (`Image.load()`), so a truncated or corrupt file fails now
+    rather than later inside a data loader. Truncated files are never accepted: this relies on
+    PIL's default `ImageFile.LOAD_TRUNCATED_IMAGES = False`, which this function leaves alone.
+    The EXIF orientation tag is applied (`ImageOps.exif_transpose`), so photos come out the
+    way viewers show them. Colours are converted by `to_rgb`.
+
+    Args:
+        path: The image file.
+
+    Returns:
+        An "RGB" image, not tied to the open file.
+
+    Raises:
+        ImageLoadError: The file does not exist, is not a readable image, or its data is
+            truncated or corrupt. The message is one line and names the file.
+    """
+    name = os.fspath(path)
+    try:
+        with Image.open(name) as opened:
+            opened.load()
+            # exif_transpose returns a new image (a copy when there is nothing to rotate), so
+            # the result no longer refers to the file being closed here.
+            image = ImageOps.exif_transpose(opened)
+        return to_rgb(image)
+    except FileNotFoundError:
+        raise ImageLoadError(f"cannot load image {name}: no such file") from None
+    except IsADirectoryError:
+        raise ImageLoadError(f"cannot load image {name}: it is a directory") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"cannot load image {name}: not a recognised image file") from None
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(f"cannot load image {name}: {_one_line(error)}") from error
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
+        # PIL reports truncated data as OSError("image file is truncated ..."), and corrupt
+        # headers/chunks as SyntaxError, ValueError or struct.error depending on the plugin.
+        raise ImageLoadError(
+            f"cannot load image {name}: truncated or corrupt image data ({_one_line(error)})"
+        ) from error
+
+
+def load_images(paths: Iterable[str | os.PathLike[str]]) -> list[Image.Image]:
+    """Loads several image files with `load_image`.
+
+    Args:
+        paths: Image files, in order.
+
+    Returns:
+        One RGB image per path, in the same order.
+
+    Raises:
+        ImageLoadError: For the first file that cannot be loaded.
+    """
+    return [load_image(path) for path in paths]
