@@ -175,6 +175,7 @@ def config_from_hf(hf: dict[str, Any], source: str) -> CLIPConfig:
         # Argmax pooling relies on end-of-text being the largest id (49407 in CLIP's vocabulary).
         eos_token_id=text["vocab_size"] - 1 if pooling == "argmax" else text["eos_token_id"],
         pad_token_id=text["pad_token_id"] if text["pad_token_id"] is not None else 0,
+        attention_dropout=float(text.get("attention_dropout", 0.0)),
     )
     vision_config = ViTConfig(
         image_size=vision["image_size"],
@@ -190,6 +191,7 @@ def config_from_hf(hf: dict[str, Any], source: str) -> CLIPConfig:
         pre_norm=not siglip,
         pool="map" if siglip else "cls",
         num_channels=vision["num_channels"],
+        attention_dropout=float(vision.get("attention_dropout", 0.0)),
     )
     if siglip:
         embed_dim = text.get("projection_size") or text["hidden_size"]
@@ -255,6 +257,7 @@ def config_to_hf(config: CLIPConfig) -> dict[str, Any]:
         "bos_token_id": 49406,
         # HF CLIP pools at argmax(input_ids) exactly when eos_token_id == 2.
         "eos_token_id": 2 if text.pooling == "argmax" else text.eos_token_id,
+        "attention_dropout": text.attention_dropout,
         "model_type": "siglip_text_model" if siglip else "clip_text_model",
     }
     vision_hf = {
@@ -267,6 +270,7 @@ def config_to_hf(config: CLIPConfig) -> dict[str, Any]:
         "patch_size": vision.patch_size,
         "hidden_act": vision.activation,
         "layer_norm_eps": vision.layer_norm_eps,
+        "attention_dropout": vision.attention_dropout,
         "model_type": "siglip_vision_model" if siglip else "clip_vision_model",
     }
     if siglip:

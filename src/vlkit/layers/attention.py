@@ -19,8 +19,11 @@ class MultiheadSelfAttention(nn.Module):
     `in_proj_weight` (open_clip) and of Hugging Face's separate q/k/v projections concatenated.
     """
 
-    def __init__(self, dim: int, num_heads: int, bias: bool = True) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, bias: bool = True, attention_dropout: float = 0.0
+    ) -> None:
         super().__init__()
+        self.attention_dropout = attention_dropout
         if dim % num_heads != 0:
             raise ValueError(f"width {dim} is not divisible by the number of heads {num_heads}")
         self.num_heads = num_heads
@@ -57,11 +60,17 @@ class MultiheadSelfAttention(nn.Module):
                 future = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
                 scores = scores.masked_fill(future, float("-inf"))
             attention = scores.softmax(dim=-1)
-            out = attention @ v
+            dropped = F.dropout(attention, self.attention_dropout, training=self.training)
+            out = dropped @ v
         else:
             attention = None
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, is_causal=is_causal and attn_mask is None
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                dropout_p=self.attention_dropout if self.training else 0.0,
+                is_causal=is_causal and attn_mask is None,
             )
         out = out.transpose(1, 2).reshape(batch, length, dim)  # (B, N, D)
         return self.out_proj(out), attention

@@ -10,17 +10,36 @@ from vlkit.layers.attention import MultiheadSelfAttention
 from vlkit.layers.mlp import Mlp
 
 
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth (Huang et al. 2016): drop a residual branch per sample, rescale the rest."""
+    if rate == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - rate)
+    return x * keep / (1.0 - rate)
+
+
 class TransformerBlock(nn.Module):
-    """x + Attn(LN(x)), then x + MLP(LN(x))."""
+    """x + Attn(LN(x)), then x + MLP(LN(x)); with optional dropout on each residual branch,
+    attention-probability dropout, and drop-path (stochastic depth)."""
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_dim: int, activation: str, layer_norm_eps: float
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        activation: str,
+        layer_norm_eps: float,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
-        self.attention = MultiheadSelfAttention(dim, num_heads)
+        self.attention = MultiheadSelfAttention(dim, num_heads, attention_dropout=attention_dropout)
         self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.mlp = Mlp(dim, mlp_dim, activation)
+        self.dropout = nn.Dropout(dropout)
+        self.drop_path_rate = drop_path_rate
 
     def forward(
         self,
@@ -32,8 +51,8 @@ class TransformerBlock(nn.Module):
         attended, attention = self.attention(
             self.norm1(x), attn_mask, is_causal=is_causal, return_attention=return_attention
         )
-        x = x + attended
-        x = x + self.mlp(self.norm2(x))
+        x = x + drop_path(self.dropout(attended), self.drop_path_rate, self.training)
+        x = x + drop_path(self.dropout(self.mlp(self.norm2(x))), self.drop_path_rate, self.training)
         return x, attention
 
 
@@ -48,11 +67,25 @@ class Transformer(nn.Module):
         mlp_dim: int,
         activation: str,
         layer_norm_eps: float,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        # Drop-path grows linearly with depth (Huang et al. 2016, Sec. 3; timm's ViT).
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, num_heads, mlp_dim, activation, layer_norm_eps)
-            for _ in range(depth)
+            TransformerBlock(
+                dim,
+                num_heads,
+                mlp_dim,
+                activation,
+                layer_norm_eps,
+                dropout,
+                attention_dropout,
+                rate,
+            )  # fmt: skip
+            for rate in rates
         )
         self.gradient_checkpointing = False
 

@@ -39,6 +39,9 @@ class TextConfig:
     pooling: str = "argmax"
     eos_token_id: int = 49407
     pad_token_id: int = 0
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    drop_path: float = 0.0
 
     def __post_init__(self) -> None:
         if self.pooling not in ("eos", "argmax", "last"):
@@ -57,7 +60,7 @@ class TextTransformer(nn.Module):
         self.position_embedding = nn.Parameter(torch.zeros(config.context_length, config.width))
         self.transformer = Transformer(
             config.width, config.layers, config.heads, config.mlp_dim, config.activation,
-            config.layer_norm_eps,
+            config.layer_norm_eps, config.dropout, config.attention_dropout, config.drop_path,
         )  # fmt: skip
         self.norm_final = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
         self.init_weights()

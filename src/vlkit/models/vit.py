@@ -38,6 +38,9 @@ class ViTConfig:
     pre_norm: bool = True
     pool: str = "cls"
     num_channels: int = 3
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    drop_path: float = 0.0
     type: str = field(default="vit", init=False)
 
     def __post_init__(self) -> None:
@@ -80,7 +83,7 @@ class VisionTransformer(nn.Module):
         )
         self.transformer = Transformer(
             width, config.layers, config.heads, config.mlp_dim, config.activation,
-            config.layer_norm_eps,
+            config.layer_norm_eps, config.dropout, config.attention_dropout, config.drop_path,
         )  # fmt: skip
         self.norm_post = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.attention_pool = (
