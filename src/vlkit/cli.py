@@ -1,6 +1,8 @@
 """The `vlkit` command line. It parses arguments and calls typed library functions.
 
     vlkit demo [--out runs/demo]
+    vlkit train [--config FILE|NAME] [key=value ...] [--resume latest|DIR]
+    vlkit data shard --root DIR --annotations FILE --out DIR [--samples-per-shard N]
     vlkit zeroshot IMAGE... --model PATH --labels "a cat,a dog" [--templates NAME|FILE] [--json]
     vlkit embed --model PATH (--images DIR | --texts FILE) --out FILE.npy
 
@@ -123,6 +125,21 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--seconds", type=float, default=None, help="training time budget")
 
+    tr = commands.add_parser("train", help="contrastive training (torchrun for several processes)")
+    tr.add_argument("--config", default=None, help="JSON/Python config file or built-in name")
+    tr.add_argument("overrides", nargs="*", help="key=value settings over the config")
+    tr.add_argument("--resume", default=None, help="'latest' or a checkpoint directory")
+
+    data = commands.add_parser("data", help="dataset tools")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    shard = data_commands.add_parser("shard", help="write WebDataset tar shards from a folder")
+    shard.add_argument("--root", required=True, help="image folder")
+    shard.add_argument("--annotations", required=True, help="CSV or JSONL with image + caption")
+    shard.add_argument("--out", required=True, help="output directory for .tar shards")
+    shard.add_argument("--samples-per-shard", type=int, default=1000)
+    shard.add_argument("--image-column", default="image")
+    shard.add_argument("--caption-column", default="caption")
+
     zs = commands.add_parser("zeroshot", help="rank labels for images")
     zs.add_argument("images", nargs="+")
     zs.add_argument("--model", required=True, help="checkpoint directory, file or hub id")
@@ -143,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from vlkit.data.images import ImageLoadError
     from vlkit.hub import CheckpointError
+    from vlkit.training.trainer import TrainingDiverged
 
     args = _parser().parse_args(argv)
     try:
@@ -154,6 +172,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 kwargs["seconds_budget"] = args.seconds
             summary = run_demo(**kwargs)
             print(json.dumps(summary, indent=2))
+        elif args.command == "train":
+            from vlkit.training.config import load_train_config
+            from vlkit.training.run import train
+
+            summary = train(load_train_config(args.config, args.overrides), resume=args.resume)
+            print(json.dumps(summary, indent=2))
+        elif args.command == "data":
+            from vlkit.data.datasets.webdataset_shards import shard_command
+
+            report = shard_command(args.root, args.annotations, args.out, args.samples_per_shard,
+                                   args.image_column, args.caption_column)  # fmt: skip
+            print(json.dumps(report, indent=2))
         elif args.command == "zeroshot":
             labels = [label.strip() for label in args.labels.split(",") if label.strip()]
             results = zeroshot(args.images, args.model, labels, args.templates, args.top)
@@ -171,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"vlkit: error: {message}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:
+        print(f"vlkit: training stopped: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -51,6 +51,7 @@ def accumulated_contrastive_backward(
     texts: torch.Tensor,
     micro_batch_size: int,
     attention_mask: torch.Tensor | None = None,
+    backward_fn: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Accumulates into `.grad` the exact gradient of `loss_fn` over the whole batch.
 
@@ -63,6 +64,8 @@ def accumulated_contrastive_backward(
         texts: (B, L) token ids.
         micro_batch_size: Samples per re-run; peak activation memory scales with it.
         attention_mask: Optional (B, L) text padding mask.
+        backward_fn: Runs backward on the loss (e.g. through a grad scaler); default
+            `loss.backward()`. A scaled loss scales the cached gradients consistently.
 
     Returns:
         The full-batch loss (detached).
@@ -96,7 +99,7 @@ def accumulated_contrastive_backward(
     image_all = torch.cat(image_parts).requires_grad_(True)
     text_all = torch.cat(text_parts).requires_grad_(True)
     loss = loss_fn(image_all, text_all, model.temperature(), model.logit_bias)
-    loss.backward()
+    (backward_fn or torch.Tensor.backward)(loss)
 
     # 3. Replay each micro-batch with autograd and push the cached embedding gradients through.
     for part, state in zip(slices, states, strict=True):

@@ -1,0 +1,109 @@
+"""Seeing the run: progress bar, JSONL and TensorBoard metrics, PNG curves at the end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vlkit.training.trainer import Callback, Trainer
+
+
+class ProgressBar(Callback):
+    """tqdm bar with loss, learning rate, temperature and samples/s."""
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, desc="train", unit="step",
+                        dynamic_ncols=True)  # fmt: skip
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.bar.update(1)
+        if "loss" in metrics:
+            self.bar.set_postfix(
+                loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                temp=f"{metrics['temperature']:.1f}",
+                sps=f"{metrics['samples_per_second']:.0f}",
+            )  # fmt: skip
+
+    def on_train_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
+        self.bar.close()
+
+
+class JsonlLogger(Callback):
+    """Appends one JSON object per logged step to `metrics.jsonl` (kept across resumes)."""
+
+    def __init__(self, path: str | Path, every: int = 10) -> None:
+        self.path = Path(path)
+        self.every = max(1, every)
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():  # drop lines past the resumed step: they will be redone
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line and json.loads(line).get("step", 0) <= trainer.step]  # fmt: skip
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if trainer.step % self.every == 0 or trainer.step == trainer.total_steps:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(metrics) + "\n")
+
+
+class TensorBoardLogger(Callback):
+    """Scalars to TensorBoard when the `tensorboard` package is installed (else a no-op)."""
+
+    def __init__(self, log_dir: str | Path, every: int = 10) -> None:
+        self.log_dir = str(log_dir)
+        self.every = max(1, every)
+        self.writer = None
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        self.writer = SummaryWriter(self.log_dir)
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if self.writer is not None and trainer.step % self.every == 0:
+            for name, value in metrics.items():
+                if name not in ("step", "epoch"):
+                    self.writer.add_scalar(f"train/{name}", value, trainer.step)
+
+    def on_train_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def plot_training_curves(metrics_file: str | Path, out_file: str | Path) -> Path:
+    """Loss and temperature against step, side by side, from a metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line]
+    rows = [row for row in rows if "loss" in row]
+    steps = [row["step"] for row in rows]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    left.plot(steps, [row["loss"] for row in rows])
+    left.set(xlabel="step", ylabel="loss", title="training loss")
+    right.plot(steps, [row["temperature"] for row in rows], color="tab:orange")
+    right.set(xlabel="step", ylabel="exp(logit_scale)", title="temperature")
+    figure.tight_layout()
+    figure.savefig(out_file, dpi=120)
+    plt.close(figure)
+    return Path(out_file)
+
+
+class CurvePlotter(Callback):
+    """Writes `training_curves.png` from the JSONL log when training ends."""
+
+    def __init__(self, metrics_file: str | Path, out_file: str | Path) -> None:
+        self.metrics_file, self.out_file = Path(metrics_file), Path(out_file)
+
+    def on_train_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
+        if self.metrics_file.exists():
+            plot_training_curves(self.metrics_file, self.out_file)

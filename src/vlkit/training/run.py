@@ -1,0 +1,99 @@
+"""Build a contrastive training run from a TrainConfig and run it (what `vlkit train` calls)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from vlkit.api import get_tokenizer
+from vlkit.data.collate import collate_image_text
+from vlkit.data.transforms import ImageTransform
+from vlkit.hub import from_pretrained
+from vlkit.models.clip import CLIP, create_model
+from vlkit.models.presets import PRESETS
+from vlkit.training.callbacks import CurvePlotter, JsonlLogger, ProgressBar, TensorBoardLogger
+from vlkit.training.config import TrainConfig
+from vlkit.training.distributed import DistributedInfo, init_distributed
+from vlkit.training.freeze import lock_image_tower
+from vlkit.training.tasks import ContrastiveTask
+from vlkit.training.trainer import Trainer, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def build_model(config: TrainConfig) -> CLIP:
+    """A fresh preset (initialised from `config.seed`) or a checkpoint to fine-tune."""
+    torch.manual_seed(config.seed)  # identical initial weights on every process
+    if config.model in PRESETS:
+        return create_model(config.model)
+    return from_pretrained(config.model)
+
+
+def build_dataset(config: TrainConfig, model: CLIP) -> Dataset:
+    """The training set named by `config.data`, following the datasets' (index, seed) contract."""
+    transform = ImageTransform(model.config.preprocess, train=config.augment)
+    tokenizer = get_tokenizer(model)
+    if config.data == "easy_vqa":
+        from vlkit.data.datasets.easy_vqa import EasyVQACaptions
+
+        return EasyVQACaptions("train", transform=transform, tokenizer=tokenizer, seed=config.seed)
+    if config.data == "shapes":
+        from vlkit.data.datasets.shapes import ShapesDataset
+
+        return ShapesDataset(config.num_samples, model.config.preprocess.image_size, config.seed,
+                             transform=transform, tokenizer=tokenizer)  # fmt: skip
+    if not config.data_root or not config.annotations:
+        raise ValueError("data='folder' needs data_root=DIR and annotations=FILE.csv|.jsonl")
+    from vlkit.data.datasets.image_text import ImageTextDataset
+
+    return ImageTextDataset(config.data_root, config.annotations, transform, tokenizer,
+                            image_column=config.image_column,
+                            caption_column=config.caption_column)  # fmt: skip
+
+
+def build_loss(config: TrainConfig, distributed: DistributedInfo) -> torch.nn.Module:
+    from vlkit.losses.contrastive import ClipLoss
+    from vlkit.losses.sigmoid import SigLipLoss
+
+    if config.loss == "siglip":
+        return SigLipLoss(distributed=distributed.enabled)
+    if distributed.enabled:
+        return ClipLoss(label_smoothing=config.label_smoothing, distributed=True)
+    return ClipLoss(label_smoothing=config.label_smoothing)
+
+
+def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
+    """Trains, checkpoints and logs into `config.out_dir`; returns the run summary."""
+    distributed = init_distributed(resolve_device(config.device).type)
+    out = Path(config.out_dir)
+    model = build_model(config)
+    if config.loss == "siglip" and model.logit_bias is None:
+        raise ValueError("loss='siglip' needs a model with a logit bias (a SigLIP config)")
+    if config.lock_image:
+        lock_image_tower(model, config.lock_image_unlocked_groups)
+    dataset = build_dataset(config, model)
+    callbacks = []
+    if distributed.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "train_config.json")
+        if config.progress:
+            callbacks.append(ProgressBar())
+        callbacks += [
+            JsonlLogger(out / "metrics.jsonl", config.log_every),
+            TensorBoardLogger(out / "tensorboard", config.log_every),
+            CurvePlotter(out / "metrics.jsonl", out / "training_curves.png"),
+        ]
+    task = ContrastiveTask(build_loss(config, distributed), config.micro_batch_size)
+    trainer = Trainer(config, model, task, dataset, collate_image_text, callbacks, distributed)
+    summary = trainer.fit(resume=resume)
+    if distributed.is_main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if summary["skipped_samples"]:
+            log.warning("skipped %d unusable samples, e.g. %s", summary["skipped_samples"],
+                        summary["skipped_examples"][:3])  # fmt: skip
+    return summary

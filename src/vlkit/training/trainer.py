@@ -1,0 +1,315 @@
+"""The one training loop. Tasks turn a batch into losses; callbacks log and checkpoint.
+
+    trainer = Trainer(config, model, task, dataset, collate, callbacks=[...])
+    summary = trainer.fit(resume="latest")
+
+A step: batch -> task (forward + backward, possibly GradCache) -> non-finite guard -> gradient
+all-reduce across processes -> unscale + clip -> AdamW step -> schedule -> temperature clamp.
+The data position (epoch, batch within it) is part of the checkpoint, so `fit(resume=...)`
+continues mid-epoch and reproduces an uninterrupted run bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+
+from vlkit.hub.weights import load_into
+from vlkit.training.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    resolve_resume,
+    restore_rng_state,
+    save_checkpoint,
+)
+from vlkit.training.config import TrainConfig
+from vlkit.training.distributed import DistributedInfo
+from vlkit.training.optim import create_optimizer
+from vlkit.training.sampler import ResumableBatchSampler
+from vlkit.training.schedule import create_scheduler
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps produced a non-finite loss or gradient."""
+
+
+class Task(Protocol):
+    """Turns a batch into named losses; runs the backward pass itself (through `backward`) so
+    that tasks such as GradCache accumulation can back-propagate in pieces."""
+
+    def training_step(
+        self,
+        model: torch.nn.Module,
+        batch: dict[str, Any],
+        backward: Callable[[torch.Tensor], None],
+    ) -> dict[str, torch.Tensor]: ...
+
+
+class Callback:
+    """Hooks called by the trainer on the main process; override what you need."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
+
+    def on_train_end(self, trainer: Trainer, summary: dict[str, Any]) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: torch.nn.Module,
+        task: Task,
+        dataset: Dataset,
+        collate: Callable,
+        callbacks: Sequence[Callback] = (),
+        distributed: DistributedInfo | None = None,
+        checkpoint_dir: str | None = None,
+    ) -> None:
+        self.config = config
+        self.distributed = distributed or DistributedInfo()
+        self.device = resolve_device(config.device)
+        if self.distributed.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.distributed.local_rank)
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision fp16 needs CUDA (use bf16 on CPU)")
+        self.model = model.to(self.device)
+        self.task = task
+        self.dataset = dataset
+        self.collate = collate
+        self.callbacks = list(callbacks)
+        self.checkpoint_dir = checkpoint_dir or f"{config.out_dir}/checkpoints"
+        self.optimizer = create_optimizer(
+            model, config.lr, config.weight_decay, config.betas, config.eps
+        )
+        self.scheduler = create_scheduler(
+            self.optimizer, config.warmup_steps, self.total_steps, config.min_lr_ratio
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+        if config.gradient_checkpointing:
+            model.set_gradient_checkpointing(True)
+        # Position and counters (all saved in checkpoints).
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.samples_seen = 0
+        self.skipped_samples = 0
+        self.skipped_examples: list[str] = []
+        self.nonfinite_steps = 0
+        self.nonfinite_in_a_row = 0
+        self.train_seconds = 0.0
+        self.last_metrics: dict[str, float] = {}
+        self._saved_step = -1
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.dataset) // self.config.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        if self.config.max_steps is not None:
+            return self.config.max_steps
+        return self.config.epochs * self.batches_per_epoch
+
+    # ----------------------------------------------------------------- state
+    def training_state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": capture_rng_state(),
+            "position": {"step": self.step, "epoch": self.epoch, "batch": self.batch_in_epoch},
+            "counters": {
+                "samples_seen": self.samples_seen,
+                "skipped_samples": self.skipped_samples,
+                "nonfinite_steps": self.nonfinite_steps,
+                "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                "train_seconds": self.train_seconds,
+            },
+        }
+
+    def save(self) -> None:
+        if self._saved_step == self.step:
+            return
+        self._saved_step = self.step
+        if self.distributed.is_main:
+            save_checkpoint(self.checkpoint_dir, self.step, self.model, self.training_state(),
+                            self.config.keep_last)  # fmt: skip
+        if self.distributed.enabled:
+            dist.barrier()
+
+    def restore(self, resume: str) -> None:
+        path = resolve_resume(self.checkpoint_dir, resume)
+        saved_model, state = load_checkpoint(path)
+        load_into(self.model, {k: v.to(self.device) for k, v in saved_model.state_dict().items()},
+                  str(path))  # fmt: skip
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        position, counters = state["position"], state["counters"]
+        self.step, self.epoch, self.batch_in_epoch = (
+            position["step"], position["epoch"], position["batch"]
+        )  # fmt: skip
+        self.samples_seen = counters["samples_seen"]
+        self.skipped_samples = counters["skipped_samples"]
+        self.nonfinite_steps = counters["nonfinite_steps"]
+        self.nonfinite_in_a_row = counters["nonfinite_in_a_row"]
+        self.train_seconds = counters["train_seconds"]
+
+    # ------------------------------------------------------------------ loop
+    def _loader(self) -> DataLoader:
+        sampler = ResumableBatchSampler(
+            len(self.dataset), self.config.batch_size, self.config.seed, self.epoch,
+            self.batch_in_epoch, self.distributed.rank, self.distributed.world_size,
+        )  # fmt: skip
+        # A private generator: creating the loader must not consume the global RNG, or a
+        # resumed run (which creates it mid-epoch) would diverge from an uninterrupted one.
+        return DataLoader(
+            self.dataset, batch_sampler=sampler, collate_fn=self.collate,
+            num_workers=self.config.num_workers, generator=torch.Generator(),
+            pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def _all_reduce_gradients(self) -> None:
+        """Averages gradients over processes. Done by hand rather than by DDP's hooks because
+        GradCache's replay calls the towers directly, outside `forward`, where DDP can't see it."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.distributed.world_size
+        offset = 0
+        for grad in grads:
+            grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+            offset += grad.numel()
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float] | None:
+        """One optimizer step; returns its metrics, or None when the step was skipped."""
+        model, config = self.model, self.config
+        model.train()
+        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                 for k, v in batch.items()}  # fmt: skip
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            losses = self.task.training_step(model, batch, self._backward)
+        loss = losses["loss"].detach().float()
+        if self.distributed.enabled:
+            self._all_reduce_gradients()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in model.parameters() if p.grad is not None]
+        max_norm = config.grad_clip if config.grad_clip else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
+        if not finite and not (self.scaler and torch.isfinite(loss)):
+            # fp16 overflow in the gradients alone is the grad scaler's business (it lowers the
+            # scale and skips); a non-finite loss, or any non-finite value without a scaler, is ours.
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_steps += 1
+            self.nonfinite_in_a_row += 1
+            if self.nonfinite_in_a_row >= config.max_nonfinite_steps:
+                raise TrainingDiverged(
+                    f"{self.nonfinite_in_a_row} consecutive steps with a non-finite loss or "
+                    f"gradient (last at step {self.step}); lower the learning rate, enable "
+                    "grad_clip, or use bf16 instead of fp16"
+                )
+            return None
+        self.nonfinite_in_a_row = 0
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        max_scale = getattr(model.config, "max_logit_scale", None)
+        if max_scale is not None:
+            with torch.no_grad():  # open_clip clamps to [0, ln 100] after each step
+                model.logit_scale.clamp_(0, math.log(max_scale))
+        metrics = {name: float(value.detach().float()) for name, value in losses.items()}
+        metrics.update(
+            grad_norm=float(grad_norm),
+            lr=self.optimizer.param_groups[0]["lr"],
+            temperature=float(model.temperature().detach()),
+        )
+        return metrics
+
+    def fit(self, resume: str | None = None) -> dict[str, Any]:
+        if resume:
+            self.restore(resume)
+        for callback in self.callbacks:
+            callback.on_train_start(self)
+        started = time.perf_counter() - self.train_seconds
+        stop = self.step >= self.total_steps
+        while not stop:
+            for batch in self._loader():
+                count = batch["images"].shape[0] * self.distributed.world_size
+                skipped = batch.get("skipped", [])
+                self.skipped_samples += len(skipped)
+                self.skipped_examples.extend(skipped[: max(0, 10 - len(self.skipped_examples))])
+                tick = time.perf_counter()
+                metrics = self.train_step(batch)
+                self.step += 1
+                self.batch_in_epoch += 1
+                self.samples_seen += count
+                if self.batch_in_epoch == self.batches_per_epoch:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                self.train_seconds = time.perf_counter() - started
+                if metrics is not None:
+                    metrics.update(step=self.step, epoch=self.epoch,
+                                   samples_per_second=count / max(time.perf_counter() - tick, 1e-9))  # fmt: skip
+                    self.last_metrics = metrics
+                for callback in self.callbacks:
+                    callback.on_step_end(self, metrics or {"step": self.step, "skipped_step": 1.0})
+                if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
+                    self.save()
+                out_of_time = (
+                    self.config.max_seconds is not None
+                    and self.train_seconds >= self.config.max_seconds
+                )
+                if self.step >= self.total_steps or out_of_time:
+                    stop = True
+                    break
+        self.save()
+        summary = self.summary()
+        for callback in self.callbacks:
+            callback.on_train_end(self, summary)
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "steps": self.step,
+            "epochs_completed": self.epoch,
+            "samples_seen": self.samples_seen,
+            "train_seconds": round(self.train_seconds, 2),
+            "final_loss": self.last_metrics.get("loss"),
+            "temperature": self.last_metrics.get("temperature"),
+            "skipped_samples": self.skipped_samples,
+            "skipped_examples": self.skipped_examples,
+            "nonfinite_steps": self.nonfinite_steps,
+        }

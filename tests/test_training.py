@@ -1,0 +1,169 @@
+"""The trainer: exact mid-epoch resume after SIGKILL, the non-finite guard, LiT, optimizer groups."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vlkit
+from vlkit.data.collate import collate_image_text
+from vlkit.training.config import TrainConfig, load_train_config
+from vlkit.training.freeze import lock_image_tower
+from vlkit.training.optim import parameter_groups
+from vlkit.training.schedule import warmup_cosine
+from vlkit.training.trainer import Trainer, TrainingDiverged
+
+TRAIN_ARGS = ["model=tiny", "data=shapes", "num_samples=96", "batch_size=16", "max_steps=14",
+              "checkpoint_every=3", "keep_last=3", "warmup_steps=2", "progress=false",
+              "lr=1e-3"]  # fmt: skip
+
+
+def _train_command(out_dir, *extra):
+    return [sys.executable, "-m", "vlkit", "train", *TRAIN_ARGS, f"out_dir={out_dir}", *extra]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
+def _final_weights(out_dir):
+    return load_file(Path(out_dir) / "checkpoints" / "step_00000014" / "model.safetensors")
+
+
+def test_resume_after_sigkill_mid_epoch_is_bit_identical(tmp_path):
+    uninterrupted = tmp_path / "uninterrupted"
+    subprocess.run(_train_command(uninterrupted), check=True, env=_env(), capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(killed), env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    latest = killed / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not latest.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert not (killed / "checkpoints" / "step_00000014").exists()
+    resumed_from = killed / "checkpoints" / latest.read_text().strip()
+    state = torch.load(resumed_from / "training_state.pt", weights_only=True)
+    assert state["position"]["batch"] != 0  # the checkpoint is in the middle of an epoch
+
+    subprocess.run([*_train_command(killed), "--resume", "latest"], check=True, env=_env(),
+                   capture_output=True)  # fmt: skip
+    expected, got = _final_weights(uninterrupted), _final_weights(killed)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+class _ScriptedLoss:
+    """A task whose loss is NaN on chosen steps."""
+
+    def __init__(self, nan_steps):
+        self.nan_steps, self.calls = set(nan_steps), 0
+
+    def training_step(self, model, batch, backward):
+        output = model(batch["images"], batch["texts"])
+        loss = -output.logits_per_image.diag().mean()
+        if self.calls in self.nan_steps:
+            loss = loss * float("nan")
+        self.calls += 1
+        backward(loss)
+        return {"loss": loss.detach()}
+
+
+def _tiny_trainer(tmp_path, task, **overrides):
+    from vlkit.data.datasets.shapes import ShapesDataset
+
+    model = vlkit.create_model("tiny")
+    dataset = ShapesDataset(64, 32, 0, vlkit.get_transform("tiny"), vlkit.get_tokenizer("tiny"))
+    settings = dict(model="tiny", data="shapes", batch_size=8, max_steps=6, warmup_steps=1,
+                    out_dir=str(tmp_path), progress=False)  # fmt: skip
+    config = TrainConfig(**{**settings, **overrides})
+    return Trainer(config, model, task, dataset, collate_image_text)
+
+
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
+    trainer = _tiny_trainer(tmp_path, _ScriptedLoss({1, 3}))
+    before = {n: p.clone() for n, p in trainer.model.named_parameters()}
+    summary = trainer.fit()
+    assert summary["nonfinite_steps"] == 2 and summary["steps"] == 6
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+def test_too_many_nonfinite_steps_in_a_row_stop_with_a_clear_message(tmp_path):
+    trainer = _tiny_trainer(tmp_path, _ScriptedLoss(range(100)), max_nonfinite_steps=3)
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps with a non-finite loss"):
+        trainer.fit()
+
+
+def test_logit_scale_is_clamped_after_each_step(tmp_path):
+    trainer = _tiny_trainer(tmp_path, _ScriptedLoss(()), lr=5.0, grad_clip=None, max_steps=3)
+    trainer.fit()
+    assert trainer.model.logit_scale.item() <= math.log(100) + 1e-6
+
+
+def test_lit_locks_the_image_tower_except_the_last_groups():
+    model = vlkit.create_model("tiny")
+    lock_image_tower(model, unlocked_groups=0)
+    assert not any(p.requires_grad for p in model.vision.parameters())
+    assert all(p.requires_grad for p in model.text.parameters())
+    lock_image_tower(model, unlocked_groups=2)  # head (norm_post + projection) and the last block
+    trainable = {
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and n.startswith(("vision", "image"))
+    }
+    assert "vision.transformer.blocks.1.mlp.fc1.weight" in trainable
+    assert "image_projection.weight" in trainable and "vision.norm_post.weight" in trainable
+    assert "vision.transformer.blocks.0.mlp.fc1.weight" not in trainable
+    assert "vision.position_embedding" not in trainable
+
+
+def test_weight_decay_excludes_norms_biases_embeddings_and_temperature():
+    model = vlkit.create_model("tiny")
+    decay, no_decay = parameter_groups(model, weight_decay=0.2)
+    names = {id(p): n for n, p in model.named_parameters()}
+    excluded = {names[id(p)] for p in no_decay["params"]}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert {"logit_scale", "text.token_embedding.weight", "text.position_embedding",
+            "vision.class_token", "vision.norm_post.weight", "text_projection.weight"} - {
+        "text_projection.weight"} <= excluded  # fmt: skip
+    assert (
+        "text_projection.weight" in decayed
+        and "vision.transformer.blocks.0.mlp.fc1.weight" in decayed
+    )
+    assert not any(n.endswith(".bias") for n in decayed)
+
+
+def test_warmup_then_cosine():
+    assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
+    assert warmup_cosine(100, 10, 100) == pytest.approx(0.0)
+
+
+def test_config_overrides_and_unknown_keys(tmp_path):
+    config = load_train_config(None, ["batch_size=64", "precision=bf16", "max_steps=5"])
+    assert (config.batch_size, config.precision, config.max_steps) == (64, "bf16", 5)
+    with pytest.raises(ValueError, match=r"unknown training config keys: \['batchsize'\]"):
+        load_train_config(None, ["batchsize=3"])
+
+
+def test_bf16_autocast_training_runs_on_cpu(tmp_path):
+    from vlkit.losses.contrastive import ClipLoss
+    from vlkit.training.tasks import ContrastiveTask
+
+    trainer = _tiny_trainer(tmp_path, ContrastiveTask(ClipLoss()), precision="bf16", max_steps=2)
+    summary = trainer.fit()
+    assert math.isfinite(summary["final_loss"])
+    assert trainer.model.text_projection.weight.dtype == torch.float32  # master weights stay fp32
