@@ -10,8 +10,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"; }
-step encode_b256 60 python3 benchmarks/encode_throughput.py --device cuda --dtype bf16 --batch-size 256 --json "$OUT/encode_b256.json"
-step encode_b1024 60 python3 benchmarks/encode_throughput.py --device cuda --dtype bf16 --batch-size 1024 --json "$OUT/encode_b1024.json"
-step train_b1024 90 python3 benchmarks/train_throughput.py --device cuda --batch-size 1024 --json "$OUT/train_b1024.json"
-step train_b1024_compile 150 python3 benchmarks/train_throughput.py --device cuda --batch-size 1024 --compile --json "$OUT/train_b1024_compile.json"
-step encode_b1024_compile 100 python3 benchmarks/encode_throughput.py --device cuda --dtype bf16 --batch-size 1024 --compile --json "$OUT/encode_b1024_compile.json"
+step encode_b256 50 python3 benchmarks/encode_throughput.py --device cuda --dtype bf16 --batch-size 256 --json "$OUT/encode_b256.json"
+step encode_b1024 50 python3 benchmarks/encode_throughput.py --device cuda --dtype bf16 --batch-size 1024 --json "$OUT/encode_b1024.json"
+step train_b1024 80 python3 benchmarks/train_throughput.py --device cuda --batch-size 1024 --json "$OUT/train_b1024.json"
+step train_b1024_compile 130 python3 benchmarks/train_throughput.py --device cuda --batch-size 1024 --compile --json "$OUT/train_b1024_compile.json"
+step encode_b1024_compile 80 python3 benchmarks/encode_throughput.py --device cuda --dtype bf16 --batch-size 1024 --compile --json "$OUT/encode_b1024_compile.json"
