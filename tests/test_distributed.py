@@ -65,7 +65,7 @@ ARGS = ["model=tiny", "data=shapes", "num_samples=64", "batch_size=16", "max_ste
 
 
 @pytest.mark.parametrize("loss", ["clip"])
-def test_torchrun_two_processes_match_one_process(tmp_path, loss):  # noqa: D103
+def test_torchrun_two_processes_match_one_process(tmp_path, loss):
     """`torchrun --nproc_per_node=2 -m vlkit train` splits each global batch over two gloo
     processes; after three steps the weights equal a single process's on the whole batches."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

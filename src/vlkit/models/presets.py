@@ -39,6 +39,16 @@ PRESETS: dict[str, CLIPConfig] = {
         embed_dim=192,
         preprocess=PreprocessConfig(image_size=64),
     ),
+    # The `vlkit demo` model: a small convolutional image tower for 64x64 images. Its inductive
+    # bias learns easy-VQA's shapes in a few hundred CPU steps (>99% zero-shot top-1), where a
+    # ViT of similar cost per step is still below 75% after 1,000.
+    "small-rn-64": CLIPConfig(
+        vision=ResNetConfig(image_size=64, layers=(1, 1, 1, 1), width=16, heads=4, output_dim=128),
+        text=TextConfig(context_length=32, width=128, layers=2, heads=2, mlp_dim=512),
+        embed_dim=128,
+        vision_projection=False,
+        preprocess=PreprocessConfig(image_size=64),
+    ),
     "clip-vit-b-32": CLIPConfig(
         vision=_clip_vit(32, 768, 12, 12), text=_clip_text(), embed_dim=512
     ),
