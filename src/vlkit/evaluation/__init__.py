@@ -14,6 +14,7 @@ from vlkit.evaluation.zero_shot import (
     build_zero_shot_classifier,
     classification_metrics,
     load_templates,
+    zero_shot,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "summarize_ranks",
     "vqa_accuracy",
     "vqa_corpus_accuracy",
+    "zero_shot",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -87,3 +87,49 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     top5 = correct.any(dim=1).float().mean().item() if num_classes >= 5 else math.nan
     recalls = [correct[labels == c, 0].float().mean().item() for c in labels.unique()]
     return {"top1": top1, "top5": top5, "mean_per_class_recall": sum(recalls) / len(recalls)}
+
+
+@torch.no_grad()
+def zero_shot(
+    model: torch.nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    images_or_loader: torch.Tensor | Iterable,
+    labels: torch.Tensor | Sequence[int] | None,
+    classnames: Sequence[str],
+    templates: Sequence[str] | str = "openai-imagenet",
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Zero-shot classification of preprocessed images: top-1, top-5, mean per-class recall.
+
+    Args:
+        model: A CLIP-like model.
+        tokenizer: Its tokenizer.
+        images_or_loader: A (N, 3, S, S) tensor, or an iterable of image batches or of
+            (images, labels) batches (labels then come from the loader).
+        labels: (N,) class indices when `images_or_loader` is a tensor or yields images only.
+        classnames: One name per class, in label order.
+        templates: Template strings or a template-set name for `load_templates`.
+        batch_size: Images per forward pass for a tensor input.
+    """
+    if isinstance(templates, str):
+        templates = load_templates(templates)
+    classifier = build_zero_shot_classifier(model, tokenizer, classnames, templates)
+    device = classifier.device
+    if isinstance(images_or_loader, torch.Tensor):
+        batches = (
+            images_or_loader[i : i + batch_size]
+            for i in range(0, len(images_or_loader), batch_size)
+        )
+    else:
+        batches = iter(images_or_loader)
+    logits, loader_labels = [], []
+    for batch in batches:
+        if isinstance(batch, (tuple, list)):
+            batch, batch_labels = batch[0], batch[1]
+            loader_labels.append(torch.as_tensor(batch_labels))
+        image = model.encode_image(batch.to(device), normalize=True).float()
+        logits.append(image @ classifier.T)
+    all_labels = torch.cat(loader_labels) if loader_labels else torch.as_tensor(labels)
+    if all_labels is None or all_labels.numel() != sum(len(x) for x in logits):
+        raise ValueError("labels are missing or do not match the number of images")
+    return classification_metrics(torch.cat(logits).cpu(), all_labels.cpu().long())
