@@ -167,3 +167,11 @@ def test_bf16_autocast_training_runs_on_cpu(tmp_path):
     summary = trainer.fit()
     assert math.isfinite(summary["final_loss"])
     assert trainer.model.text_projection.weight.dtype == torch.float32  # master weights stay fp32
+
+
+def test_built_in_configs_load():
+    config = load_train_config("easy_vqa_clip", ["max_steps=5"])
+    assert (config.model, config.data, config.max_steps) == ("small-rn-64", "easy_vqa", 5)
+    assert load_train_config("shapes_vit_gradcache").micro_batch_size == 64
+    with pytest.raises(ValueError, match="no such file or built-in config"):
+        load_train_config("nope")
