@@ -132,3 +132,25 @@ def test_distributed_flag_without_process_group_is_single_process() -> None:
     torch.testing.assert_close(
         ClipLoss(distributed=True)(image, text, 3.0), ClipLoss()(image, text, 3.0)
     )
+
+
+@pytest.mark.parametrize("bias", [-10.0, -1.5])
+def test_siglip_loss_matches_open_clip(bias: float) -> None:
+    from open_clip.loss import SigLipLoss as OpenClipSigLipLoss
+
+    from vlkit.losses import SigLipLoss
+
+    image, text = _pairs(7, 12)
+    image.requires_grad_(True)
+    ours_scale = torch.tensor(10.0, dtype=torch.float64, requires_grad=True)
+    ours = SigLipLoss()(image, text, ours_scale, torch.tensor(bias, dtype=torch.float64))
+    ours.backward()
+    ours_grad, image.grad = image.grad.clone(), None
+    theirs_scale = torch.tensor(10.0, dtype=torch.float64, requires_grad=True)
+    theirs = OpenClipSigLipLoss()(
+        image, text, theirs_scale, torch.tensor(bias, dtype=torch.float64)
+    )
+    theirs.backward()
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(ours_grad, image.grad)
+    torch.testing.assert_close(ours_scale.grad, theirs_scale.grad)
