@@ -175,3 +175,39 @@ def test_built_in_configs_load():
     assert load_train_config("shapes_vit_gradcache").micro_batch_size == 64
     with pytest.raises(ValueError, match="no such file or built-in config"):
         load_train_config("nope")
+
+
+def test_webdataset_shards_train_and_resume_mid_epoch_exactly(tmp_path):
+    """`vlkit data shard` output trained on directly; resuming from the step-3 checkpoint (in
+    the middle of an epoch) gives the same weights as 6 uninterrupted steps."""
+    from vlkit.cli import main
+    from vlkit.data.datasets.shapes import ShapesDataset
+    from vlkit.training.run import train
+
+    ShapesDataset(80, 32, 0, None, None).to_folder(tmp_path / "folder", depth=False)
+    assert main(["data", "shard", "--root", str(tmp_path / "folder"), "--annotations",
+                 str(tmp_path / "folder" / "captions.csv"), "--out", str(tmp_path / "shards"),
+                 "--samples-per-shard", "20"]) == 0  # fmt: skip
+    settings = ["model=tiny", "data=webdataset", f"shards={tmp_path / 'shards'}", "batch_size=16",
+                "warmup_steps=1", "progress=false", "shuffle_buffer=8"]  # fmt: skip
+
+    def run(out, resume=None):
+        overrides = [
+            *settings,
+            "max_steps=6",
+            "checkpoint_every=3",
+            "keep_last=3",
+            f"out_dir={out}",
+        ]
+        return train(load_train_config(None, overrides), resume=resume)
+
+    straight = run(tmp_path / "a")
+    assert straight["steps"] == 6 and straight["epochs_completed"] >= 1
+    middle = tmp_path / "a" / "checkpoints" / "step_00000003"
+    state = torch.load(middle / "training_state.pt", weights_only=True)
+    assert state["position"]["batch"] == 3  # 80 samples = 5 batches of 16: mid-epoch
+    run(tmp_path / "b", resume=str(middle))
+    expected = load_file(tmp_path / "a" / "checkpoints" / "step_00000006" / "model.safetensors")
+    got = load_file(tmp_path / "b" / "checkpoints" / "step_00000006" / "model.safetensors")
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key

@@ -16,8 +16,10 @@ class TrainConfig:
 
     Attributes:
         model: A preset name (random init) or a checkpoint directory to start from.
-        data: "easy_vqa", "shapes" (synthetic scenes, `num_samples`) or "folder"
-            (`data_root` + `annotations` CSV/JSONL with `image_column` / `caption_column`).
+        data: "easy_vqa", "shapes" (synthetic scenes, `num_samples`), "folder"
+            (`data_root` + `annotations` CSV/JSONL with `image_column` / `caption_column`) or
+            "webdataset" (`shards`: a directory of .tar shards or a brace pattern, as written
+            by `vlkit data shard`).
         loss: "clip" (InfoNCE) or "siglip" (pairwise sigmoid).
         batch_size: Global batch (all processes together).
         micro_batch_size: When set, exact GradCache accumulation in micro-batches of this size.
@@ -35,6 +37,8 @@ class TrainConfig:
     annotations: str | None = None
     image_column: str = "image"
     caption_column: str = "caption"
+    shards: str | None = None
+    shuffle_buffer: int = 1000
     num_samples: int = 4000
     loss: str = "clip"
     label_smoothing: float = 0.0
@@ -70,7 +74,7 @@ class TrainConfig:
         checks = {
             "loss": (self.loss, ("clip", "siglip")),
             "precision": (self.precision, ("fp32", "bf16", "fp16")),
-            "data": (self.data, ("easy_vqa", "shapes", "folder")),
+            "data": (self.data, ("easy_vqa", "shapes", "folder", "webdataset")),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:

@@ -18,6 +18,7 @@ from vlkit.models.clip import CLIP, create_model
 from vlkit.models.presets import PRESETS
 from vlkit.training.callbacks import CurvePlotter, JsonlLogger, ProgressBar, TensorBoardLogger
 from vlkit.training.config import TrainConfig
+from vlkit.training.data import ShardData
 from vlkit.training.distributed import DistributedInfo, init_distributed
 from vlkit.training.freeze import lock_image_tower
 from vlkit.training.tasks import ContrastiveTask
@@ -34,10 +35,20 @@ def build_model(config: TrainConfig) -> CLIP:
     return from_pretrained(config.model)
 
 
-def build_dataset(config: TrainConfig, model: CLIP) -> Dataset:
-    """The training set named by `config.data`, following the datasets' (index, seed) contract."""
+def build_dataset(
+    config: TrainConfig, model: CLIP, distributed: DistributedInfo | None = None
+) -> Dataset | ShardData:
+    """The training data named by `config.data`: a map-style dataset following the (index, seed)
+    contract, or WebDataset shards streamed per process and worker."""
     transform = ImageTransform(model.config.preprocess, train=config.augment)
     tokenizer = get_tokenizer(model)
+    if config.data == "webdataset":
+        if not config.shards:
+            raise ValueError("data='webdataset' needs shards=DIR_OR_PATTERN")
+        distributed = distributed or DistributedInfo()
+        return ShardData(config.shards, transform, tokenizer, config.batch_size, config.seed,
+                         config.num_workers, distributed.rank, distributed.world_size,
+                         config.shuffle_buffer)  # fmt: skip
     if config.data == "easy_vqa":
         from vlkit.data.datasets.easy_vqa import EasyVQACaptions
 
@@ -76,7 +87,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         raise ValueError("loss='siglip' needs a model with a logit bias (a SigLIP config)")
     if config.lock_image:
         lock_image_tower(model, config.lock_image_unlocked_groups)
-    dataset = build_dataset(config, model)
+    dataset = build_dataset(config, model, distributed)
     callbacks = []
     if distributed.is_main:
         out.mkdir(parents=True, exist_ok=True)

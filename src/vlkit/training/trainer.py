@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from vlkit.hub.weights import load_into
 from vlkit.training.checkpoint import (
@@ -30,9 +30,9 @@ from vlkit.training.checkpoint import (
     save_checkpoint,
 )
 from vlkit.training.config import TrainConfig
+from vlkit.training.data import MapStyleData, TrainingData
 from vlkit.training.distributed import DistributedInfo
 from vlkit.training.optim import create_optimizer
-from vlkit.training.sampler import ResumableBatchSampler
 from vlkit.training.schedule import create_scheduler
 
 
@@ -74,8 +74,8 @@ class Trainer:
         config: TrainConfig,
         model: torch.nn.Module,
         task: Task,
-        dataset: Dataset,
-        collate: Callable,
+        data: Dataset | TrainingData,
+        collate: Callable | None = None,
         callbacks: Sequence[Callback] = (),
         distributed: DistributedInfo | None = None,
         checkpoint_dir: str | None = None,
@@ -89,8 +89,11 @@ class Trainer:
             raise ValueError("precision fp16 needs CUDA (use bf16 on CPU)")
         self.model = model.to(self.device)
         self.task = task
-        self.dataset = dataset
-        self.collate = collate
+        if not hasattr(data, "loader"):  # a map-style dataset: batch it with the resumable sampler
+            data = MapStyleData(data, collate, config.batch_size, config.seed, config.num_workers,
+                                self.distributed.rank, self.distributed.world_size,
+                                pin_memory=self.device.type == "cuda")  # fmt: skip
+        self.data = data
         self.callbacks = list(callbacks)
         self.checkpoint_dir = checkpoint_dir or f"{config.out_dir}/checkpoints"
         self.optimizer = create_optimizer(
@@ -116,14 +119,10 @@ class Trainer:
         self._saved_step = -1
 
     @property
-    def batches_per_epoch(self) -> int:
-        return len(self.dataset) // self.config.batch_size
-
-    @property
     def total_steps(self) -> int:
         if self.config.max_steps is not None:
             return self.config.max_steps
-        return self.config.epochs * self.batches_per_epoch
+        return sum(self.data.batches_in_epoch(epoch) for epoch in range(self.config.epochs))
 
     # ----------------------------------------------------------------- state
     def training_state(self) -> dict[str, Any]:
@@ -173,19 +172,6 @@ class Trainer:
         self.train_seconds = counters["train_seconds"]
 
     # ------------------------------------------------------------------ loop
-    def _loader(self) -> DataLoader:
-        sampler = ResumableBatchSampler(
-            len(self.dataset), self.config.batch_size, self.config.seed, self.epoch,
-            self.batch_in_epoch, self.distributed.rank, self.distributed.world_size,
-        )  # fmt: skip
-        # A private generator: creating the loader must not consume the global RNG, or a
-        # resumed run (which creates it mid-epoch) would diverge from an uninterrupted one.
-        return DataLoader(
-            self.dataset, batch_sampler=sampler, collate_fn=self.collate,
-            num_workers=self.config.num_workers, generator=torch.Generator(),
-            pin_memory=self.device.type == "cuda",
-        )  # fmt: skip
-
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.config.precision == "fp32":
             return contextlib.nullcontext()
@@ -267,39 +253,54 @@ class Trainer:
         started = time.perf_counter() - self.train_seconds
         stop = self.step >= self.total_steps
         while not stop:
-            for batch in self._loader():
-                count = batch["images"].shape[0] * self.distributed.world_size
-                skipped = batch.get("skipped", [])
-                self.skipped_samples += len(skipped)
-                self.skipped_examples.extend(skipped[: max(0, 10 - len(self.skipped_examples))])
-                tick = time.perf_counter()
-                metrics = self.train_step(batch)
-                self.step += 1
-                self.batch_in_epoch += 1
-                self.samples_seen += count
-                if self.batch_in_epoch == self.batches_per_epoch:
-                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                self.train_seconds = time.perf_counter() - started
-                if metrics is not None:
-                    metrics.update(step=self.step, epoch=self.epoch,
-                                   samples_per_second=count / max(time.perf_counter() - tick, 1e-9))  # fmt: skip
-                    self.last_metrics = metrics
-                for callback in self.callbacks:
-                    callback.on_step_end(self, metrics or {"step": self.step, "skipped_step": 1.0})
-                if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
-                    self.save()
-                out_of_time = (
-                    self.config.max_seconds is not None
-                    and self.train_seconds >= self.config.max_seconds
-                )
-                if self.step >= self.total_steps or out_of_time:
-                    stop = True
-                    break
+            stop = self._train_epoch(started)
         self.save()
         summary = self.summary()
         for callback in self.callbacks:
             callback.on_train_end(self, summary)
         return summary
+
+    def _train_epoch(self, started: float) -> bool:
+        """Trains from the current position to the end of the epoch; True when training is over."""
+        batches = self.data.batches_in_epoch(self.epoch)
+        if batches == 0:
+            raise ValueError(
+                f"epoch {self.epoch} has no complete batch of {self.config.batch_size}"
+            )
+        for batch in self.data.loader(self.epoch, self.batch_in_epoch):
+            count = batch["images"].shape[0] * self.distributed.world_size
+            skipped = batch.get("skipped", [])
+            self.skipped_samples += len(skipped)
+            self.skipped_examples.extend(skipped[: max(0, 10 - len(self.skipped_examples))])
+            tick = time.perf_counter()
+            # A batch whose samples were (nearly) all unusable has no contrastive pairs: skip it.
+            metrics = self.train_step(batch) if batch["images"].shape[0] >= 2 else None
+            self.step += 1
+            self.batch_in_epoch += 1
+            self.samples_seen += count
+            epoch_done = self.batch_in_epoch == batches
+            if epoch_done:  # roll over before saving, so a checkpoint names the next batch
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            self.train_seconds = time.perf_counter() - started
+            if metrics is not None:
+                rate = count / max(time.perf_counter() - tick, 1e-9)
+                metrics.update(step=self.step, epoch=self.epoch, samples_per_second=rate)
+                self.last_metrics = metrics
+            for callback in self.callbacks:
+                callback.on_step_end(self, metrics or {"step": self.step, "skipped_step": 1.0})
+            if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
+                self.save()
+            out_of_time = (
+                self.config.max_seconds is not None
+                and self.train_seconds >= self.config.max_seconds
+            )
+            if self.step >= self.total_steps or out_of_time:
+                return True
+            if epoch_done:
+                return False
+        # The stream ended early (a shard shorter than its manifest said): next epoch.
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        return False
 
     def summary(self) -> dict[str, Any]:
         return {
