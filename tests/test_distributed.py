@@ -32,6 +32,7 @@ def _siglip_worker(rank, world, init_file, out_dir, exchange):
         loss.backward()
         torch.save({"loss": loss.detach(), "i": i.grad, "t": t.grad, "scale": scale.grad,
                     "bias": bias.grad}, f"{out_dir}/{exchange}-{rank}.pt")  # fmt: skip
+        dist.barrier()  # no rank tears the group down while another is still in a collective
     finally:
         dist.destroy_process_group()
 

@@ -100,6 +100,7 @@ def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> 
         loss = ClipLoss(label_smoothing=0.1, distributed=True)(i, t, scale)
         loss.backward()
         torch.save({"loss": loss.detach(), "i": i.grad, "t": t.grad}, f"{out_dir}/{rank}.pt")
+        dist.barrier()  # no rank tears the group down while another is still in a collective
     finally:
         dist.destroy_process_group()
 

@@ -5,6 +5,7 @@
     vlkit data shard --root DIR --annotations FILE --out DIR [--samples-per-shard N]
     vlkit zeroshot IMAGE... --model PATH --labels "a cat,a dog" [--templates NAME|FILE] [--json]
     vlkit embed --model PATH (--images DIR | --texts FILE) --out FILE.npy
+    vlkit eval zeroshot|retrieval|vqa|captions ... --out DIR   (metrics.json + report.md + plot)
 
 Bad input (missing or unreadable image, unsupported checkpoint, bad arguments) prints one line
 naming the problem and exits with status 2.
@@ -154,7 +155,59 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--images", help="directory of images")
     group.add_argument("--texts", help="text file, one text per line")
     em.add_argument("--out", required=True, help="output .npy file")
+    _add_eval_parser(commands)
     return parser
+
+
+def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
+    """`vlkit eval ...`: benchmark files -> OUT/metrics.json, OUT/report.md and a plot."""
+    ev = commands.add_parser("eval", help="evaluate on standard benchmark files, write a report")
+    kinds = ev.add_subparsers(dest="eval_command", required=True)
+
+    zs = kinds.add_parser("zeroshot", help="zero-shot classification of an ImageFolder tree")
+    zs.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    zs.add_argument("--images", required=True, help="ROOT with one subfolder per class")
+    zs.add_argument("--templates", default="openai-imagenet", help="openai-imagenet, cifar, FILE")
+
+    rt = kinds.add_parser("retrieval", help="image-text retrieval on COCO-style captions")
+    rt.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    rt.add_argument("--captions", required=True, help="COCO captions JSON (images + annotations)")
+    rt.add_argument("--images", required=True, help="folder holding the images' file_name")
+    rt.add_argument("--max-k", type=int, default=10, help="Recall@K curve up to this K")
+
+    vq = kinds.add_parser("vqa", help="official VQAv2 accuracy of a results file")
+    vq.add_argument("--annotations", required=True, help="VQAv2 annotations JSON")
+    vq.add_argument("--questions", required=True, help="VQAv2 questions JSON")
+    vq.add_argument("--results", required=True, help="[{question_id, answer}, ...] JSON")
+
+    cp = kinds.add_parser("captions", help="BLEU / ROUGE-L / CIDEr-D of COCO caption results")
+    cp.add_argument("--references", required=True, help="COCO captions JSON")
+    cp.add_argument("--results", required=True, help="[{image_id, caption}, ...] JSON")
+    cp.add_argument("--metrics", default="bleu,rouge_l,cider_d", help="comma-separated")
+    cp.add_argument("--tokenizer", default="ptb", choices=["ptb", "ptb-java", "none"])
+
+    for sub in (zs, rt):
+        sub.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+        sub.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    for sub in (zs, rt, vq, cp):
+        sub.add_argument("--out", required=True, help="output directory")
+
+
+def run_eval(args: argparse.Namespace) -> dict:
+    """Dispatches `vlkit eval KIND` to vlkit.evaluation.cli_eval; returns the metrics."""
+    from vlkit.evaluation import cli_eval
+
+    if args.eval_command == "zeroshot":
+        return cli_eval.eval_zeroshot(args.model, args.images, args.out, args.templates,
+                                      args.batch_size, args.device)  # fmt: skip
+    if args.eval_command == "retrieval":
+        return cli_eval.eval_retrieval(args.model, args.captions, args.images, args.out,
+                                       args.max_k, args.batch_size, args.device)  # fmt: skip
+    if args.eval_command == "vqa":
+        return cli_eval.eval_vqa(args.annotations, args.questions, args.results, args.out)
+    tokenizer = None if args.tokenizer == "none" else args.tokenizer
+    metrics = cli_eval.parse_metric_list(args.metrics)
+    return cli_eval.eval_captions(args.references, args.results, args.out, metrics, tokenizer)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -197,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "embed":
             embeddings = embed(args.model, args.out, args.images, args.texts)
             print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.out}")
+        elif args.command == "eval":
+            from vlkit.evaluation.report import json_safe
+
+            print(json.dumps(json_safe(run_eval(args)), indent=2))
     except (UsageError, ImageLoadError, CheckpointError, FileNotFoundError, ValueError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"vlkit: error: {message}", file=sys.stderr)

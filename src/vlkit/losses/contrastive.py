@@ -76,11 +76,11 @@ def _distributed_clip_loss(
     group: dist.ProcessGroup | None,
 ) -> torch.Tensor:
     """This rank's share of the global-batch loss (see the module docstring)."""
-    import torch.distributed.nn.functional as dist_fn
+    from vlkit.training.distributed import gather_with_grad
 
     # The autograd-aware all_gather sends each rank's gradient back to the embeddings' owner.
-    all_images = torch.cat(dist_fn.all_gather(image_emb, group=group or dist.group.WORLD))
-    all_texts = torch.cat(dist_fn.all_gather(text_emb, group=group or dist.group.WORLD))
+    all_images = gather_with_grad(image_emb, group)
+    all_texts = gather_with_grad(text_emb, group)
     logits_per_image = logit_scale * image_emb @ all_texts.T
     logits_per_text = logit_scale * text_emb @ all_images.T
     if logit_bias is not None:

@@ -110,10 +110,10 @@ class SigLipLoss(nn.Module):
         world = dist.get_world_size(self.group)
         loss = _pair_loss(image_emb, text_emb, logit_scale, logit_bias, True)
         if self.exchange == "all_gather":
-            import torch.distributed.nn.functional as dist_fn
+            from vlkit.training.distributed import all_gather_with_grad
 
             rank = dist.get_rank(self.group)
-            texts = dist_fn.all_gather(text_emb, group=self.group or dist.group.WORLD)
+            texts = all_gather_with_grad(text_emb, self.group)
             others = [t for r, t in enumerate(texts) if r != rank]
             loss = loss + _pair_loss(image_emb, torch.cat(others), logit_scale, logit_bias, False)
         else:

@@ -40,8 +40,34 @@ def init_distributed(device_type: str) -> DistributedInfo:
     return info
 
 
-def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """All ranks' `tensor` concatenated along dim 0; gradients flow back to their owners."""
-    import torch.distributed.nn.functional as dist_fn
+class _AllGather(torch.autograd.Function):
+    """all_gather whose backward hands every rank the summed gradient of its own slice.
 
-    return torch.cat(dist_fn.all_gather(tensor), dim=0)
+    Each rank r computes a loss L_r from all gathered tensors; the owner of slice j needs
+    sum_r dL_r/dx_j, so the backward all-reduces the gradients and keeps the own slice. Written
+    here (a few lines) because `torch.distributed.nn.functional.all_gather` is deprecated.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group) -> tuple[torch.Tensor, ...]:
+        ctx.group = group
+        ctx.rank = dist.get_rank(group)
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, tensor.contiguous(), group=group)
+        return tuple(parts)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        grad = torch.stack(grads).contiguous()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.rank], None
+
+
+def all_gather_with_grad(tensor: torch.Tensor, group=None) -> list[torch.Tensor]:
+    """Every rank's `tensor` (in rank order); gradients flow back to their owners."""
+    return list(_AllGather.apply(tensor, group))
+
+
+def gather_with_grad(tensor: torch.Tensor, group=None) -> torch.Tensor:
+    """All ranks' `tensor` concatenated along dim 0; gradients flow back to their owners."""
+    return torch.cat(all_gather_with_grad(tensor, group), dim=0)
