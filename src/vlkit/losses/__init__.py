@@ -1,7 +1,16 @@
-"""Training losses: CLIP's InfoNCE, SigLIP's pairwise sigmoid, memory-bank InfoNCE."""
+"""Training losses: CLIP's InfoNCE, SigLIP's pairwise sigmoid, memory-bank InfoNCE, BLIP-2's
+stage-1 objectives, and multi-modality contrastive losses (CoMM, K-modality InfoNCE)."""
 
 from vlkit.losses.contrastive import ClipLoss, clip_loss
+from vlkit.losses.matching import (
+    build_itm_batch,
+    itg_loss,
+    itm_loss,
+    qformer_itc_loss,
+    sample_hard_negatives,
+)
 from vlkit.losses.memory_bank import MemoryBankInfoNCE, MomentumEncoder
+from vlkit.losses.multimodal import comm_loss, info_nce, multimodal_infonce
 from vlkit.losses.sigmoid import SigLipLoss, sigmoid_loss
 
 __all__ = [
@@ -9,6 +18,14 @@ __all__ = [
     "MemoryBankInfoNCE",
     "MomentumEncoder",
     "SigLipLoss",
+    "build_itm_batch",
     "clip_loss",
+    "comm_loss",
+    "info_nce",
+    "itg_loss",
+    "itm_loss",
+    "multimodal_infonce",
+    "qformer_itc_loss",
+    "sample_hard_negatives",
     "sigmoid_loss",
 ]
