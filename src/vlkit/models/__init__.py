@@ -1,6 +1,8 @@
 """Model definitions: vision towers, text towers and the CLIP-like models that join them."""
 
 from vlkit.models.clip import CLIP, CLIPConfig, SigLIP
+from vlkit.models.decoder import DecoderConfig, DecoderLM, KVCache
+from vlkit.models.generation import generate
 from vlkit.models.resnet import ModifiedResNet, ResNetConfig
 from vlkit.models.text import TextConfig, TextOutput, TextTransformer
 from vlkit.models.vit import VisionOutput, VisionTransformer, ViTConfig
@@ -8,6 +10,9 @@ from vlkit.models.vit import VisionOutput, VisionTransformer, ViTConfig
 __all__ = [
     "CLIP",
     "CLIPConfig",
+    "DecoderConfig",
+    "DecoderLM",
+    "KVCache",
     "ModifiedResNet",
     "ResNetConfig",
     "SigLIP",
@@ -17,4 +22,5 @@ __all__ = [
     "ViTConfig",
     "VisionOutput",
     "VisionTransformer",
+    "generate",
 ]
