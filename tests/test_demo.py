@@ -68,6 +68,8 @@ def test_loss_decreases_and_outputs_are_written(tiny_run):
     assert history["lr"][2] == pytest.approx(1e-3) and history["lr"][-1] < history["lr"][2]
     report = (out / "report.md").read_text()
     assert "zero-shot top-1" in report
+    assert "Zero-shot examples" in report and len(summary["zero_shot_examples"]) == 6
+    assert "zero_shot_examples.png" in summary["plots"]
     for plot in summary["plots"]:
         assert (out / plot).stat().st_size > 1000
 

@@ -217,7 +217,7 @@ def _run(config: DemoConfig, out_dir: Path) -> dict[str, Any]:
 
     tail = max(1, len(history["loss"]) // 20)
     summary: dict[str, Any] = {
-        **{k: metrics[k] for k in metrics if k != "similarity"},
+        **{k: metrics[k] for k in metrics if k not in ("similarity", "examples")},
         "train_seconds": round(history["seconds"], 2),
         "steps": len(history["loss"]),
         "planned_steps": config.steps,
@@ -242,7 +242,11 @@ def _run(config: DemoConfig, out_dir: Path) -> dict[str, Any]:
     (out_dir / "history.json").write_text(
         json.dumps({k: history[k] for k in ("loss", "temperature", "lr")}) + "\n"
     )
+    examples = [{**e, "image": str(test_examples[e["index"]].path)} for e in metrics["examples"]]
+    summary["zero_shot_examples"] = examples
     plots = _plot(history, metrics["similarity"], out_dir) if config.plots else []
+    if config.plots and plots:
+        plots.append(_plot_examples(examples, out_dir))
     summary["plots"] = plots
     summary["total_seconds"] = round(time.perf_counter() - started, 2)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -358,7 +362,43 @@ def _evaluate(
         "retrieval_i2t_r1": round(i2t, 4),
         "retrieval_t2i_r1": round(t2i, 4),
         "similarity": similarity,
+        "examples": _zero_shot_examples(model, image_emb, classifier, labels),
     }
+
+
+def _zero_shot_examples(
+    model: CLIP,
+    image_emb: torch.Tensor,
+    classifier: torch.Tensor,
+    labels: torch.Tensor,
+    count: int = 6,
+) -> list[dict[str, Any]]:
+    """Top-3 zero-shot predictions (softmax with the model's temperature) of the first images."""
+    probs = (model.temperature() * image_emb[:count] @ classifier.T).softmax(dim=-1)
+    values, indices = probs.topk(3, dim=-1)
+    return [
+        {"index": i, "label": CLASS_NAMES[int(labels[i])],
+         "top3": [[CLASS_NAMES[int(c)], round(float(p), 4)]
+                  for p, c in zip(values[i], indices[i], strict=True)]}
+        for i in range(min(count, len(labels)))
+    ]  # fmt: skip
+
+
+def _plot_examples(examples: list[dict[str, Any]], out_dir: Path) -> str:
+    """The example test images with their top-3 zero-shot labels (zero_shot_examples.png)."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig, axes = plt.subplots(1, len(examples), figsize=(2.3 * len(examples), 3.2))
+    for ax, example in zip(list(axes), examples, strict=True):
+        ax.imshow(Image.open(example["image"]).convert("RGB"))
+        ax.set_axis_off()
+        lines = [f"{name} {p:.2f}" for name, p in example["top3"]]
+        ax.set_title(f"true: {example['label']}\n" + "\n".join(lines), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "zero_shot_examples.png", dpi=110)
+    plt.close(fig)
+    return "zero_shot_examples.png"
 
 
 def _plot(history: dict[str, Any], similarity: torch.Tensor, out_dir: Path) -> list[str]:
@@ -444,6 +484,12 @@ def _report(summary: dict[str, Any]) -> str:
         f"{summary['seed']}; {summary['platform']}.",
         "",
     ]
+    lines += ["Zero-shot examples (first test images, top-3 classes with probabilities):", "",
+              "| image | true class | top-3 |", "| --- | --- | --- |"]  # fmt: skip
+    for example in summary["zero_shot_examples"]:
+        top3 = ", ".join(f"{name} ({p:.2f})" for name, p in example["top3"])
+        lines.append(f"| {Path(example['image']).name} | {example['label']} | {top3} |")
+    lines.append("")
     if summary["plots"]:
         lines += [f"![{p}]({p})" for p in summary["plots"]] + [""]
     return "\n".join(lines)
