@@ -2,6 +2,8 @@
 
 `from_pretrained(name_or_path)` recognises:
 - a Hugging Face directory (`config.json` with model_type clip or siglip + weights);
+- a SmolVLM / SmolVLM2 / Idefics3 directory (`config.json` with model_type smolvlm or idefics3),
+  loaded as a `vlkit.models.vlm.GenerativeVLM` by `vlkit.hub.smolvlm.load_smolvlm`;
 - an open_clip directory (`open_clip_config.json` + `open_clip_model.safetensors` or
   `open_clip_pytorch_model.bin`), or an open_clip weights file plus `open_clip_config=`;
 - a vlkit directory (`vlkit_config.json` + `model.safetensors`), e.g. a ResNet CLIP;
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlkit.hub.errors import CheckpointError
 from vlkit.hub.hf_clip import (
@@ -31,6 +33,9 @@ from vlkit.hub.open_clip import (
 )
 from vlkit.hub.weights import find_weights, load_into, read_weights, write_json, write_safetensors
 from vlkit.models.clip import CLIP, CLIPConfig, create_model
+
+if TYPE_CHECKING:
+    from vlkit.models.vlm import GenerativeVLM
 
 VLKIT_CONFIG = "vlkit_config.json"
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
@@ -60,8 +65,9 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
 
 def from_pretrained(
     name_or_path: str | Path, open_clip_config: str | Path | dict[str, Any] | None = None
-) -> CLIP:
-    """Loads a CLIP or SigLIP checkpoint (see the module docstring for the formats)."""
+) -> CLIP | GenerativeVLM:
+    """Loads a CLIP / SigLIP checkpoint, or a SmolVLM / Idefics3 generative VLM (see the module
+    docstring for the formats)."""
     path = resolve_checkpoint(name_or_path)
     if path.is_file():
         if open_clip_config is None:
@@ -78,11 +84,23 @@ def from_pretrained(
         load_into(model, read_weights(find_weights(path, ["model.safetensors"])), str(path))
         return model.eval()
     if (path / "config.json").is_file():
+        if _hf_model_type(path) in ("smolvlm", "idefics3"):
+            from vlkit.hub.smolvlm import load_smolvlm
+
+            return load_smolvlm(path)
         return _load_hf(path)
     raise CheckpointError(
         f"{path} is not a checkpoint directory: expected config.json (Hugging Face), "
         f"open_clip_config.json (open_clip) or {VLKIT_CONFIG} (vlkit)"
     )
+
+
+def _hf_model_type(path: Path) -> str | None:
+    """The `model_type` of a Hugging Face `config.json`, or None when unreadable."""
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _load_hf(path: Path) -> CLIP:
