@@ -23,7 +23,7 @@ class ProgressBar(Callback):
         if "loss" in metrics:
             self.bar.set_postfix(
                 loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
-                temp=f"{metrics['temperature']:.1f}",
+                temp=f"{metrics.get('temperature', float('nan')):.1f}",
                 sps=f"{metrics['samples_per_second']:.0f}",
             )  # fmt: skip
 
@@ -90,7 +90,7 @@ def plot_training_curves(metrics_file: str | Path, out_file: str | Path) -> Path
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     left.plot(steps, [row["loss"] for row in rows])
     left.set(xlabel="step", ylabel="loss", title="training loss")
-    right.plot(steps, [row["temperature"] for row in rows], color="tab:orange")
+    right.plot(steps, [row.get("temperature", float("nan")) for row in rows], color="tab:orange")
     right.set(xlabel="step", ylabel="exp(logit_scale)", title="temperature")
     figure.tight_layout()
     figure.savefig(out_file, dpi=120)

@@ -1,7 +1,8 @@
 """Training checkpoints that lose nothing and never leave half-written state.
 
 A checkpoint is a directory `step_XXXXXXXX/` with
-- `model.safetensors` + `vlkit_config.json` (loadable by `vlkit.from_pretrained`),
+- `model.safetensors` (+ `vlkit_config.json` for CLIP-like models, so `vlkit.from_pretrained`
+  loads the checkpoint directly; any other module's weights are saved as its state dict),
 - `training_state.pt`: optimizer, scheduler, grad-scaler and RNG states, the data position and
   counters, read back with `torch.load(weights_only=True)` (tensors and plain containers only).
 It is written into a temporary directory, every file fsynced, then renamed into place; the
@@ -20,8 +21,9 @@ from typing import Any
 
 import torch
 
-from vlkit.hub import CheckpointError, from_pretrained, save_pretrained
-from vlkit.hub.weights import atomic_write
+from vlkit.hub import CheckpointError, save_pretrained
+from vlkit.hub.weights import atomic_write, read_weights, write_safetensors
+from vlkit.models.clip import CLIP
 
 STATE_FILE = "training_state.pt"
 LATEST = "latest"
@@ -66,7 +68,10 @@ def save_checkpoint(
     final = root / f"step_{step:08d}"
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step:08d}."))
     try:
-        save_pretrained(model, staging, format="vlkit")
+        if isinstance(model, CLIP):
+            save_pretrained(model, staging, format="vlkit")
+        else:
+            write_safetensors(model.state_dict(), staging / "model.safetensors")
         torch.save(training_state, staging / STATE_FILE)
         _fsync_tree(staging)
         if final.exists():  # re-saving the same step (e.g. end of training right after a save)
@@ -98,11 +103,11 @@ def resolve_resume(checkpoint_dir: str | Path, resume: str) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model and the training state saved by `save_checkpoint`."""
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The model weights (a state dict) and the training state saved by `save_checkpoint`."""
     path = Path(path)
     try:
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as error:
         raise CheckpointError(f"cannot read {path / STATE_FILE}: {error}") from error
-    return from_pretrained(path), state
+    return read_weights(path / "model.safetensors"), state

@@ -153,9 +153,9 @@ class Trainer:
 
     def restore(self, resume: str) -> None:
         path = resolve_resume(self.checkpoint_dir, resume)
-        saved_model, state = load_checkpoint(path)
-        load_into(self.model, {k: v.to(self.device) for k, v in saved_model.state_dict().items()},
-                  str(path))  # fmt: skip
+        weights, state = load_checkpoint(path)
+        load_into(self.model, {k: v.to(self.device) for k, v in weights.items()}, str(path))
+
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state["scaler"]:
@@ -233,7 +233,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.scheduler.step()
-        max_scale = getattr(model.config, "max_logit_scale", None)
+        max_scale = getattr(getattr(model, "config", None), "max_logit_scale", None)
         if max_scale is not None:
             with torch.no_grad():  # open_clip clamps to [0, ln 100] after each step
                 model.logit_scale.clamp_(0, math.log(max_scale))
@@ -241,8 +241,9 @@ class Trainer:
         metrics.update(
             grad_norm=float(grad_norm),
             lr=self.optimizer.param_groups[0]["lr"],
-            temperature=float(model.temperature().detach()),
         )
+        if hasattr(model, "temperature"):  # contrastive models: log the learned temperature
+            metrics["temperature"] = float(model.temperature().detach())
         return metrics
 
     def fit(self, resume: str | None = None) -> dict[str, Any]:
