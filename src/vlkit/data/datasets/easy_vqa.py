@@ -310,10 +310,8 @@ def load_easy_vqa(split: str = "train") -> list[EasyVQAExample]:
     return list(_load_split(split))
 
 
-@functools.lru_cache(maxsize=2)
-def _load_split(split: str) -> tuple[EasyVQAExample, ...]:
-    # Parsing the questions and reading the pixels of the few hundred images they leave open
-    # takes a second or two; the result never changes within a process.
+def read_easy_vqa(split: str) -> tuple[list, list, list, dict[int, str]]:
+    """The raw easy-VQA split: questions, answers, image ids (parallel lists) and image paths."""
     try:
         import easy_vqa
     except ImportError as error:  # pragma: no cover - depends on the environment
@@ -322,10 +320,16 @@ def _load_split(split: str) -> tuple[EasyVQAExample, ...]:
         ) from error
     if split == "train":
         questions, answers, ids = easy_vqa.get_train_questions()
-        paths = easy_vqa.get_train_image_paths()
-    else:
-        questions, answers, ids = easy_vqa.get_test_questions()
-        paths = easy_vqa.get_test_image_paths()
+        return questions, answers, ids, easy_vqa.get_train_image_paths()
+    questions, answers, ids = easy_vqa.get_test_questions()
+    return questions, answers, ids, easy_vqa.get_test_image_paths()
+
+
+@functools.lru_cache(maxsize=2)
+def _load_split(split: str) -> tuple[EasyVQAExample, ...]:
+    # Parsing the questions and reading the pixels of the few hundred images they leave open
+    # takes a second or two; the result never changes within a process.
+    questions, answers, ids, paths = read_easy_vqa(split)
     labels = derive_labels(questions, answers, ids, paths)
     unlabelled = sorted(set(paths) - set(labels))
     if unlabelled:

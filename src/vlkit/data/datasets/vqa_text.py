@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from vlkit.data.datasets.easy_vqa import read_easy_vqa
 from vlkit.data.datasets.image_text import parse_key
 
 __all__ = ["IGNORE_INDEX", "EasyVQAQuestions", "collate_vqa_text", "load_easy_vqa_questions"]
@@ -42,18 +43,7 @@ def load_easy_vqa_questions(split: str = "train") -> tuple[list[tuple[str, str, 
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    try:
-        import easy_vqa
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the easy-VQA dataset needs the `easy_vqa` package: pip install easy-vqa"
-        ) from error
-    if split == "train":
-        questions, answers, ids = easy_vqa.get_train_questions()
-        paths = easy_vqa.get_train_image_paths()
-    else:
-        questions, answers, ids = easy_vqa.get_test_questions()
-        paths = easy_vqa.get_test_image_paths()
+    questions, answers, ids, paths = read_easy_vqa(split)
     triples = [(str(q), str(a), int(i)) for q, a, i in zip(questions, answers, ids, strict=True)]
     return triples, dict(paths)
 
