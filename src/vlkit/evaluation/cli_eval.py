@@ -295,18 +295,24 @@ def eval_retrieval(
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_vqa_results(path: str | Path) -> dict[Any, str]:
-    """{question_id: answer} of a VQAv2 results list; duplicates are an error, as in loadRes."""
+def _read_results(path: str | Path, key: str, value: str, duplicate: str) -> dict[Any, str]:
+    """{record[key]: record[value]} of a results list (VQAv2 or COCO captions); a repeated key
+    is an error ending in `duplicate`, as the official loaders reject it too."""
     file = Path(path)
     data = read_json(file, "--results")
     if not isinstance(data, list):
-        raise ValueError(f"--results {file}: expected a JSON list of {{question_id, answer}}")
-    answers: dict[Any, str] = {}
-    for qid, answer in _records(data, ("question_id", "answer"), file, "results"):
-        if qid in answers:
-            raise ValueError(f"{file}: 'question_id' {qid!r} appears twice")
-        answers[qid] = answer
-    return answers
+        raise ValueError(f"--results {file}: expected a JSON list of {{{key}, {value}}}")
+    results: dict[Any, str] = {}
+    for record_key, record_value in _records(data, (key, value), file, "results"):
+        if record_key in results:
+            raise ValueError(f"{file}: {key!r} {record_key!r} {duplicate}")
+        results[record_key] = record_value
+    return results
+
+
+def _read_vqa_results(path: str | Path) -> dict[Any, str]:
+    """{question_id: answer} of a VQAv2 results list; duplicates are an error, as in loadRes."""
+    return _read_results(path, "question_id", "answer", "appears twice")
 
 
 def _check_vqa_annotations(items: list, file: Path) -> None:
@@ -379,18 +385,9 @@ def _check_same_ids(qids: Sequence[Any], present: set, file: Path, problem: str)
 
 
 def _read_caption_results(path: str | Path) -> dict[Any, str]:
-    """{image_id: caption} of a COCO captioning results list; one caption per image."""
-    file = Path(path)
-    data = read_json(file, "--results")
-    if not isinstance(data, list):
-        raise ValueError(f"--results {file}: expected a JSON list of {{image_id, caption}}")
-    candidates: dict[Any, str] = {}
-    for image_id, caption in _records(data, ("image_id", "caption"), file, "results"):
-        if image_id in candidates:
-            # CIDEr-D scores exactly one candidate per image (pycocoevalcap asserts it).
-            raise ValueError(f"{file}: 'image_id' {image_id!r} has more than one caption")
-        candidates[image_id] = caption
-    return candidates
+    """{image_id: caption} of a COCO captioning results list; one caption per image, since
+    CIDEr-D scores exactly one candidate per image (pycocoevalcap asserts it)."""
+    return _read_results(path, "image_id", "caption", "has more than one caption")
 
 
 def eval_captions(
