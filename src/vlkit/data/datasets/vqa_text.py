@@ -24,7 +24,13 @@ from torch.utils.data import Dataset
 from vlkit.data.datasets.easy_vqa import read_easy_vqa
 from vlkit.data.datasets.image_text import parse_key
 
-__all__ = ["IGNORE_INDEX", "EasyVQAQuestions", "collate_vqa_text", "load_easy_vqa_questions"]
+__all__ = [
+    "IGNORE_INDEX",
+    "EasyVQAQuestions",
+    "QuestionAnswerText",
+    "collate_vqa_text",
+    "load_easy_vqa_questions",
+]
 
 IGNORE_INDEX = -100
 
@@ -48,22 +54,21 @@ def load_easy_vqa_questions(split: str = "train") -> tuple[list[tuple[str, str, 
     return triples, dict(paths)
 
 
-class EasyVQAQuestions(Dataset):
-    """One item per easy-VQA (image, question, answer), tokenized for next-token training.
+class QuestionAnswerText(Dataset):
+    """(image, question, answer) samples tokenized for next-token training: the shared core.
 
-    Keys are an index or `(index, sample_seed)` (the trainer's `ResumableBatchSampler`); with a
-    seed the transform draws from `torch.Generator().manual_seed(sample_seed)`, so an item is a
-    pure function of its key.
+    Subclasses say how an image key becomes a PIL image (`load_pil`); everything else (prompt
+    and answer ids, labels, padding, keyed augmentation) is here. Keys are an index or
+    `(index, sample_seed)` (the trainer's `ResumableBatchSampler`); with a seed the transform
+    draws from `torch.Generator().manual_seed(sample_seed)`, so an item is a pure function of
+    its key.
 
     Args:
-        split: "train" or "test".
+        samples: (question, answer, image key) triples.
         transform: PIL image -> (3, S, S) float tensor (called with `generator=` for keyed items).
-        tokenizer: A CLIP-style tokenizer with `encode(text) -> list[int]`, `sot_token_id`,
-            `eot_token_id` and `pad_token_id` (e.g. `vlkit.get_tokenizer("clip")`).
+        tokenizer: Has `encode(text) -> list[int]`, `sot_token_id`, `eot_token_id` and
+            `pad_token_id` (`vlkit.get_tokenizer("clip")`, or a `WordTokenizer`).
         max_length: Padded text length L (prompt + answer + eos must fit).
-        samples: Use these (question, answer, image id) triples instead of the whole split
-            (e.g. a subset for overfitting tests).
-        image_paths: image id -> PNG path; loaded from `split` when None.
 
     Raises:
         ValueError: A sample's text does not fit in `max_length`.
@@ -71,27 +76,20 @@ class EasyVQAQuestions(Dataset):
 
     def __init__(
         self,
-        split: str = "train",
-        transform: Callable[..., torch.Tensor] | None = None,
-        tokenizer: Any = None,
+        samples: Sequence[tuple[str, str, Any]],
+        transform: Callable[..., torch.Tensor] | None,
+        tokenizer: Any,
         max_length: int = 24,
-        samples: Sequence[tuple[str, str, int]] | None = None,
-        image_paths: Mapping[int, str] | None = None,
     ) -> None:
         if transform is None or tokenizer is None:
-            raise ValueError("EasyVQAQuestions needs a transform and a tokenizer")
-        if samples is None or image_paths is None:
-            all_samples, paths = load_easy_vqa_questions(split)
-            samples = all_samples if samples is None else samples
-            image_paths = paths if image_paths is None else image_paths
-        self.samples = [(str(q), str(a), int(i)) for q, a, i in samples]
-        self.image_paths = dict(image_paths)
+            raise ValueError(f"{type(self).__name__} needs a transform and a tokenizer")
+        self.samples = [(str(q), str(a), i) for q, a, i in samples]
         self.transform = transform
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
         self.pad_token_id = int(getattr(tokenizer, "pad_token_id", 0))
         self.eos_token_id = int(tokenizer.eot_token_id)
-        # easy-VQA has a few dozen distinct questions and 13 answers: tokenize each string once.
+        # VQA corpora repeat a few dozen question and answer strings: tokenize each one once.
         encoded: dict[str, list[int]] = {}
         for text in {t for q, a, _ in self.samples for t in (q, a)}:
             encoded[text] = list(tokenizer.encode(text))
@@ -122,16 +120,18 @@ class EasyVQAQuestions(Dataset):
         """(P,) unpadded prompt ids of item `index` (`[sot] + question`), for generation."""
         return torch.tensor(self._prompts[index], dtype=torch.long)
 
+    def load_pil(self, image_key: Any) -> Any:
+        """The PIL image of an image key (the third element of a sample)."""
+        raise NotImplementedError
+
     def load_image(self, key: int | tuple[int, int]) -> torch.Tensor:
         """(3, S, S) pixels of item `key` (transform drawn from the key's seed, if any).
 
         Raises:
             vlkit.data.images.ImageLoadError: The file cannot be read.
         """
-        from vlkit.data.images import load_image
-
         index, sample_seed = parse_key(key, len(self))
-        image = load_image(self.image_paths[self.samples[index][2]])
+        image = self.load_pil(self.samples[index][2])
         if sample_seed is None:
             return self.transform(image)
         return self.transform(image, generator=torch.Generator().manual_seed(sample_seed))
@@ -159,6 +159,46 @@ class EasyVQAQuestions(Dataset):
             "attention_mask": attention_mask,
             "index": index,
         }
+
+
+class EasyVQAQuestions(QuestionAnswerText):
+    """One item per easy-VQA (image, question, answer), tokenized for next-token training.
+
+    Args:
+        split: "train" or "test".
+        transform: PIL image -> (3, S, S) float tensor (called with `generator=` for keyed items).
+        tokenizer: See `QuestionAnswerText` (e.g. `vlkit.get_tokenizer("clip")`).
+        max_length: Padded text length L (prompt + answer + eos must fit).
+        samples: Use these (question, answer, image id) triples instead of the whole split
+            (e.g. a subset for overfitting tests).
+        image_paths: image id -> PNG path; loaded from `split` when None.
+
+    Raises:
+        ValueError: A sample's text does not fit in `max_length`.
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        transform: Callable[..., torch.Tensor] | None = None,
+        tokenizer: Any = None,
+        max_length: int = 24,
+        samples: Sequence[tuple[str, str, int]] | None = None,
+        image_paths: Mapping[int, str] | None = None,
+    ) -> None:
+        if transform is None or tokenizer is None:
+            raise ValueError("EasyVQAQuestions needs a transform and a tokenizer")
+        if samples is None or image_paths is None:
+            all_samples, paths = load_easy_vqa_questions(split)
+            samples = all_samples if samples is None else samples
+            image_paths = paths if image_paths is None else image_paths
+        self.image_paths = dict(image_paths)
+        super().__init__([(q, a, int(i)) for q, a, i in samples], transform, tokenizer, max_length)
+
+    def load_pil(self, image_key: Any) -> Any:
+        from vlkit.data.images import load_image
+
+        return load_image(self.image_paths[image_key])
 
 
 def collate_vqa_text(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
