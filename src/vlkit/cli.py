@@ -6,6 +6,8 @@
     vlkit zeroshot IMAGE... --model PATH --labels "a cat,a dog" [--templates NAME|FILE] [--json]
     vlkit embed --model PATH (--images DIR | --texts FILE) --out FILE.npy
     vlkit eval zeroshot|retrieval|vqa|captions ... --out DIR   (metrics.json + report.md + plot)
+    vlkit train-vlm kind=llava task=easy_vqa vision=CLIP_CHECKPOINT out_dir=DIR [key=value ...]
+    vlkit generate --model DIR --image X [--image Y] [--video FRAMES_DIR] --prompt "..." [--int8]
 
 Bad input (missing or unreadable image, unsupported checkpoint, bad arguments) prints one line
 naming the problem and exits with status 2.
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from vlkit.cli_generate import add_generate_parsers, generate_command, train_vlm_command
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -156,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--texts", help="text file, one text per line")
     em.add_argument("--out", required=True, help="output .npy file")
     _add_eval_parser(commands)
+    add_generate_parsers(commands)
     return parser
 
 
@@ -250,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "embed":
             embeddings = embed(args.model, args.out, args.images, args.texts)
             print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.out}")
+        elif args.command == "generate":
+            generate_command(args)
+        elif args.command == "train-vlm":
+            print(json.dumps(train_vlm_command(args.overrides), indent=2))
         elif args.command == "eval":
             from vlkit.evaluation.report import json_safe
 

@@ -198,6 +198,13 @@ class SmolVLMProcessor:
         self.padding_side = padding_side
         self.image_token_id = tokenizer.token_to_id(self.image_token)
 
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Ids that end an assistant turn: `<end_of_utterance>` and the eos token, when present."""
+        names = ["<end_of_utterance>", self.special_tokens.get("eos_token")]
+        ids = [self.tokenizer.token_to_id(name) for name in names if name]
+        return list(dict.fromkeys(i for i in ids if i is not None))
+
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> SmolVLMProcessor:
         """Reads a Hugging Face SmolVLM processor directory.

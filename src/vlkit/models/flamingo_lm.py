@@ -1,0 +1,295 @@
+"""Flamingo: Perceiver-resampled images read by gated cross-attention inside the LM.
+
+Alayrac et al. 2022, "Flamingo: a Visual Language Model for Few-Shot Learning":
+
+* Sec. 2.1 / Fig. 5: a Perceiver Resampler turns the vision encoder's T tokens per image into K
+  learned latents. Here the vision tokens are first mapped linearly to the LM width D and the
+  resampler runs at width D (Flamingo runs it at the vision width; resampling at D keeps the
+  fusion cost in proportion to small LMs).
+* Sec. 2.2 / Fig. 4: a `GatedCrossAttentionBlock` (tanh gates initialised at 0) precedes decoder
+  layer i whenever `i % cross_attention_every == 0`; at initialisation the model is exactly the
+  text-only LM.
+* Sec. 2.3: one `<image>` token in the text marks where an image appears
+  (`num_image_tokens == 1`); each token cross-attends only to the latents of the most recent
+  image at or before it, and tokens before any image get no cross-attention.
+
+The decoder is `DecoderLM` plus `gated_cross_attention` blocks, so its text weights keep the
+Llama parameter names. Unlike Flamingo, the LM is not frozen here (freeze what you compare).
+`FlamingoVLM.generate` is a greedy loop without KV cache (the whole sequence is re-run per new
+token; the images are encoded once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from vlkit.fusion.gated_cross_attention import (
+    GatedCrossAttentionBlock,
+    media_attention_mask,
+    media_time_index,
+)
+from vlkit.fusion.perceiver_resampler import PerceiverResampler
+from vlkit.models.decoder import DecoderConfig, DecoderLM, DecoderOutput
+from vlkit.models.spliced_lm import (
+    KeepFrozenVisionEval,
+    attention_mask_4d,
+    attention_probs,
+    image_slots,
+    image_token_distribution,
+    position_ids_from_mask,
+)
+from vlkit.models.vlm import VLMOutput
+
+if TYPE_CHECKING:
+    from vlkit.models.fusion_vlm import FusionVLMConfig
+
+__all__ = ["FlamingoDecoder", "FlamingoVLM"]
+
+
+class FlamingoDecoder(DecoderLM):
+    """`DecoderLM` with a gated cross-attention block before every `cross_attention_every` layers.
+
+    Args:
+        config: Decoder shape; the cross-attention uses its width and head count.
+        cross_attention_every: Block before layer i iff `i % cross_attention_every == 0`.
+    """
+
+    def __init__(self, config: DecoderConfig, cross_attention_every: int = 1) -> None:
+        super().__init__(config)
+        d = config.hidden_size
+        self.gated_cross_attention = nn.ModuleDict(
+            {
+                str(i): GatedCrossAttentionBlock(d, d, num_heads=config.num_heads, ff_mult=4)
+                for i in range(config.num_layers)
+                if i % cross_attention_every == 0
+            }
+        )
+
+    def forward_with_media(
+        self,
+        input_ids: torch.Tensor,
+        media: torch.Tensor,
+        media_locations: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> DecoderOutput:
+        """Logits for text interleaved with images (no KV cache).
+
+        Args:
+            input_ids: (B, L) token ids.
+            media: (B, M, K, D) resampled latents of M images per row.
+            media_locations: (B, L) bool, True at the `<image>` tokens (the i-th marks image i).
+            attention_mask: (B, L) padding mask (1 = keep), or None.
+
+        Returns:
+            `DecoderOutput` with (B, L, V) logits.
+        """
+        x = self.model.embed_tokens(input_ids)  # (B, L, D)
+        b, n, _ = x.shape
+        positions = position_ids_from_mask(attention_mask, b, n, 0, x.device)
+        mask = attention_mask_4d(attention_mask, b, n, 0, x.device)  # (B, 1, L, L) or None
+        cos, sin = self.model.rotary_emb(positions, x.dtype)  # (B, 1, L, Dh)
+        for i, layer in enumerate(self.model.layers):
+            if str(i) in self.gated_cross_attention:  # GATED XATTN-DENSE, then the layer (Fig. 4)
+                x = self.gated_cross_attention[str(i)](x, media, None, media_locations)
+            x = layer(x, cos, sin, mask, None)
+        return DecoderOutput(logits=self.lm_head(self.model.norm(x)).float())
+
+
+class FlamingoVLM(KeepFrozenVisionEval, nn.Module):
+    """Vision tokens -> linear -> Perceiver Resampler -> gated cross-attention in the decoder.
+
+    Args:
+        vision: Module (N, 3, H, W) -> (N, T, Dv).
+        vision_dim: Dv.
+        decoder_config: The LM shape (its vocabulary includes `image_token_id`).
+        image_token_id: The `<image>` marker id.
+        num_latents: K, Perceiver latents per image.
+        perceiver_layers: Perceiver depth.
+        cross_attention_every: Gated cross-attention frequency.
+        config: The `FusionVLMConfig` it was built from (None when built by hand).
+    """
+
+    def __init__(
+        self,
+        vision: nn.Module,
+        vision_dim: int,
+        decoder_config: DecoderConfig,
+        image_token_id: int,
+        num_latents: int = 8,
+        perceiver_layers: int = 2,
+        cross_attention_every: int = 1,
+        config: FusionVLMConfig | None = None,
+    ) -> None:
+        super().__init__()
+        d, heads = decoder_config.hidden_size, decoder_config.num_heads
+        self.vision = vision
+        self.media_projection = nn.Linear(vision_dim, d)
+        self.perceiver = PerceiverResampler(
+            d, perceiver_layers, num_latents, heads, d // heads, max_num_frames=1
+        )
+        self.decoder = FlamingoDecoder(decoder_config, cross_attention_every)
+        self.image_token_id = image_token_id
+        self.num_image_tokens = 1
+        self.config = config
+
+    def encode_media(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, M, C, H, W) or (B, C, H, W) images -> (B, M, K, D) resampled latents."""
+        if pixel_values.dim() == 4:
+            pixel_values = pixel_values[:, None]
+        b, m = pixel_values.shape[:2]
+        dtype = next(self.vision.parameters()).dtype
+        tokens = self.vision(pixel_values.flatten(0, 1).to(dtype))  # (B*M, T, Dv)
+        latents = self.perceiver(self.media_projection(tokens))  # (B*M, K, D)
+        return latents.view(b, m, *latents.shape[1:])
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool = False,
+    ) -> VLMOutput:
+        """Logits (B, L, V) for ids (B, L) with one `<image>` marker per image.
+
+        Args:
+            input_ids: (B, L).
+            pixel_values: (B, M, C, H, W) or (B, C, H, W); image i of a row belongs to its i-th
+                `<image>` marker (rows with fewer markers never read the extra images).
+            attention_mask: (B, L) padding mask, or None.
+            use_cache: Not supported (raises).
+        """
+        if use_cache:
+            raise NotImplementedError("FlamingoVLM has no KV cache")
+        media = self.encode_media(pixel_values)  # (B, M, K, D)
+        locations = input_ids == self.image_token_id  # (B, L)
+        out = self.decoder.forward_with_media(input_ids, media, locations, attention_mask)
+        return VLMOutput(logits=out.logits)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        eos_token_id: int | Sequence[int] | None = None,
+        streamer: Callable[[torch.Tensor], None] | None = None,
+        pad_token_id: int | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Greedy decoding without KV cache (the images are resampled once).
+
+        Args:
+            input_ids: (B, P) prompts, left padded with `attention_mask`.
+            pixel_values: As `forward`.
+            attention_mask: (B, P) padding mask, or None.
+            max_new_tokens: Budget.
+            do_sample: Must be False (greedy only).
+            eos_token_id: Stop token(s); finished rows get `pad_token_id` (default: first stop).
+            streamer: Called with the (B,) new tokens after each step.
+            **kwargs: Other `generation.generate` options; beam search and the static cache raise,
+                sampling options are ignored.
+
+        Returns:
+            (B, P + N) ids.
+        """
+        if (
+            do_sample
+            or kwargs.get("num_beams", 1) != 1
+            or kwargs.get("cache_implementation", "dynamic") != "dynamic"
+        ):
+            raise NotImplementedError("FlamingoVLM.generate is greedy, without KV cache")
+        b, device = input_ids.shape[0], input_ids.device
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        stop = None
+        if eos_token_id is not None:
+            ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+            stop = torch.tensor(ids, dtype=torch.long, device=device)
+        if pad_token_id is None:
+            pad_token_id = int(stop[0]) if stop is not None else 0
+        media = self.encode_media(pixel_values)  # (B, M, K, D)
+        sequences = input_ids
+        unfinished = torch.ones(b, dtype=torch.bool, device=device)
+        for _ in range(max_new_tokens):
+            locations = sequences == self.image_token_id
+            logits = self.decoder.forward_with_media(sequences, media, locations, mask).logits
+            next_tok = logits[:, -1].argmax(-1)  # (B,)
+            next_tok = torch.where(unfinished, next_tok, torch.full_like(next_tok, pad_token_id))
+            sequences = torch.cat([sequences, next_tok[:, None]], dim=1)
+            mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+            if streamer is not None:
+                streamer(next_tok)
+            if stop is not None:
+                unfinished &= ~torch.isin(next_tok, stop)
+            if not unfinished.any():
+                break
+        return sequences
+
+    @torch.no_grad()
+    def attention_maps(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per text position, a distribution over the vision encoder's T tokens.
+
+        Definition: X (B, L, K) = the last gated cross-attention block's attention from each text
+        position to the K Perceiver latents, averaged over heads; P (B, K, T) = the Perceiver's
+        last layer attention from each latent to the T media tokens (its keys are media and
+        latents, Fig. 5: the media columns, renormalised), averaged over heads. The map is
+        X @ P; positions before the `<image>` marker (no cross-attention) get uniform rows.
+
+        Args:
+            input_ids: (B, L) with one `<image>` marker per row.
+            pixel_values: (B, 1, C, H, W) or (B, C, H, W).
+            attention_mask: (B, L) padding mask, or None.
+
+        Returns:
+            (B, L, T) rows summing to 1.
+        """
+        image_slots(input_ids, self.image_token_id, 1)  # validates one image per row
+        captured: dict[str, Any] = {}
+
+        def grab_latents(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            captured["media"], captured["latents"] = args[0], args[1]
+
+        def grab_text(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            captured["text"], captured["media_k"] = args[0], args[1]
+
+        perceiver_attn = self.perceiver.layers[-1][0]
+        block = self.decoder.gated_cross_attention[max(self.decoder.gated_cross_attention, key=int)]
+        handles = [
+            perceiver_attn.register_forward_pre_hook(grab_latents),
+            block.register_forward_pre_hook(grab_text),
+        ]
+        try:
+            self.forward(input_ids, pixel_values, attention_mask)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+        # Perceiver: latents -> [media; latents] in the last layer, media columns only.
+        media, latents = captured["media"], captured["latents"]  # (B, T, D), (B, K, D)
+        t, k = media.shape[1], latents.shape[1]
+        media_n = perceiver_attn.norm_media(media)
+        latents_n = perceiver_attn.norm_latents(latents)
+        heads, hd = perceiver_attn.num_heads, perceiver_attn.head_dim
+        q = perceiver_attn.to_q(latents_n).view(-1, k, heads, hd).transpose(1, 2)
+        keys = perceiver_attn.to_kv(torch.cat([media_n, latents_n], 1)).chunk(2, dim=-1)[0]
+        keys = keys.view(-1, t + k, heads, hd).transpose(1, 2)  # (B, H, T+K, hd)
+        latent_to_media = image_token_distribution(attention_probs(q, keys, None)[..., :t])
+
+        # Gated cross-attention: text -> latents of the most recent image, head-averaged.
+        text, media_k = captured["text"], captured["media_k"]  # (B, L, D), (B, 1, K, D)
+        time = media_time_index(input_ids == self.image_token_id)  # (B, L)
+        allowed = media_attention_mask(time, media_k.shape[1], media_k.shape[2])  # (B, L, K)
+        _, probs = block.attn(
+            block.norm_xattn(text), media_k, None, attn_mask=allowed, return_attention=True
+        )  # (B, H, L, K), rows before the image are 0
+        return image_token_distribution(probs.mean(1), latent_to_media)

@@ -1,0 +1,128 @@
+"""Generative-VLM runs end to end: train_vlm (two-stage), the run directory, `vlkit generate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlkit.cli import main
+from vlkit.hub.weights import read_weights
+from vlkit.training.vlm_recipe import VLMRecipe, evaluate_vlm, load_vlm_run, train_vlm
+from vlkit.training.vlm_task import generate_answers
+from vlkit.viz.attention import attention_grid, save_attention_overlays
+
+TINY = dict(train_scenes=24, test_scenes=3, batch_size=8, hidden_size=32, intermediate_size=64,
+            layers=1, heads=2, num_queries=4, device="cpu")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def llava_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A tiny LLaVA on scene questions: 4 connector-only steps, then 4 full steps."""
+    out = tmp_path_factory.mktemp("llava_run")
+    recipe = VLMRecipe(kind="llava", task="scene_questions", steps=4, connector_only_steps=4,
+                       **TINY)  # fmt: skip
+    return out, train_vlm(recipe, out)
+
+
+def test_summary_reports_cost_and_accuracy(llava_run) -> None:
+    out, summary = llava_run
+    assert 0.0 <= summary["accuracy"] <= 1.0 and summary["steps"] == 8
+    assert 0 < summary["trainable_parameters"] < summary["total_parameters"]  # tower frozen
+    assert 0 < summary["forward_gflops"] < summary["train_gflops"]
+    assert json.loads((out / "summary.json").read_text())["accuracy"] == summary["accuracy"]
+
+
+def test_two_stage_freezes_the_decoder_in_stage_one(llava_run) -> None:
+    out, _ = llava_run
+    stage1 = read_weights(next((out / "stage1" / "checkpoints").glob("step_*/model.safetensors")))
+    final = read_weights(out / "model.safetensors")
+    run = load_vlm_run(out)
+    init = run.model.__class__  # the architecture; rebuild the initial weights from the seed
+    from vlkit.training.vlm_recipe import _build_model, _fusion_config, _vision_clip, _vision_dim
+
+    clip = _vision_clip(run.recipe)
+    config = _fusion_config(run.recipe, run.tokenizer, _vision_dim(clip))
+    torch.manual_seed(run.recipe.seed)
+    start = _build_model(config, clip).state_dict()
+    assert isinstance(run.model, init)
+    decoder = [k for k in start if k.startswith("decoder.")]
+    connector = [k for k in start if k.startswith("connector.")]
+    assert decoder and connector
+    assert all(torch.equal(stage1[k], start[k]) for k in decoder)  # stage 1: LM untouched
+    assert not all(torch.equal(stage1[k], start[k]) for k in connector)
+    assert not all(torch.equal(final[k], stage1[k]) for k in decoder)  # stage 2 trains it
+    vision = [k for k in start if k.startswith("vision.")]
+    assert all(torch.equal(final[k], start[k]) for k in vision)  # frozen, BatchNorm included
+
+
+def test_run_directory_reloads_the_same_model(llava_run) -> None:
+    out, summary = llava_run
+    run = load_vlm_run(out)
+    from vlkit.training.vlm_recipe import build_vlm_data
+
+    _, test = build_vlm_data(run.recipe, run.tokenizer, run.transform)
+    again = evaluate_vlm(run.model, test, run.recipe.task)
+    assert again["accuracy"] == summary["accuracy"]
+    assert [list(e) for e in again["examples"]] == [list(e) for e in summary["examples"]]
+
+
+def test_generate_cli_streams_the_runs_answer(llava_run, tmp_path, capsys) -> None:
+    out, _ = llava_run
+    run = load_vlm_run(out)
+    from vlkit.data.datasets.scenes_text import SceneQuestions
+
+    test = SceneQuestions(3, "test", run.transform, run.tokenizer)
+    image_path = tmp_path / "scene.png"
+    test.load_pil(test.samples[0][2]).save(image_path)
+    expected = generate_answers(run.model, test.load_image(0)[None], [test.prompt_ids(0)],
+                                run.tokenizer, max_new_tokens=5)[0]  # fmt: skip
+    code = main(["generate", "--model", str(out), "--image", str(image_path),
+                 "--prompt", test.question(0), "--max-new-tokens", "5"])  # fmt: skip
+    assert code == 0 and capsys.readouterr().out.rstrip("\n") == expected
+    code = main(["generate", "--model", str(out), "--image", str(image_path), "--image",
+                 str(image_path), "--prompt", "x"])  # fmt: skip
+    assert code == 2 and "exactly one --image" in capsys.readouterr().err
+
+
+def test_train_vlm_cli_and_attention_overlay(tmp_path, capsys) -> None:
+    out = tmp_path / "qformer"
+    code = main(["train-vlm", "kind=qformer", "task=scene_captions", "steps=3", "max_test=2",
+                 "train_scenes=16", "test_scenes=2", "batch_size=8", "hidden_size=32",
+                 "intermediate_size=64", "layers=1", "heads=2", "num_queries=4", "device=cpu",
+                 f"out_dir={out}"])  # fmt: skip
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kind"] == "qformer" and "cider_d" in summary
+    from vlkit.data.datasets.shapes import ShapesDataset
+
+    image = tmp_path / "scene.png"
+    ShapesDataset(1).scene(0)[0].save(image)
+    png = tmp_path / "maps" / "attention.png"
+    code = main(["generate", "--model", str(out), "--image", str(image), "--max-new-tokens",
+                 "3", "--attention-map", str(png)])  # fmt: skip
+    captured = capsys.readouterr()
+    # A barely trained model may stop at once; then there is nothing to draw and it says so.
+    if code == 0:
+        assert png.is_file() and png.stat().st_size > 1000
+    else:
+        assert "no tokens to draw" in captured.err
+    code = main(["train-vlm", "kind=llava", "colour=red"])
+    assert code == 2 and "unknown setting 'colour'" in capsys.readouterr().err
+
+
+def test_attention_grid_and_overlay(tmp_path) -> None:
+    weights = torch.arange(5.0)  # a class token then a 2x2 grid
+    assert attention_grid(weights).tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert attention_grid(torch.arange(4.0)).shape == (2, 2)
+    with pytest.raises(ValueError, match="7 image tokens"):
+        attention_grid(torch.ones(7))
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 64), (200, 10, 10))
+    path = save_attention_overlays(image, torch.rand(2, 4), ["a", "b"], tmp_path / "o.png")
+    assert Image.open(path).size[0] > 64
+    with pytest.raises(ValueError, match="labels"):
+        save_attention_overlays(image, torch.rand(2, 4), ["a"], tmp_path / "p.png")
