@@ -156,6 +156,26 @@ def test_text_only_and_streamer(tmp_path: Path) -> None:
     assert out[0, 4:].tolist() == seen
 
 
+def test_default_stop_token_comes_from_generation_config(tmp_path: Path) -> None:
+    hf = _hf_model("smolvlm", 2)
+    ids = torch.tensor([_prompt(1, 16, [1, 2], [7, 8])])
+    pixels = torch.randn(1, 1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        free = hf.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=6, do_sample=False,
+                           eos_token_id=None)[0, ids.shape[1] :].tolist()  # fmt: skip
+    # Make the third greedy token the checkpoint's stop token: both libraries must stop there.
+    hf.generation_config.eos_token_id = [free[2]]
+    hf.generation_config.pad_token_id = free[2]
+    model = _save_and_load(hf, tmp_path)
+    assert model.eos_token_id == [free[2]]
+    with torch.no_grad():
+        reference = hf.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=6,
+                                do_sample=False)  # fmt: skip
+    ours = model.generate(ids, pixel_values=pixels, max_new_tokens=6)
+    assert ours.tolist() == reference.tolist()
+    assert ours[0, ids.shape[1] :].tolist() == free[: free.index(free[2]) + 1]
+
+
 def test_bad_checkpoint_keys_are_named(tmp_path: Path) -> None:
     _hf_model("smolvlm", 2).save_pretrained(tmp_path)
     path = tmp_path / "model.safetensors"

@@ -91,4 +91,23 @@ def load_smolvlm(directory: str | Path) -> GenerativeVLM:
     weights = find_weights(directory, SMOLVLM_WEIGHT_FILES)
     state = read_weights(weights)
     load_into(model, smolvlm_state_dict(state, model), str(weights))
+    model.eos_token_id = default_eos_token_id(directory, hf_config)
     return model.eval()
+
+
+def default_eos_token_id(directory: Path, hf_config: dict[str, Any]) -> int | list[int] | None:
+    """The stop token(s) `generate` uses by default, as transformers picks them: the
+    `eos_token_id` of `generation_config.json` when present (SmolVLM2: `<end_of_utterance>`),
+    else the model config's (top level, then `text_config`)."""
+    path = directory / "generation_config.json"
+    if path.is_file():
+        try:
+            value = json.loads(path.read_text()).get("eos_token_id")
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"cannot read {path}: {error}") from error
+        if value is not None:
+            return value
+    value = hf_config.get("eos_token_id")
+    if value is None:
+        value = (hf_config.get("text_config") or {}).get("eos_token_id")
+    return value

@@ -55,6 +55,9 @@ class GenerativeVLM(nn.Module):
         self.connector = connector
         self.decoder = decoder
         self.image_token_id = image_token_id
+        # Stop token(s) `generate` uses when none is passed (set from a checkpoint's
+        # generation_config.json by the loaders, as transformers does).
+        self.eos_token_id: int | list[int] | None = None
 
     def encode_images(
         self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None
@@ -154,7 +157,8 @@ class GenerativeVLM(nn.Module):
             input_ids: (B, P) prompt ids (left-padded with `attention_mask` for batches).
             pixel_values, pixel_attention_mask: As in `forward`.
             attention_mask: (B, P) prompt padding mask.
-            max_new_tokens, do_sample, eos_token_id, streamer: See `generation.generate`.
+            max_new_tokens, do_sample, eos_token_id, streamer: See `generation.generate`;
+                `eos_token_id=None` uses `self.eos_token_id` (the checkpoint's default).
             **kwargs: Further `generation.generate` options (temperature, top_k, top_p,
                 num_beams, generator, pad_token_id).
 
@@ -162,6 +166,8 @@ class GenerativeVLM(nn.Module):
             (B, P + N) LongTensor of prompt plus new tokens.
         """
         embeds, _ = self.embed(input_ids, pixel_values, pixel_attention_mask)
+        if eos_token_id is None:
+            eos_token_id = self.eos_token_id
         return _generate(
             self.decoder,
             input_ids,

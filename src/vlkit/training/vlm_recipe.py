@@ -250,6 +250,7 @@ def evaluate_vlm(
         {"accuracy"} for VQA tasks; {"cider_d", "bleu_4", "rouge_l"} for captions; both with
         a few {"examples"} (prediction, reference).
     """
+    from vlkit.evaluation import exact_match_accuracy
     from vlkit.training.vlm_task import answer_accuracy
 
     indices = list(range(len(test) if max_items is None else min(max_items, len(test))))
@@ -258,7 +259,14 @@ def evaluate_vlm(
             model, test, indices, batch_size=batch_size, max_new_tokens=3
         )
         examples = [(p, test.answer(i)) for p, i in zip(predictions[:8], indices, strict=False)]
-        return {"accuracy": accuracy, "examples": examples}
+        result: dict[str, Any] = {"accuracy": accuracy}
+        types = getattr(test, "types", None)  # scene questions: accuracy per question type
+        if types is not None:
+            for kind in sorted({types[i] for i in indices}):
+                chosen = [(p, test.answer(i)) for p, i in zip(predictions, indices, strict=True)
+                          if types[i] == kind]  # fmt: skip
+                result[f"accuracy_{kind}"] = exact_match_accuracy(*zip(*chosen, strict=True))
+        return {**result, "examples": examples}
     from vlkit.evaluation.caption_metrics import caption_scores
 
     _, predictions = answer_accuracy(

@@ -140,12 +140,14 @@ class SceneQuestions(QuestionAnswerText):
         kinds: tuple[str, ...] | None = None,
     ) -> None:
         self.scenes = ShapesDataset(num_scenes, seed=seed, split=split, max_objects=max_objects)
-        samples = [
-            (qa["question"], qa["answer"], index)
+        chosen = [
+            (qa, index)
             for index in range(num_scenes)
             for qa in self.scenes.questions(index)
             if kinds is None or qa["type"] in kinds
         ]
+        self.types = [qa["type"] for qa, _ in chosen]  # "count", "spatial", ... per item
+        samples = [(qa["question"], qa["answer"], index) for qa, index in chosen]
         super().__init__(samples, transform, tokenizer, max_length)
 
     def load_pil(self, image_key: Any) -> Any:
