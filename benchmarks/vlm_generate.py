@@ -8,16 +8,30 @@ implementations hold IDENTICAL weights. The prompt is one 512-px image (64 image
 ~21 text tokens, repeated over the batch (each row its own random image); decoding is greedy with
 no stop token, so every call produces exactly `--max-new-tokens` tokens.
 
-Before timing, both greedy continuations are compared token by token (exit status 1 when they
-differ; every timed call is checked again). Then, per batch size, the implementations alternate
+Implementations (`--modes`, default: all that apply to the device):
+
+* `transformers`: `SmolVLMForConditionalGeneration.generate` (dynamic cache);
+* `vlkit-dynamic`: `GenerativeVLM.generate`, growing `KVCache`;
+* `vlkit-static`: `cache_implementation="static"`, preallocated `StaticKVCache`, eager step;
+* `vlkit-graph` (CUDA only): the static cache's one-token step replayed from a CUDA graph
+  (`vlkit.models.fast_decode`); the graph is captured in the warm-up call and reused;
+* `vlkit-int8` (CPU fp32 only): `vlkit.inference.quantize_int8` (dynamic int8 linear layers).
+
+Before timing, the greedy continuations at batch 1 are compared token by token with
+transformers' (every timed call is checked again); int8 is not expected to match exactly, its
+`agree` column is the fraction of new tokens equal to transformers' (on these random weights
+it is near 0 at full depth: the random 30-layer model amplifies any perturbation, and even
+rounding its linear weights to bf16 changes a fifth of the top-1 tokens; only a trained
+checkpoint says how much int8 costs). A mismatch is printed, the timing still runs, and the exit
+status is 1. Then, per batch size, the implementations alternate
 round after round (the order rotates) and the median round is reported:
 
 * prefill ms: time to first token, i.e. from the `generate` call until the first new token is out
   (embedding, vision encoder, connector, the prompt forward and the first argmax);
 * decode tok/s: batch * (new tokens - 1) / (time from the first to the last new token);
 * peak memory: on CUDA `torch.cuda.max_memory_allocated` during the call (reset before it); on
-  CPU the process' peak RSS during the call (VmHWM, reset through /proc/self/clear_refs). Both
-  models stay resident, so the CPU number includes both sets of weights; `+MiB` is the growth
+  CPU the process' peak RSS during the call (VmHWM, reset through /proc/self/clear_refs). All
+  models stay resident, so the CPU number includes every set of weights; `+MiB` is the growth
   above the RSS / allocation before the call.
 
 The fastest round (`best ms`, `best tok/s`) is shown as well: on a shared CPU a neighbouring
@@ -28,7 +42,10 @@ Run from the repository root:
 
     python benchmarks/vlm_generate.py                       # CPU fp32, batch 1 and 2
     python benchmarks/vlm_generate.py --small               # shrunken model, quick check
-    python benchmarks/vlm_generate.py --device cuda --dtype bf16 --batch-sizes 1 8 32 --json o.json
+    python benchmarks/vlm_generate.py --small --layers 2 --max-new-tokens 8 --rounds 1  # smoke
+    # GPU (the issue's target: vlkit-graph >= 200 decode tok/s at batch 1), batch scaling:
+    python benchmarks/vlm_generate.py --device cuda --dtype bf16 --batch-sizes 1,2,4,8 \
+        --max-new-tokens 64 --json vlm_generate_gpu.json
 
 Exit status: 0 on success, 1 if the greedy tokens of the implementations differ.
 """
@@ -87,6 +104,15 @@ SMALL = {
 }  # fmt: skip
 SCALE_FACTOR = 4
 
+# vlkit modes: model variant ("float" or "int8") and `generate` options.
+VLKIT_MODES: dict[str, tuple[str, dict[str, Any]]] = {
+    "vlkit-dynamic": ("float", {}),
+    "vlkit-static": ("float", {"cache_implementation": "static", "cuda_graph": False}),
+    "vlkit-graph": ("float", {"cache_implementation": "static", "cuda_graph": True}),
+    "vlkit-int8": ("int8", {}),
+}
+MODES = ("transformers", *VLKIT_MODES)
+
 
 @dataclass
 class Row:
@@ -102,6 +128,7 @@ class Row:
     decode_tok_s_best: float | None = None
     peak_mem_mib: float | None = None
     peak_extra_mib: float | None = None
+    token_agreement: float | None = None  # share of new tokens equal to transformers' (min)
     prefill_ms_rounds: list[float] = field(default_factory=list)
     decode_tok_s_rounds: list[float] = field(default_factory=list)
 
@@ -112,7 +139,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="default: cuda if available, else cpu")  # fmt: skip
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None,
                         help="default: bf16 on cuda, fp32 on cpu")  # fmt: skip
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch-sizes", type=_int_list, nargs="+", default=[[1, 2]],
+                        help="e.g. 1,2,4,8 or 1 2 4 8")  # fmt: skip
+    parser.add_argument("--modes", type=_str_list, default=None,
+                        help=f"comma-separated subset of {','.join(MODES)}; default: all that "
+                        "run on the device (graph: CUDA; int8: CPU fp32)")  # fmt: skip
+    parser.add_argument("--layers", type=int, default=None,
+                        help="override the text model's layer count (quick runs)")  # fmt: skip
+    parser.add_argument("--vision-layers", type=int, default=None,
+                        help="override the vision tower's layer count")  # fmt: skip
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per batch size")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per batch size")
@@ -127,7 +162,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.dtype = "bf16" if args.device == "cuda" else "fp32"
     if args.max_new_tokens < 2:
         parser.error("--max-new-tokens must be >= 2 (decode speed needs tokens after the first)")
+    args.batch_sizes = [b for group in args.batch_sizes for b in group]
+    if args.modes is None:
+        args.modes = [m for m in MODES if mode_supported(m, args.device, args.dtype) is None]
+    for mode in args.modes:
+        if mode not in MODES:
+            parser.error(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        if (reason := mode_supported(mode, args.device, args.dtype)) is not None:
+            parser.error(f"mode {mode} {reason}")
+    if "transformers" not in args.modes:
+        args.modes.insert(0, "transformers")  # the reference for tokens and ratios
     return args
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
+def _str_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def mode_supported(mode: str, device: str, dtype: str) -> str | None:
+    """None when `mode` runs on this device and dtype, else the reason it does not."""
+    if mode == "vlkit-graph" and device != "cuda":
+        return "needs --device cuda (CUDA graphs)"
+    if mode == "vlkit-int8" and (device != "cpu" or dtype != "fp32"):
+        return "needs --device cpu --dtype fp32 (dynamic int8 kernels are CPU-only)"
+    return None
 
 
 def machine_info(device: str) -> dict[str, Any]:
@@ -170,13 +232,25 @@ def describe(info: dict[str, Any]) -> str:
     )
 
 
+def model_shape(
+    small: bool, layers: int | None = None, vision_layers: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """Vision and text config dicts: FULL or SMALL, with optional layer-count overrides."""
+    base = SMALL if small else FULL
+    shape = {"vision": dict(base["vision"]), "text": dict(base["text"])}
+    if layers is not None:
+        shape["text"]["num_hidden_layers"] = layers
+    if vision_layers is not None:
+        shape["vision"]["num_hidden_layers"] = vision_layers
+    return shape
+
+
 def build_models(
-    small: bool, device: torch.device, dtype: torch.dtype, hf_attn: str
+    shape: dict[str, dict[str, Any]], device: torch.device, dtype: torch.dtype, hf_attn: str
 ) -> tuple[torch.nn.Module, torch.nn.Module, int]:
     """(transformers model, vlkit model with the same weights, parameter count)."""
     import transformers
 
-    shape = SMALL if small else FULL
     config = transformers.SmolVLMConfig(
         vision_config=dict(shape["vision"]),
         text_config=dict(shape["text"]),
@@ -270,6 +344,7 @@ def run_generate(
     inputs: dict[str, torch.Tensor],
     max_new_tokens: int,
     device: torch.device,
+    options: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, float, float, float | None, float | None]:
     """(tokens, prefill ms, decode tok/s, peak MiB, peak MiB above the start of the call)."""
     clock = TokenClock(device)
@@ -297,6 +372,7 @@ def run_generate(
                 eos_token_id=None,
                 pad_token_id=0,
                 streamer=clock,
+                **(options or {}),
             )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -319,7 +395,7 @@ def format_table(rows: list[Row]) -> str:
     header = (
         f"{'implementation':<14} {'batch':>5} {'prefill ms':>11} {'prefill x':>9} "
         f"{'decode tok/s':>12} {'decode x':>8} {'best ms':>8} {'best tok/s':>10} "
-        f"{'peak MiB':>9} {'+MiB':>7}"
+        f"{'peak MiB':>9} {'+MiB':>7} {'agree':>6}"
     )
     lines = [header, "-" * len(header)]
 
@@ -332,7 +408,7 @@ def format_table(rows: list[Row]) -> str:
             f"{fmt(r.prefill_ratio_vs_transformers, '9.2f')} {fmt(r.decode_tok_s, '12.1f')} "
             f"{fmt(r.ratio_vs_transformers, '8.2f')} {fmt(r.prefill_ms_best, '8.1f')} "
             f"{fmt(r.decode_tok_s_best, '10.1f')} {fmt(r.peak_mem_mib, '9.0f')} "
-            f"{fmt(r.peak_extra_mib, '7.0f')}"
+            f"{fmt(r.peak_extra_mib, '7.0f')} {fmt(r.token_agreement, '6.3f')}"
         )
     return "\n".join(lines)
 
@@ -344,6 +420,13 @@ def first_difference(a: torch.Tensor, b: torch.Tensor) -> str:
     return f"row {row}, position {col}: {int(a[row, col])} vs {int(b[row, col])}"
 
 
+def agreement(ref: torch.Tensor, got: torch.Tensor, prompt_len: int) -> float:
+    """Share of new tokens equal to the reference (0 for different shapes)."""
+    if ref.shape != got.shape:
+        return 0.0
+    return float((ref[:, prompt_len:] == got[:, prompt_len:]).float().mean())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -352,54 +435,80 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(args.device)
     print(describe(info))
     t0 = time.perf_counter()
-    hf, ours, n_params = build_models(args.small, device, dtype, args.hf_attn)
-    shape = "small" if args.small else "SmolVLM2-256M-shaped"
+    shape = model_shape(args.small, args.layers, args.vision_layers)
+    hf, ours, n_params = build_models(shape, device, dtype, args.hf_attn)
+    shape_name = "small" if args.small else "SmolVLM2-256M-shaped"
+    if args.layers is not None or args.vision_layers is not None:
+        shape_name += (
+            f" ({shape['text']['num_hidden_layers']} text / "
+            f"{shape['vision']['num_hidden_layers']} vision layers)"
+        )
     print(
-        f"model: {shape}, {n_params / 1e6:.1f}M parameters, {args.dtype}, {args.device}, "
+        f"model: {shape_name}, {n_params / 1e6:.1f}M parameters, {args.dtype}, {args.device}, "
         f"transformers attn={args.hf_attn} (built in {time.perf_counter() - t0:.1f} s)"
     )
-    vocab = (SMALL if args.small else FULL)["text"]["vocab_size"]
-    impls = {"transformers": hf, "vlkit": ours}
+    variants: dict[str, torch.nn.Module] = {"float": ours}
+    if "vlkit-int8" in args.modes:
+        from vlkit.inference import quantize_int8
+
+        variants["int8"] = quantize_int8(ours)
+    # name -> (model, generate options)
+    impls: dict[str, tuple[torch.nn.Module, dict[str, Any]]] = {"transformers": (hf, {})}
+    for name in args.modes:
+        if name in VLKIT_MODES:
+            variant, options = VLKIT_MODES[name]
+            impls[name] = (variants[variant], options)
+    exact = [name for name in impls if name not in ("transformers", "vlkit-int8")]
+    vocab = shape["text"]["vocab_size"]
     n_new = args.max_new_tokens
 
-    # Parity first (batch 1): identical greedy tokens.
+    def call(name: str, inputs: dict[str, torch.Tensor]) -> tuple:
+        model, options = impls[name]
+        return run_generate(name, model, inputs, n_new, device, options)
+
+    # Parity first (batch 1): greedy tokens identical to transformers'.
     inputs = make_inputs(1, vocab, device, dtype)
     prompt_len = inputs["input_ids"].shape[1]
     print(f"prompt: {prompt_len} tokens (64 image tokens), 1 image of {IMAGE_SIZE} px per row")
-    ref = run_generate("transformers", hf, inputs, n_new, device)[0]
-    got = run_generate("vlkit", ours, inputs, n_new, device)[0]
-    same = torch.equal(ref, got)
-    print(f"greedy tokens identical: {same} ({ref.shape[1] - prompt_len} new tokens)")
-    print(f"  transformers: {ref[0, prompt_len:].tolist()}")
-    print(f"  vlkit:        {got[0, prompt_len:].tolist()}")
-    if not same:
-        print(f"MISMATCH at {first_difference(ref, got)}", file=sys.stderr)
-        return 1
+    tokens = {name: call(name, inputs)[0] for name in impls}
+    ref = tokens["transformers"]
+    mismatch = None
+    print(f"greedy tokens ({ref.shape[1] - prompt_len} new tokens):")
+    for name, got in tokens.items():
+        same = torch.equal(ref, got)
+        status = "" if name == "transformers" else f" identical: {same}"
+        if name == "vlkit-int8":
+            status = f" agreement with transformers: {agreement(ref, got, prompt_len):.3f}"
+        print(f"  {name + ':':<14} {got[0, prompt_len:].tolist()}{status}")
+        if name in exact and not same and mismatch is None:
+            mismatch = f"batch 1 parity, {name}: {first_difference(ref, got)}"
+    if mismatch is not None:  # keep going: the timings are still worth having
+        print(f"MISMATCH {mismatch}", file=sys.stderr)
 
     rows: list[Row] = []
-    mismatch = None
     for batch in args.batch_sizes:
         inputs = make_inputs(batch, vocab, device, dtype, seed=batch)
         by_name = {name: Row(name, batch) for name in impls}
         peaks: dict[str, list[tuple[float | None, float | None]]] = {n: [] for n in impls}
+        agree: dict[str, list[float]] = {n: [] for n in impls}
         for _ in range(args.warmup):
-            for name, model in impls.items():
-                run_generate(name, model, inputs, n_new, device)
+            for name in impls:
+                call(name, inputs)
         order = list(impls)
         for r in range(args.rounds):
             outputs = {}
-            for name in order[r % 2 :] + order[: r % 2]:
-                tokens, prefill, decode, peak, extra = run_generate(
-                    name, impls[name], inputs, n_new, device
-                )
+            shift = r % len(order)
+            for name in order[shift:] + order[:shift]:
+                tokens, prefill, decode, peak, extra = call(name, inputs)
                 outputs[name] = tokens
                 by_name[name].prefill_ms_rounds.append(prefill)
                 by_name[name].decode_tok_s_rounds.append(decode)
                 peaks[name].append((peak, extra))
-            if not torch.equal(outputs["transformers"], outputs["vlkit"]) and mismatch is None:
-                mismatch = f"batch {batch}: " + first_difference(
-                    outputs["transformers"], outputs["vlkit"]
-                )
+            ref = outputs["transformers"]
+            for name, got in outputs.items():
+                agree[name].append(agreement(ref, got, prompt_len))
+                if name in exact and not torch.equal(ref, got) and mismatch is None:
+                    mismatch = f"batch {batch}, {name}: " + first_difference(ref, got)
         for name, row in by_name.items():
             row.prefill_ms = statistics.median(row.prefill_ms_rounds)
             row.decode_tok_s = statistics.median(row.decode_tok_s_rounds)
@@ -407,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
             row.decode_tok_s_best = max(row.decode_tok_s_rounds)
             row.peak_mem_mib = max(p for p, _ in peaks[name] if p is not None)
             row.peak_extra_mib = max(e for _, e in peaks[name] if e is not None)
+            row.token_agreement = min(agree[name]) if agree[name] else None
         base = by_name["transformers"]
         for row in by_name.values():
             row.ratio_vs_transformers = row.decode_tok_s / base.decode_tok_s
@@ -414,18 +524,19 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
         print(f"batch {batch} done ({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    mem = "CUDA max_memory_allocated" if device.type == "cuda" else "peak RSS (both models)"
+    mem = "CUDA max_memory_allocated" if device.type == "cuda" else "peak RSS (all models)"
     print(
         f"\n{args.max_new_tokens} new tokens, greedy, median of {args.rounds} rounds; "
         f"x = speed vs transformers (>1 is faster); best = fastest round; "
-        f"peak MiB = {mem}"
+        f"peak MiB = {mem}; agree = share of new tokens equal to transformers' (worst round)"
     )
     print(format_table(rows))
     if args.json is not None:
         payload = {
             "machine": info,
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "model": shape,
+            "model": shape_name,
+            "shape": shape,
             "parameters": n_params,
             "prompt_tokens": prompt_len,
             "greedy_identical": mismatch is None,
@@ -434,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")
     if mismatch is not None:
-        print(f"MISMATCH in a timed round, {mismatch}", file=sys.stderr)
+        print(f"MISMATCH {mismatch}", file=sys.stderr)
         return 1
     return 0
 

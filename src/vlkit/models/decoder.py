@@ -62,7 +62,7 @@ class DecoderOutput:
     """
 
     logits: torch.Tensor
-    cache: KVCache | None = None
+    cache: KVCache | StaticKVCache | None = None
 
 
 class KVCache:
@@ -101,6 +101,115 @@ class KVCache:
         """Select batch rows in place (beam search): `index` is a (B',) LongTensor of old rows."""
         self.keys = [k.index_select(0, index) for k in self.keys]
         self.values = [v.index_select(0, index) for v in self.values]
+
+
+class StaticKVCache:
+    """Preallocated key/value cache of fixed length, written in place (for CUDA graphs).
+
+    The counterpart of Hugging Face's `StaticCache`: `keys[i]` and `values[i]` are
+    (B, H_kv, S, Dh) buffers with S = `max_len` slots, allocated once. A forward writes its L new
+    keys/values at the slots in the (L,) tensor `cache_position` with `index_copy_`, so tensor
+    shapes and addresses never change from one token to the next, which is what a captured CUDA
+    graph needs (it replays fixed kernels on fixed memory; see the PyTorch CUDA-graph notes,
+    https://pytorch.org/docs/stable/notes/cuda.html#cuda-graphs). Attention always runs over all
+    S slots: `slot_mask` (B, S) marks the slots that hold real (non-padding) tokens, and the mask
+    built by `prepare` hides padding and every slot after the query's own (unwritten slots are
+    after it), so the result equals attention over a `KVCache` of the written slots.
+
+    Slot t corresponds to column t of the (B, T) attention mask, as in `KVCache`. `seq_len`
+    counts the slots written by forwards that let the cache choose the positions; a caller that
+    passes `cache_position` itself (e.g. a captured decode step) keeps `seq_len` up to date.
+    """
+
+    def __init__(
+        self,
+        config: DecoderConfig,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        shape = (batch_size, config.num_kv_heads, max_len, config.head_dim)
+        self.keys = [
+            torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_layers)
+        ]
+        self.values = [torch.zeros_like(k) for k in self.keys]
+        self.slot_mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self.slots = torch.arange(max_len, device=device)  # (S,) slot indices, built once
+        self.cache_position = self.slots[:0]  # (L,) slots of the current forward
+        self.batch_size, self.max_len, self.seq_len = batch_size, max_len, 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def reset(self) -> None:
+        """Empty the cache in place (buffers keep their addresses, so captured graphs stay valid)."""
+        for buffer in [*self.keys, *self.values, self.slot_mask]:
+            buffer.zero_()
+        self.seq_len = 0
+
+    def prepare(
+        self,
+        n: int,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        cache_position: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Register L = `n` new tokens; return their attention mask and RoPE positions.
+
+        Only tensor operations depend on `cache_position`, so a CUDA graph can capture this.
+
+        Args:
+            n: Number of new tokens L.
+            attention_mask: (B, T + L) padding mask over written plus new slots (as for
+                `KVCache`, needs `cache_position` None), or None when the new tokens are real.
+            position_ids: (B, L) RoPE positions, or None for `cumsum(slot_mask) - 1` at the new
+                slots (what `DecoderLM.forward` computes for a `KVCache`).
+            cache_position: (L,) slots to write; None means the L slots after `seq_len`, which
+                then advances by L.
+
+        Returns:
+            mask (B, 1, L, S) bool (True = attend) and position_ids (B, L).
+        """
+        if cache_position is None:
+            past = self.seq_len
+            if past + n > self.max_len:
+                raise ValueError(f"static cache full: {past} + {n} tokens > {self.max_len} slots")
+            if attention_mask is not None and attention_mask.shape[1] != past + n:
+                raise ValueError(
+                    f"attention_mask has {attention_mask.shape[1]} columns, expected cached + new = {past + n}"
+                )
+            cache_position = self.slots[past : past + n]
+            self.seq_len = past + n
+            if attention_mask is not None:
+                self.slot_mask[:, : past + n] = attention_mask.bool()
+        elif attention_mask is not None:
+            raise ValueError("pass either attention_mask or cache_position to a static cache")
+        if attention_mask is None:
+            self.slot_mask.index_fill_(1, cache_position, True)
+        self.cache_position = cache_position
+        if position_ids is None:
+            pos = self.slot_mask.long().cumsum(-1) - 1  # (B, S)
+            pos = pos.masked_fill(~self.slot_mask, 1).index_select(1, cache_position)  # (B, L)
+            position_ids = pos
+        q_slot = cache_position[:, None]  # (L, 1)
+        causal = self.slots[None, :] <= q_slot  # (L, S): also hides the unwritten slots
+        mask = causal[None, None] & self.slot_mask[:, None, None, :]  # (B, 1, L, S)
+        # A padding query sees at least its own slot (no all-masked row: SDPA would give NaN).
+        return mask | (self.slots[None, :] == q_slot)[None, None], position_ids
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (B, H_kv, L, Dh) keys/values at `cache_position`; return the (B, H_kv, S, Dh) buffers."""
+        self.keys[layer].index_copy_(2, self.cache_position, k)
+        self.values[layer].index_copy_(2, self.cache_position, v)
+        return self.keys[layer], self.values[layer]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows in place (beam search): `index` is a (B,) LongTensor of old rows."""
+        for buffer in [*self.keys, *self.values, self.slot_mask]:
+            buffer.copy_(buffer.index_select(0, index))
 
 
 class RMSNorm(nn.Module):
@@ -168,7 +277,7 @@ class Attention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor | None,
-        cache: KVCache | None,
+        cache: KVCache | StaticKVCache | None,
     ) -> torch.Tensor:
         """x (B, L, D); mask (B, 1, L, T) bool (True = attend) or None for plain causal."""
         b, n, _ = x.shape
@@ -220,7 +329,7 @@ class DecoderLayer(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor | None,
-        cache: KVCache | None,
+        cache: KVCache | StaticKVCache | None,
     ) -> torch.Tensor:
         """x (B, L, D) -> (B, L, D); see `Attention.forward` for the other arguments."""
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
@@ -259,8 +368,9 @@ class DecoderLM(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | StaticKVCache | None = None,
         use_cache: bool = False,
+        cache_position: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """Run the decoder on new tokens, optionally continuing from a cache.
 
@@ -272,8 +382,11 @@ class DecoderLM(nn.Module):
                 cache is empty. None means no padding.
             position_ids: (B, L) RoPE positions; by default `cumsum(mask) - 1` (as HF does, so
                 left-padded rows start at 0), or `T + arange(L)` without a mask.
-            cache: A `KVCache` to read from and append to.
-            use_cache: Create a new cache when `cache` is None.
+            cache: A `KVCache` to read from and append to, or a `StaticKVCache` to write into.
+            use_cache: Create a new (dynamic) cache when `cache` is None.
+            cache_position: (L,) slots of a `StaticKVCache` to write the new tokens at, instead
+                of those after its `seq_len` (a captured decode step passes a fixed tensor);
+                `attention_mask` must then be None (the cache's `slot_mask` is used).
 
         Returns:
             `DecoderOutput(logits (B, L, V) float, cache or None)`.
@@ -285,19 +398,25 @@ class DecoderLM(nn.Module):
         b, n, _ = inputs_embeds.shape
         if cache is None and use_cache:
             cache = KVCache()
-        past = cache.seq_len if cache is not None else 0
-        device = inputs_embeds.device
-        if attention_mask is not None and attention_mask.shape[1] != past + n:
-            raise ValueError(
-                f"attention_mask has {attention_mask.shape[1]} columns, expected cached + new = {past + n}"
-            )
-        if position_ids is None:
-            if attention_mask is not None:
-                pos = attention_mask.long().cumsum(-1) - 1
-                position_ids = pos.masked_fill(attention_mask == 0, 1)[:, past:]  # (B, L)
-            else:
-                position_ids = torch.arange(past, past + n, device=device).expand(b, n)
-        mask = self._build_mask(attention_mask, b, n, past, device)
+        if isinstance(cache, StaticKVCache):
+            # Fixed-shape path: a (B, 1, L, S) mask over all slots, built from tensors only.
+            mask, position_ids = cache.prepare(n, attention_mask, position_ids, cache_position)
+        else:
+            if cache_position is not None:
+                raise ValueError("cache_position needs a StaticKVCache")
+            past = cache.seq_len if cache is not None else 0
+            device = inputs_embeds.device
+            if attention_mask is not None and attention_mask.shape[1] != past + n:
+                raise ValueError(
+                    f"attention_mask has {attention_mask.shape[1]} columns, expected cached + new = {past + n}"
+                )
+            if position_ids is None:
+                if attention_mask is not None:
+                    pos = attention_mask.long().cumsum(-1) - 1
+                    position_ids = pos.masked_fill(attention_mask == 0, 1)[:, past:]  # (B, L)
+                else:
+                    position_ids = torch.arange(past, past + n, device=device).expand(b, n)
+            mask = self._build_mask(attention_mask, b, n, past, device)
         x = inputs_embeds
         cos, sin = self.model.rotary_emb(position_ids, x.dtype)  # (B, 1, L, Dh)
         for layer in self.model.layers:

@@ -1,6 +1,10 @@
 """Autoregressive decoding for `DecoderLM`: greedy, sampling (temperature / top-k / top-p) and beam
 search, with a KV cache, left-padded batches, stop tokens and a streaming callback.
 
+Greedy and sampled decoding can also run over a preallocated `StaticKVCache`
+(`cache_implementation="static"`, transformers' name), whose one-token step is replayed from a CUDA
+graph on GPUs (`fast_decode.DecodeStep`); the tokens equal those of the dynamic cache.
+
 Sampling warpers run in Hugging Face's order (temperature, top-k, top-p; nucleus sampling of
 Holtzman et al. 2020). Beam search ports HF's vectorised implementation with its defaults
 (`length_penalty=1.0`, `early_stopping=False`): a finished hypothesis scores
@@ -10,10 +14,12 @@ Holtzman et al. 2020). Beam search ports HF's vectorised implementation with its
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 
 from vlkit.models.decoder import DecoderLM, KVCache
+from vlkit.models.fast_decode import decode_step_for
 
 
 def _warp(
@@ -59,6 +65,9 @@ def generate(
     streamer: Callable[[torch.Tensor], None] | None = None,
     generator: torch.Generator | None = None,
     pad_token_id: int | None = None,
+    cache_implementation: Literal["dynamic", "static"] = "dynamic",
+    cuda_graph: bool | None = None,
+    max_cache_len: int | None = None,
 ) -> torch.Tensor:
     """Generate continuations of a (possibly left-padded) batch of prompts.
 
@@ -80,6 +89,13 @@ def generate(
             get the pad token). Not supported with beam search.
         generator: Random generator for reproducible sampling.
         pad_token_id: Filler after a row finishes; defaults to the first stop token.
+        cache_implementation: "dynamic" grows a `KVCache` by concatenation; "static" writes into
+            a preallocated `StaticKVCache` of `max_cache_len` slots and decodes with a
+            `fast_decode.DecodeStep` (same tokens; not with beam search). The step and its
+            cache are kept for the next call of the same shape (`fast_decode.release` frees them).
+        cuda_graph: With the static cache, replay the decode step from a CUDA graph. None = on
+            CUDA devices; True on a CPU raises ValueError.
+        max_cache_len: Slots of the static cache; default prompt length + `max_new_tokens`.
 
     Returns:
         (B, P + N) LongTensor of prompt plus new tokens, N <= max_new_tokens (shorter when all
@@ -96,7 +112,14 @@ def generate(
     stop = _stop_ids(eos_token_id, device)
     if pad_token_id is None:
         pad_token_id = int(stop[0]) if stop is not None else 0
+    if cache_implementation not in ("dynamic", "static"):
+        raise ValueError(f"unknown cache_implementation {cache_implementation!r}")
+    static = cache_implementation == "static"
+    if cuda_graph and not static:
+        raise ValueError('cuda_graph needs cache_implementation="static"')
     if num_beams > 1:
+        if static:
+            raise NotImplementedError("beam search runs with the dynamic cache only")
         if do_sample or streamer is not None:
             raise NotImplementedError("beam search supports neither do_sample nor a streamer")
         return _beam_search(
@@ -110,17 +133,36 @@ def generate(
             pad_token_id,
         )
 
-    out = model(
-        input_ids=None if inputs_embeds is not None else input_ids,
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        use_cache=True,
-    )
-    cache: KVCache = out.cache
+    prompt_ids = None if inputs_embeds is not None else input_ids
+    if static:
+        slots = p + max_new_tokens if max_cache_len is None else max_cache_len
+        needed = p + max(max_new_tokens - 1, 0)  # the last new token is never written
+        if slots < needed:
+            raise ValueError(f"max_cache_len {slots} < {needed} (prompt + new tokens - 1)")
+        if inputs_embeds is not None:
+            dtype = inputs_embeds.dtype
+        else:
+            dtype = model.get_input_embeddings().weight.dtype
+        decode_step = decode_step_for(model, b, slots, device, dtype, cuda_graph)
+        # The prompt runs eagerly (its length varies); it fills slots 0..P-1 in place.
+        out = model(
+            input_ids=prompt_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache=decode_step.cache,
+        )
+    else:
+        out = model(
+            input_ids=prompt_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            use_cache=True,
+        )
+        cache: KVCache = out.cache
+    logits = out.logits[:, -1].float()  # (B, V)
     sequences = input_ids
     unfinished = torch.ones(b, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1].float()  # (B, V)
         if do_sample:
             probs = _warp(logits, temperature, top_k, top_p).softmax(-1)
             next_tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
@@ -134,8 +176,12 @@ def generate(
             unfinished &= ~torch.isin(next_tok, stop)
         if not unfinished.any() or step == max_new_tokens - 1:
             break
+        if static:  # the step marks its slot as real in the static cache's slot mask
+            logits = decode_step(next_tok)
+            continue
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)
         out = model(input_ids=next_tok[:, None], attention_mask=attention_mask, cache=cache)
+        logits = out.logits[:, -1].float()
     return sequences
 
 
