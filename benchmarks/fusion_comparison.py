@@ -40,10 +40,12 @@ VISION_RUNS = {
 
 
 def vision_checkpoint(task: str, out: Path) -> str:
-    """Trains the task's CLIP once (reused when `OUT/vision_TASK` already holds it)."""
+    """Trains the task's CLIP once (reused when `OUT/vision_TASK` already holds it). Scene
+    questions use the scene-caption tower: the images are the same."""
     from vlkit.training.config import TrainConfig
     from vlkit.training.run import train
 
+    task = "scene_captions" if task == "scene_questions" else task
     run = out / f"vision_{task}"
     latest = run / "checkpoints" / "latest"
     if not latest.is_file():
@@ -61,6 +63,8 @@ def rows_markdown(rows: list[dict]) -> str:
         metric = (
             f"accuracy {r['accuracy']:.4f}" if "accuracy" in r else f"CIDEr-D {r['cider_d']:.3f}"
         )
+        if "accuracy_count" in r:  # scene questions: the hard types
+            metric += f" (count {r['accuracy_count']:.3f}, spatial {r['accuracy_spatial']:.3f})"
         lines.append(
             f"| {r['task']} | {r['name']} | {r['trainable_parameters'] / 1e6:.2f} M "
             f"| {r['forward_gflops']:.4f} | {r['train_gflops']:.4f} | {r['train_seconds']:.0f} "
@@ -72,7 +76,12 @@ def rows_markdown(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/fusion_comparison")
-    parser.add_argument("--tasks", nargs="+", default=["easy_vqa", "scene_captions"])
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["easy_vqa", "scene_captions"],
+        choices=["easy_vqa", "scene_captions", "scene_questions"],
+    )
     parser.add_argument("--kinds", nargs="+", default=list(FUSION_KINDS))
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=64)
