@@ -43,6 +43,7 @@ def save_attention_overlays(
     labels: Sequence[str],
     path: str | os.PathLike[str],
     title: str = "",
+    columns: int = 8,
 ) -> Path:
     """One panel per generated token: the image with its attention over image tokens on top.
 
@@ -52,6 +53,7 @@ def save_attention_overlays(
         labels: N panel titles (the generated tokens).
         path: PNG to write (parent directories are created).
         title: Figure title (e.g. the prompt).
+        columns: Panels per row (the figure wraps onto more rows).
 
     Returns:
         The written path.
@@ -68,8 +70,11 @@ def save_attention_overlays(
         raise ValueError(f"maps {tuple(maps.shape)} must be (N, T) with N = {len(labels)} labels")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    n = max(1, len(labels))
-    fig, axes = plt.subplots(1, n + 1, figsize=(2.4 * (n + 1), 2.8), squeeze=False)
+    panels = len(labels) + 1
+    cols = min(panels, columns)
+    rows = math.ceil(panels / cols)
+    fig, grid_axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    axes = grid_axes.reshape(1, -1)  # panels in reading order
     rgb = np.asarray(image.convert("RGB"))
     axes[0, 0].imshow(rgb)
     axes[0, 0].set_title("image", fontsize=9)
