@@ -126,3 +126,19 @@ def test_attention_grid_and_overlay(tmp_path) -> None:
     assert Image.open(path).size[0] > 64
     with pytest.raises(ValueError, match="labels"):
         save_attention_overlays(image, torch.rand(2, 4), ["a"], tmp_path / "p.png")
+
+
+def test_trainable_vision_tower_trains_and_reloads(tmp_path) -> None:
+    out = tmp_path / "trainable"
+    code = main(["train-vlm", "kind=llava", "task=scene_questions", "steps=3",
+                 "vision_trainable=true", "train_scenes=8", "test_scenes=1", "batch_size=4",
+                 "hidden_size=32", "intermediate_size=64", "layers=1", "heads=2", "device=cpu",
+                 f"out_dir={out}"])  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trainable_parameters"] == summary["total_parameters"]
+    run = load_vlm_run(out)
+    assert run.recipe.vision_trainable and any(
+        p.requires_grad for p in run.model.vision.parameters()
+    )
+    assert main(["train-vlm", "vision_trainable=maybe"]) == 2

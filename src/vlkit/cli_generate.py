@@ -218,6 +218,10 @@ def train_vlm_command(overrides: Sequence[str]) -> dict[str, Any]:
             out_dir = value
         elif key not in types:
             raise ValueError(f"unknown setting {key!r}; known: out_dir, {', '.join(types)}")
+        elif "bool" in str(types[key]):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"{key}={value!r}: expected true or false")
+            settings[key] = value.lower() in ("true", "1")
         elif "int" in str(types[key]):
             settings[key] = None if value.lower() == "none" else int(value)
         elif "float" in str(types[key]):

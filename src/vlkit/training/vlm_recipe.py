@@ -59,6 +59,7 @@ class VLMRecipe:
             connector; "" builds the `vision_preset` at random (only sensible for "early",
             which ignores it, and for tests).
         vision_preset: Preset used when `vision` is "".
+        vision_trainable: Train the image tower with the rest (default: frozen, as LLaVA).
         steps: Optimizer steps of the main stage.
         connector_only_steps: LLaVA stage 1 steps before the main stage (decoder frozen).
         batch_size, lr, warmup_steps, weight_decay: Optimisation.
@@ -74,6 +75,7 @@ class VLMRecipe:
     task: str = "easy_vqa"
     vision: str = ""
     vision_preset: str = "small-rn-64"
+    vision_trainable: bool = False
     steps: int = 1000
     connector_only_steps: int = 0
     batch_size: int = 64
@@ -206,17 +208,23 @@ def _fusion_config(recipe: VLMRecipe, tokenizer: WordTokenizer, vision_dim: int)
     )
 
 
-def _build_model(fusion_config: Any, clip: Any) -> nn.Module:
+def _build_model(fusion_config: Any, clip: Any, vision_trainable: bool = False) -> nn.Module:
     from vlkit.models.fusion_vlm import build_fusion_vlm
+    from vlkit.training.vlm_task import VisionTokens
 
-    vision = FrozenVision(clip.vision)
+    vision = VisionTokens(clip.vision) if vision_trainable else FrozenVision(clip.vision)
     return build_fusion_vlm(fusion_config, vision)
 
 
 def _vision_dim(clip: Any) -> int:
+    """Width of the tower's tokens, by a dry run that leaves the tower's mode and flags alone."""
     size = clip.config.preprocess.image_size
+    was_training = clip.vision.training
+    clip.vision.eval()  # no BatchNorm statistics update from the dry run
     with torch.no_grad():
-        return int(FrozenVision(clip.vision)(torch.zeros(1, 3, size, size)).shape[-1])
+        width = clip.vision(torch.zeros(1, 3, size, size)).tokens.shape[-1]
+    clip.vision.train(was_training)
+    return int(width)
 
 
 def flops_per_sample(model: nn.Module, task: Any, batch: dict[str, Any]) -> dict[str, float]:
@@ -334,7 +342,7 @@ def train_vlm(recipe: VLMRecipe, out_dir: str | Path) -> dict[str, Any]:
     train, test = build_vlm_data(recipe, tokenizer, transform)
     fusion_config = _fusion_config(recipe, tokenizer, _vision_dim(clip))
     torch.manual_seed(recipe.seed)
-    model = _build_model(fusion_config, clip)
+    model = _build_model(fusion_config, clip, recipe.vision_trainable)
     task = CaptionLMTask(tokenizer.pad_token_id) if recipe.task == "scene_captions" else VQALMTask()
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -403,7 +411,7 @@ def load_vlm_run(directory: str | Path, device: str = "cpu") -> VLMRun:
     saved = json.loads((directory / RUN_CONFIG).read_text())
     recipe = VLMRecipe.from_dict(saved["recipe"])
     clip = CLIP(CLIPConfig.from_dict(saved["vision_clip"]))
-    model = _build_model(FusionVLMConfig.from_dict(saved["fusion"]), clip)
+    model = _build_model(FusionVLMConfig.from_dict(saved["fusion"]), clip, recipe.vision_trainable)
     weights = directory / "model.safetensors"
     load_into(model, read_weights(weights), str(weights))
     summary_path = directory / "summary.json"
