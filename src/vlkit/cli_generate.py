@@ -109,9 +109,10 @@ def _generate_fusion_run(args: argparse.Namespace, out: TextIO) -> str:
     tok = run.tokenizer
     image = load_image(args.image[0])
     pixels = run.transform(image)[None, None].to(args.device)  # (1, 1, 3, S, S)
-    prompt = [tok.sot_token_id, *tok.encode(args.prompt)] if args.prompt else [tok.sot_token_id]
-    unknown = [w for w, i in zip(args.prompt.split(), tok.encode(args.prompt), strict=False)
-               if i == tok.unk_token_id]  # fmt: skip
+    encoding = tok.backend.encode(args.prompt, add_special_tokens=False)
+    prompt = [tok.sot_token_id, *encoding.ids]
+    unknown = [args.prompt[start:end] for (start, end), i in zip(encoding.offsets, encoding.ids,
+               strict=True) if i == tok.unk_token_id]  # fmt: skip
     if unknown:
         print(f"vlkit: warning: words outside the model's vocabulary: {unknown}", file=sys.stderr)
     ids = torch.tensor([[model.image_token_id] * model.num_image_tokens + prompt])  # (1, P)

@@ -411,12 +411,8 @@ class DecoderLM(nn.Module):
                     f"attention_mask has {attention_mask.shape[1]} columns, expected cached + new = {past + n}"
                 )
             if position_ids is None:
-                if attention_mask is not None:
-                    pos = attention_mask.long().cumsum(-1) - 1
-                    position_ids = pos.masked_fill(attention_mask == 0, 1)[:, past:]  # (B, L)
-                else:
-                    position_ids = torch.arange(past, past + n, device=device).expand(b, n)
-            mask = self._build_mask(attention_mask, b, n, past, device)
+                position_ids = position_ids_from_mask(attention_mask, b, n, past, device)
+            mask = attention_mask_4d(attention_mask, b, n, past, device)
         x = inputs_embeds
         cos, sin = self.model.rotary_emb(position_ids, x.dtype)  # (B, 1, L, Dh)
         for layer in self.model.layers:
@@ -424,26 +420,41 @@ class DecoderLM(nn.Module):
         logits = self.lm_head(self.model.norm(x)).float()  # (B, L, V)
         return DecoderOutput(logits=logits, cache=cache)
 
-    @staticmethod
-    def _build_mask(
-        attention_mask: torch.Tensor | None, b: int, n: int, past: int, device: torch.device
-    ) -> torch.Tensor | None:
-        """Boolean (B, 1, L, T) mask (True = attend), or None when SDPA's `is_causal` suffices.
 
-        Query i sits at cache slot `past + i` and sees slots <= its own that are not padding. Rows
-        of padding queries would see nothing (NaN in SDPA), so each query always sees its own slot;
-        padding outputs are garbage but never read by real tokens.
-        """
-        if attention_mask is None and (past == 0 or n == 1):
-            return None  # plain causal (prefill) or one query that sees the whole cache
-        total = past + n
-        q_slot = torch.arange(past, total, device=device)[:, None]  # (L, 1)
-        k_slot = torch.arange(total, device=device)[None, :]  # (1, T)
-        mask = (k_slot <= q_slot)[None, None]  # (1, 1, L, T)
-        if attention_mask is not None:
-            keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
-            mask = (mask & keep) | (k_slot == q_slot)[None, None]
-        return mask.expand(b, 1, n, total)
+def position_ids_from_mask(
+    attention_mask: torch.Tensor | None, b: int, n: int, past: int, device: torch.device
+) -> torch.Tensor:
+    """(B, L) RoPE positions of the new tokens: `cumsum(mask) - 1` (HF; left-padded rows start
+    at 0) or `past + t` without a mask. Shared by `DecoderLM` and the fusion decoders.
+
+    Args:
+        attention_mask: (B, past + L) padding mask (1 = keep), or None.
+    """
+    if attention_mask is None:
+        return torch.arange(past, past + n, device=device).expand(b, n)
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 1)[:, past:]  # (B, L)
+
+
+def attention_mask_4d(
+    attention_mask: torch.Tensor | None, b: int, n: int, past: int, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean (B, 1, L, past + L) causal + padding mask (True = attend) for SDPA.
+
+    None when SDPA's `is_causal` suffices (no padding and no cache, or one query over the whole
+    cache). Query i sits at cache slot `past + i`; every query sees its own slot, so padding rows
+    never produce NaN (their outputs are garbage but never read by real tokens).
+    """
+    if attention_mask is None and (past == 0 or n == 1):
+        return None
+    total = past + n
+    q_slot = torch.arange(past, total, device=device)[:, None]  # (L, 1)
+    k_slot = torch.arange(total, device=device)[None, :]  # (1, T)
+    mask = (k_slot <= q_slot)[None, None]  # (1, 1, L, T)
+    if attention_mask is not None:
+        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        mask = (mask & keep) | (k_slot == q_slot)[None, None]
+    return mask.expand(b, 1, n, total)
 
 
 def config_from_hf_llama(hf_config: Mapping[str, Any]) -> DecoderConfig:

@@ -29,7 +29,13 @@ import torch
 from torch import nn
 
 from vlkit.fusion.qformer import QFormer
-from vlkit.models.decoder import Attention, DecoderLM, apply_rotary
+from vlkit.models.decoder import (
+    Attention,
+    DecoderLM,
+    apply_rotary,
+    attention_mask_4d,
+    position_ids_from_mask,
+)
 from vlkit.models.vlm import GenerativeVLM
 
 if TYPE_CHECKING:
@@ -64,40 +70,6 @@ class KeepFrozenVisionEval:
         if mode and not any(p.requires_grad for p in self.vision.parameters()):
             self.vision.eval()
         return self
-
-
-def position_ids_from_mask(
-    attention_mask: torch.Tensor | None, b: int, n: int, past: int, device: torch.device
-) -> torch.Tensor:
-    """(B, L) RoPE positions of the new tokens, as `DecoderLM`: `cumsum(mask) - 1` or `past + t`.
-
-    Args:
-        attention_mask: (B, past + L) padding mask (1 = keep), or None.
-    """
-    if attention_mask is None:
-        return torch.arange(past, past + n, device=device).expand(b, n)
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 1)[:, past:]  # (B, L)
-
-
-def attention_mask_4d(
-    attention_mask: torch.Tensor | None, b: int, n: int, past: int, device: torch.device
-) -> torch.Tensor | None:
-    """Boolean (B, 1, L, past + L) causal + padding mask (True = attend), as `DecoderLM` builds.
-
-    None when SDPA's `is_causal` suffices (no padding and no cache, or one query over the whole
-    cache). Every query sees its own slot, so padding rows never produce NaN.
-    """
-    if attention_mask is None and (past == 0 or n == 1):
-        return None
-    total = past + n
-    q_slot = torch.arange(past, total, device=device)[:, None]  # (L, 1)
-    k_slot = torch.arange(total, device=device)[None, :]  # (1, T)
-    mask = (k_slot <= q_slot)[None, None]  # (1, 1, L, T)
-    if attention_mask is not None:
-        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
-        mask = (mask & keep) | (k_slot == q_slot)[None, None]
-    return mask.expand(b, 1, n, total)
 
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -329,6 +329,7 @@ def train_vlm(recipe: VLMRecipe, out_dir: str | Path) -> dict[str, Any]:
         `forward_gflops`/`train_gflops` per sample, `train_seconds` and `examples`.
     """
     from vlkit.data.datasets.vqa_text import collate_vqa_text
+    from vlkit.data.transforms import ImageTransform
     from vlkit.hub.weights import write_json, write_safetensors
     from vlkit.training.vlm_task import CaptionLMTask, VQALMTask
 
@@ -336,8 +337,6 @@ def train_vlm(recipe: VLMRecipe, out_dir: str | Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     clip = _vision_clip(recipe)
     tokenizer = WordTokenizer.train(_task_corpus(recipe.task))
-    from vlkit.data.transforms import ImageTransform
-
     transform = ImageTransform(clip.config.preprocess, train=False)
     train, test = build_vlm_data(recipe, tokenizer, transform)
     fusion_config = _fusion_config(recipe, tokenizer, _vision_dim(clip))
@@ -365,7 +364,7 @@ def train_vlm(recipe: VLMRecipe, out_dir: str | Path) -> dict[str, Any]:
     summary = {
         "kind": recipe.kind,
         "task": recipe.task,
-        **{k: v for k, v in metrics.items()},
+        **metrics,
         "trainable_parameters": trainable,
         "total_parameters": total,
         **flops,
