@@ -51,15 +51,30 @@ class CrossModalAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, n, hd)
 
+    def project_media(
+        self, media_tokens: Tensor, key_pos_embed: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Keys and values (B, H, N_total, hd) of (B, N, Dv) or (B, M, N, Dv) media tokens.
+
+        They depend on the media only, so a decoder can compute them once per set of images and
+        pass them as `forward(..., media_kv=...)` for every new text token (a cross-attention
+        KV cache).
+        """
+        if media_tokens.dim() == 4:
+            media_tokens = media_tokens.flatten(1, 2)  # (B, M*N, Dv)
+        keys_in = media_tokens if key_pos_embed is None else media_tokens + key_pos_embed
+        return self._split(self.k_proj(keys_in)), self._split(self.v_proj(media_tokens))
+
     def forward(
         self,
         text_tokens: Tensor,
-        media_tokens: Tensor,
+        media_tokens: Tensor | None,
         media_mask: Tensor | None = None,
         *,
         attn_mask: Tensor | None = None,
         key_pos_embed: Tensor | None = None,
         return_attention: bool = False,
+        media_kv: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attend from text to media.
 
@@ -75,21 +90,23 @@ class CrossModalAttention(nn.Module):
                 (B, N_total, Dv).
             return_attention: If True also return the attention probabilities
                 (B, H, L, N_total), computed by an explicit softmax path.
+            media_kv: Keys and values from `project_media`, computed earlier (e.g. once per
+                image for all decoding steps); `media_tokens` and `key_pos_embed` are then unused
+                (pass None).
 
         Returns:
             Output of shape (B, L, D), and the probabilities if ``return_attention``.
         """
-        if media_tokens.dim() == 4:
-            media_tokens = media_tokens.flatten(1, 2)  # (B, M*N, Dv)
-            if media_mask is not None and media_mask.dim() == 3:
-                media_mask = media_mask.flatten(1, 2)  # (B, M*N)
+        if media_kv is None:
+            if media_tokens is None:
+                raise ValueError("pass media_tokens or media_kv")
+            media_kv = self.project_media(media_tokens, key_pos_embed)
+        if media_mask is not None and media_mask.dim() == 3:
+            media_mask = media_mask.flatten(1, 2)  # (B, M*N)
+        k, v = media_kv  # (B, H, N, hd) each
         b, length, _ = text_tokens.shape
-        n = media_tokens.shape[1]
-
-        keys_in = media_tokens if key_pos_embed is None else media_tokens + key_pos_embed
+        n = k.shape[2]
         q = self._split(self.q_proj(text_tokens))  # (B, H, L, hd)
-        k = self._split(self.k_proj(keys_in))  # (B, H, N, hd)
-        v = self._split(self.v_proj(media_tokens))  # (B, H, N, hd)
 
         mask: Tensor | None = None
         if media_mask is not None:

@@ -110,15 +110,40 @@ class GatedCrossAttentionBlock(nn.Module):
 
         attn_mask: Tensor | None = None
         if media_locations is not None:
-            media_time = media_time_index(media_locations)  # (B, L)
-            if self.only_attend_immediate_media:
-                attn_mask = media_attention_mask(media_time, m, n)  # (B, L, M*N)
-            else:
-                ids = torch.arange(1, m + 1, device=media_time.device).repeat_interleave(n)
-                attn_mask = media_time[..., None] >= ids  # (B, L, M*N)
+            attn_mask = self.media_time_mask(media_time_index(media_locations), m, n)
+        attn_out = self.attn(
+            self.norm_xattn(text_tokens), media_tokens, media_mask, attn_mask=attn_mask
+        )
+        return self._gated_residuals(text_tokens, attn_out)
 
-        x = text_tokens
-        attn_out = self.attn(self.norm_xattn(x), media_tokens, media_mask, attn_mask=attn_mask)
+    def media_time_mask(self, media_time: Tensor, num_media: int, tokens_per_media: int) -> Tensor:
+        """Bool (B, L, M*N) cross-attention mask (True = may attend) from (B, L) media times."""
+        if self.only_attend_immediate_media:
+            return media_attention_mask(media_time, num_media, tokens_per_media)
+        ids = torch.arange(1, num_media + 1, device=media_time.device)
+        return media_time[..., None] >= ids.repeat_interleave(tokens_per_media)  # (B, L, M*N)
+
+    def forward_projected(
+        self, text_tokens: Tensor, media_kv: tuple[Tensor, Tensor], attn_mask: Tensor | None
+    ) -> Tensor:
+        """`forward` over media keys/values computed earlier by `self.attn.project_media`.
+
+        A decoder with a KV cache projects the (unchanging) media once and reuses them for every
+        new token.
+
+        Args:
+            text_tokens: (B, L, D) LM hidden states.
+            media_kv: Keys and values, each (B, H, M*N, hd).
+            attn_mask: Bool (B, L, M*N) from `media_time_mask`, or None (attend to all media).
+
+        Returns:
+            (B, L, D) updated hidden states.
+        """
+        attn_out = self.attn(
+            self.norm_xattn(text_tokens), None, attn_mask=attn_mask, media_kv=media_kv
+        )
+        return self._gated_residuals(text_tokens, attn_out)
+
+    def _gated_residuals(self, x: Tensor, attn_out: Tensor) -> Tensor:
         x = x + torch.tanh(self.alpha_xattn) * attn_out  # (B, L, D)
-        x = x + torch.tanh(self.alpha_ffw) * self.ffw(self.norm_ffw(x))  # (B, L, D)
-        return x
+        return x + torch.tanh(self.alpha_ffw) * self.ffw(self.norm_ffw(x))  # (B, L, D)

@@ -15,8 +15,11 @@ Alayrac et al. 2022, "Flamingo: a Visual Language Model for Few-Shot Learning":
 
 The decoder is `DecoderLM` plus `gated_cross_attention` blocks, so its text weights keep the
 Llama parameter names. Unlike Flamingo, the LM is not frozen here (freeze what you compare).
-`FlamingoVLM.generate` is a greedy loop without KV cache (the whole sequence is re-run per new
-token; the images are encoded once).
+
+`FlamingoVLM.generate` runs the shared `generation.generate` loop (greedy, sampling, beam search;
+dynamic or static KV cache). The images are resampled once; `flamingo_cache.MediaCache` keeps
+every block's cross-attention keys/values over them and each row's media time, so a new token
+gets exactly the cross-attention mask of a full re-run (`generate(use_cache=False)`).
 """
 
 from __future__ import annotations
@@ -33,21 +36,29 @@ from vlkit.fusion.gated_cross_attention import (
     media_time_index,
 )
 from vlkit.fusion.perceiver_resampler import PerceiverResampler
-from vlkit.models.decoder import DecoderConfig, DecoderLM, DecoderOutput
+from vlkit.models.decoder import (
+    DecoderConfig,
+    DecoderLM,
+    DecoderOutput,
+    KVCache,
+    StaticKVCache,
+    attention_mask_4d,
+    position_ids_from_mask,
+)
+from vlkit.models.flamingo_cache import FlamingoKVCache, MediaCache
+from vlkit.models.generation import generate as _generate
 from vlkit.models.spliced_lm import (
     KeepFrozenVisionEval,
-    attention_mask_4d,
     attention_probs,
     image_slots,
     image_token_distribution,
-    position_ids_from_mask,
 )
 from vlkit.models.vlm import VLMOutput
 
 if TYPE_CHECKING:
     from vlkit.models.fusion_vlm import FusionVLMConfig
 
-__all__ = ["FlamingoDecoder", "FlamingoVLM"]
+__all__ = ["FlamingoDecoder", "FlamingoKVCache", "FlamingoVLM", "MediaCache"]
 
 
 class FlamingoDecoder(DecoderLM):
@@ -69,34 +80,93 @@ class FlamingoDecoder(DecoderLM):
             }
         )
 
-    def forward_with_media(
+    def forward(
         self,
-        input_ids: torch.Tensor,
-        media: torch.Tensor,
-        media_locations: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | StaticKVCache | None = None,
+        use_cache: bool = False,
+        cache_position: torch.Tensor | None = None,
+        media: MediaCache | None = None,
     ) -> DecoderOutput:
-        """Logits for text interleaved with images (no KV cache).
+        """Logits for text interleaved with images, optionally continuing from a cache.
 
         Args:
-            input_ids: (B, L) token ids.
-            media: (B, M, K, D) resampled latents of M images per row.
-            media_locations: (B, L) bool, True at the `<image>` tokens (the i-th marks image i).
-            attention_mask: (B, L) padding mask (1 = keep), or None.
+            input_ids: (B, L) new token ids (needed even with `inputs_embeds`: the `<image>`
+                markers select the media).
+            inputs_embeds: (B, L, D) embeddings used instead of embedding `input_ids`.
+            attention_mask, position_ids, cache, use_cache, cache_position: As
+                `DecoderLM.forward`; `use_cache` creates a `FlamingoKVCache`.
+            media: The batch's `MediaCache`; None = the one of a `FlamingoKVCache` `cache`.
+                Without a cache each token's media time counts the markers in `input_ids`;
+                with one it continues from `media.time` (which then advances).
 
         Returns:
-            `DecoderOutput` with (B, L, V) logits.
+            `DecoderOutput` with (B, L, V) logits and the cache.
         """
-        x = self.model.embed_tokens(input_ids)  # (B, L, D)
-        b, n, _ = x.shape
-        positions = position_ids_from_mask(attention_mask, b, n, 0, x.device)
-        mask = attention_mask_4d(attention_mask, b, n, 0, x.device)  # (B, 1, L, L) or None
-        cos, sin = self.model.rotary_emb(positions, x.dtype)  # (B, 1, L, Dh)
+        if input_ids is None:
+            raise ValueError("FlamingoDecoder needs input_ids (its <image> markers place media)")
+        if media is None:
+            media = getattr(cache, "media", None)
+        if media is None:
+            raise ValueError("FlamingoDecoder needs a MediaCache (media=...)")
+        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        b, n, _ = x.shape  # (B, L, D)
+        if cache is None and use_cache:
+            cache = FlamingoKVCache(media)
+        if isinstance(cache, StaticKVCache):
+            mask, position_ids = cache.prepare(n, attention_mask, position_ids, cache_position)
+        else:
+            if cache_position is not None:
+                raise ValueError("cache_position needs a StaticKVCache")
+            past = cache.seq_len if cache is not None else 0
+            if attention_mask is not None and attention_mask.shape[1] != past + n:
+                raise ValueError(
+                    f"attention_mask has {attention_mask.shape[1]} columns, expected cached + new = {past + n}"
+                )
+            if position_ids is None:
+                position_ids = position_ids_from_mask(attention_mask, b, n, past, x.device)
+            mask = attention_mask_4d(attention_mask, b, n, past, x.device)  # (B, 1, L, T) or None
+        # Media time (B, L): the most recent <image> at or before each token (Sec. 2.3).
+        if cache is None:
+            time = media_time_index(input_ids == media.image_token_id)
+        else:
+            time = media.advance(input_ids)
+        cos, sin = self.model.rotary_emb(position_ids, x.dtype)  # (B, 1, L, Dh)
+        m, k = media.num_media, media.tokens_per_media
         for i, layer in enumerate(self.model.layers):
             if str(i) in self.gated_cross_attention:  # GATED XATTN-DENSE, then the layer (Fig. 4)
-                x = self.gated_cross_attention[str(i)](x, media, None, media_locations)
-            x = layer(x, cos, sin, mask, None)
-        return DecoderOutput(logits=self.lm_head(self.model.norm(x)).float())
+                block = self.gated_cross_attention[str(i)]
+                allowed = block.media_time_mask(time, m, k)  # (B, L, M*K)
+                x = block.forward_projected(x, media.keys_values[str(i)], allowed)
+            x = layer(x, cos, sin, mask, cache)
+        return DecoderOutput(logits=self.lm_head(self.model.norm(x)).float(), cache=cache)
+
+
+class _WithMedia(nn.Module):
+    """Adapts `FlamingoDecoder` to `generation.generate`: every call reads the batch's media.
+
+    One per `generate` call, so `fast_decode` keeps no static cache or CUDA graph across calls
+    (they would hold this call's media).
+    """
+
+    def __init__(self, decoder: FlamingoDecoder, media: MediaCache) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.config = decoder.config  # `fast_decode` sizes the static cache from it
+        self.media = media
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.decoder.get_input_embeddings()
+
+    def forward(self, **kwargs: Any) -> DecoderOutput:
+        rows, media_rows = kwargs["input_ids"].shape[0], self.media.time.shape[0]
+        if rows != media_rows:  # beam search repeats each row k times
+            index = torch.arange(media_rows, device=self.media.time.device)
+            self.media.reorder(index.repeat_interleave(rows // media_rows))
+        return self.decoder(**kwargs, media=self.media)
 
 
 class FlamingoVLM(KeepFrozenVisionEval, nn.Module):
@@ -160,14 +230,14 @@ class FlamingoVLM(KeepFrozenVisionEval, nn.Module):
             pixel_values: (B, M, C, H, W) or (B, C, H, W); image i of a row belongs to its i-th
                 `<image>` marker (rows with fewer markers never read the extra images).
             attention_mask: (B, L) padding mask, or None.
-            use_cache: Not supported (raises).
+            use_cache: Also return a `FlamingoKVCache` (with the images' `MediaCache`) that
+                `decoder(input_ids=new_ids, attention_mask=..., cache=cache)` continues.
         """
-        if use_cache:
-            raise NotImplementedError("FlamingoVLM has no KV cache")
-        media = self.encode_media(pixel_values)  # (B, M, K, D)
-        locations = input_ids == self.image_token_id  # (B, L)
-        out = self.decoder.forward_with_media(input_ids, media, locations, attention_mask)
-        return VLMOutput(logits=out.logits)
+        media = MediaCache(self.decoder, self.encode_media(pixel_values), self.image_token_id)
+        out = self.decoder(
+            input_ids, attention_mask=attention_mask, use_cache=use_cache, media=media
+        )
+        return VLMOutput(logits=out.logits, cache=out.cache)
 
     @torch.no_grad()
     def generate(
@@ -179,31 +249,61 @@ class FlamingoVLM(KeepFrozenVisionEval, nn.Module):
         do_sample: bool = False,
         eos_token_id: int | Sequence[int] | None = None,
         streamer: Callable[[torch.Tensor], None] | None = None,
-        pad_token_id: int | None = None,
+        use_cache: bool = True,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """Greedy decoding without KV cache (the images are resampled once).
+        """KV-cached decoding with `generation.generate` (the images are resampled once).
 
         Args:
             input_ids: (B, P) prompts, left padded with `attention_mask`.
             pixel_values: As `forward`.
             attention_mask: (B, P) padding mask, or None.
-            max_new_tokens: Budget.
-            do_sample: Must be False (greedy only).
-            eos_token_id: Stop token(s); finished rows get `pad_token_id` (default: first stop).
-            streamer: Called with the (B,) new tokens after each step.
-            **kwargs: Other `generation.generate` options; beam search and the static cache raise,
-                sampling options are ignored.
+            max_new_tokens, do_sample, eos_token_id, streamer: See `generation.generate`.
+            use_cache: False runs the reference greedy loop that re-runs the whole sequence per
+                new token (greedy, dynamic only; for tests and timing).
+            **kwargs: Further `generation.generate` options (temperature, top_k, top_p,
+                num_beams, generator, pad_token_id, cache_implementation, cuda_graph,
+                max_cache_len).
 
         Returns:
             (B, P + N) ids.
         """
+        media = MediaCache(self.decoder, self.encode_media(pixel_values), self.image_token_id)
+        if not use_cache:
+            return self._generate_without_cache(
+                input_ids, media, attention_mask, max_new_tokens, do_sample, eos_token_id,
+                streamer, **kwargs,
+            )  # fmt: skip
+        return _generate(
+            _WithMedia(self.decoder, media),  # type: ignore[arg-type]
+            input_ids,
+            max_new_tokens,
+            do_sample=do_sample,
+            eos_token_id=eos_token_id,
+            attention_mask=attention_mask,
+            streamer=streamer,
+            **kwargs,
+        )
+
+    def _generate_without_cache(
+        self,
+        input_ids: torch.Tensor,
+        media: MediaCache,
+        attention_mask: torch.Tensor | None,
+        max_new_tokens: int,
+        do_sample: bool,
+        eos_token_id: int | Sequence[int] | None,
+        streamer: Callable[[torch.Tensor], None] | None,
+        pad_token_id: int | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Greedy reference: the whole sequence is re-run for every new token."""
         if (
             do_sample
             or kwargs.get("num_beams", 1) != 1
             or kwargs.get("cache_implementation", "dynamic") != "dynamic"
         ):
-            raise NotImplementedError("FlamingoVLM.generate is greedy, without KV cache")
+            raise NotImplementedError("use_cache=False decodes greedily, without a KV cache")
         b, device = input_ids.shape[0], input_ids.device
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         stop = None
@@ -212,12 +312,10 @@ class FlamingoVLM(KeepFrozenVisionEval, nn.Module):
             stop = torch.tensor(ids, dtype=torch.long, device=device)
         if pad_token_id is None:
             pad_token_id = int(stop[0]) if stop is not None else 0
-        media = self.encode_media(pixel_values)  # (B, M, K, D)
         sequences = input_ids
         unfinished = torch.ones(b, dtype=torch.bool, device=device)
         for _ in range(max_new_tokens):
-            locations = sequences == self.image_token_id
-            logits = self.decoder.forward_with_media(sequences, media, locations, mask).logits
+            logits = self.decoder(sequences, attention_mask=mask, media=media).logits
             next_tok = logits[:, -1].argmax(-1)  # (B,)
             next_tok = torch.where(unfinished, next_tok, torch.full_like(next_tok, pad_token_id))
             sequences = torch.cat([sequences, next_tok[:, None]], dim=1)
@@ -259,14 +357,18 @@ class FlamingoVLM(KeepFrozenVisionEval, nn.Module):
         def grab_latents(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             captured["media"], captured["latents"] = args[0], args[1]
 
+        def grab_resampled(_module: nn.Module, _args: Any, out: torch.Tensor) -> None:
+            captured["media_k"] = out[:, None]  # (B, 1, K, D)
+
         def grab_text(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            captured["text"], captured["media_k"] = args[0], args[1]
+            captured["text"] = args[0]  # the block's input (B, L, D), before its norm
 
         perceiver_attn = self.perceiver.layers[-1][0]
         block = self.decoder.gated_cross_attention[max(self.decoder.gated_cross_attention, key=int)]
         handles = [
             perceiver_attn.register_forward_pre_hook(grab_latents),
-            block.register_forward_pre_hook(grab_text),
+            self.perceiver.register_forward_hook(grab_resampled),
+            block.norm_xattn.register_forward_pre_hook(grab_text),
         ]
         try:
             self.forward(input_ids, pixel_values, attention_mask)

@@ -26,9 +26,10 @@ max_new_tokens=20, eos_token_id=None, streamer=None)` -> (B, P + N) ids for left
 whose placeholders follow the padding, and `attention_maps(input_ids, pixel_values,
 attention_mask=None)` -> (B, L, T) (for "early", T is the number of patches).
 
-Generation uses the KV cache for llava, qformer, cogvlm and early (llava, qformer and early go
-through `GenerativeVLM.generate`, so they also accept `cache_implementation="static"`); flamingo
-runs a greedy loop without cache (`FlamingoVLM.generate`).
+Generation uses the KV cache for every kind (`generation.generate`); llava, qformer and early go
+through `GenerativeVLM.generate` and flamingo through `FlamingoVLM.generate` (images resampled
+once, cross-attention keys/values cached), so they also accept `cache_implementation="static"`;
+cogvlm decodes with the dynamic cache only.
 
 Frozen vision towers: `freeze_vision(model)` sets `requires_grad=False` on `model.vision` and puts
 it in eval mode; the models' `train()` keeps a fully frozen tower in eval mode, so BatchNorm
