@@ -89,3 +89,22 @@ def get_transform(name_or_path: str | Path | CLIP | PreprocessConfig, train: boo
             f"{directory}: no preprocessor_config.json and no model config to derive one from"
         )
     return transforms.get_transform(config.preprocess, train=train)
+
+
+def load_clip(model_path: str | Path) -> tuple[CLIP, Any, Any]:
+    """A CLIP-like checkpoint, ready for inference: (model in eval mode, tokenizer, transform).
+
+    Raises:
+        CheckpointError: The path holds no checkpoint, or one that is not CLIP-like (e.g. a
+            generative VLM).
+    """
+    from vlkit.hub import from_pretrained
+
+    model = from_pretrained(str(model_path))
+    if not isinstance(model, CLIP):
+        raise CheckpointError(
+            f"{model_path}: a {type(model).__name__}, not a CLIP-like model "
+            "(this needs encode_image / encode_text)"
+        )
+    tokenizer = get_tokenizer(str(model_path), context_length=model.config.text.context_length)
+    return model.eval(), tokenizer, get_transform(model)

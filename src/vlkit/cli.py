@@ -8,6 +8,10 @@
     vlkit eval zeroshot|retrieval|vqa|captions ... --out DIR   (metrics.json + report.md + plot)
     vlkit train-vlm kind=llava task=easy_vqa vision=CLIP_CHECKPOINT out_dir=DIR [key=value ...]
     vlkit generate --model DIR --image X [--image Y] [--video FRAMES_DIR] --prompt "..." [--int8]
+    vlkit index --model PATH --images DIR --out INDEX_DIR [--kind flat|ivf|hnsw]
+    vlkit search --index INDEX_DIR (--text "..." | --image FILE) [--k 5] [--json]
+    vlkit export --model PATH --out DIR [--opset N] [--no-normalize]   (ONNX, checked with onnxruntime)
+    vlkit serve --model PATH [--index DIR] [--host 127.0.0.1] [--port 8000]
 
 Bad input (missing or unreadable image, unsupported checkpoint, bad arguments) prints one line
 naming the problem and exits with status 2.
@@ -24,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vlkit.cli_export import add_export_parser, export_command
 from vlkit.cli_generate import add_generate_parsers, generate_command, train_vlm_command
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from vlkit.cli_index import add_index_parsers, format_search_results, index_command, search_command
+from vlkit.inference.image_search import IMAGE_SUFFIXES, encode_image_files
 
 
 class UsageError(ValueError):
@@ -34,15 +39,9 @@ class UsageError(ValueError):
 
 
 def _load(model_path: str):
-    from vlkit.api import get_tokenizer, get_transform
-    from vlkit.hub import from_pretrained
+    from vlkit.api import load_clip
 
-    model = from_pretrained(model_path)
-    return (
-        model,
-        get_tokenizer(model_path, context_length=model.config.text.context_length),
-        (get_transform(model)),
-    )
+    return load_clip(model_path)
 
 
 def zeroshot(
@@ -57,6 +56,7 @@ def zeroshot(
     model was trained to output, as transformers' zero-shot pipeline reports it)."""
     from vlkit.data.images import load_image
     from vlkit.evaluation import build_zero_shot_classifier, load_templates
+    from vlkit.evaluation.zero_shot import label_probabilities
 
     if not labels:
         raise UsageError("--labels is empty: give comma-separated class names")
@@ -66,12 +66,8 @@ def zeroshot(
     for path in images:
         pixels = transform(load_image(path)).unsqueeze(0)
         with torch.no_grad():
-            image = model.encode_image(pixels, normalize=True).float()
-            logits = model.temperature().float() * image @ classifier.T
-            if model.logit_bias is not None:
-                probs = torch.sigmoid(logits + model.logit_bias.float())[0]
-            else:
-                probs = logits.softmax(dim=-1)[0]
+            image = model.encode_image(pixels, normalize=True)
+        probs = label_probabilities(model, image, classifier)[0]
         order = probs.argsort(descending=True)[:top]
         ranked = [{"label": labels[i], "probability": round(probs[i].item(), 6)} for i in order]
         results.append({"image": str(path), "ranking": ranked})
@@ -82,8 +78,6 @@ def embed(
     model_path: str, out: str, images_dir: str | None = None, texts_file: str | None = None
 ) -> np.ndarray:
     """Writes L2-normalised embeddings (N, D) as .npy and the inputs' names next to it (.json)."""
-    from vlkit.data.images import load_image
-
     if (images_dir is None) == (texts_file is None):
         raise UsageError("give exactly one of --images DIR or --texts FILE")
     model, tokenizer, transform = _load(model_path)
@@ -100,9 +94,7 @@ def embed(
                 raise UsageError(
                     f"--images {directory}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
                 )
-            for start in range(0, len(names), 64):
-                batch = torch.stack([transform(load_image(p)) for p in names[start : start + 64]])
-                chunks.append(model.encode_image(batch, normalize=True))
+            chunks.append(encode_image_files(model, transform, names))
         else:
             path = Path(texts_file)
             if not path.is_file():
@@ -161,6 +153,15 @@ def _parser() -> argparse.ArgumentParser:
     em.add_argument("--out", required=True, help="output .npy file")
     _add_eval_parser(commands)
     add_generate_parsers(commands)
+    add_export_parser(commands)
+    add_index_parsers(commands)
+
+    sv = commands.add_parser("serve", help="web app: zero-shot classification and image search")
+    sv.add_argument("--model", required=True, help="CLIP-like checkpoint directory or hub id")
+    sv.add_argument("--index", default=None, help="image index directory from `vlkit index`")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--templates", default="none", help="template set for text search queries")
     return parser
 
 
@@ -259,6 +260,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             generate_command(args)
         elif args.command == "train-vlm":
             print(json.dumps(train_vlm_command(args.overrides), indent=2))
+        elif args.command == "index":
+            print(json.dumps(index_command(args), indent=2))
+        elif args.command == "search":
+            print(format_search_results(search_command(args), as_json=args.json))
+        elif args.command == "export":
+            print(json.dumps(export_command(args), indent=2))
+        elif args.command == "serve":
+            from vlkit.serve import run_server
+
+            run_server(args.model, args.index, args.host, args.port, args.templates)
         elif args.command == "eval":
             from vlkit.evaluation.report import json_safe
 

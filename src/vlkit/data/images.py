@@ -16,6 +16,7 @@ them, so a 16-bit PNG would come out almost white. Here they are scaled down to 
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Iterable
@@ -23,7 +24,7 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageLoadError", "load_image", "load_images", "to_rgb"]
+__all__ = ["ImageLoadError", "load_image", "load_image_bytes", "load_images", "to_rgb"]
 
 # Modes holding integer samples wider than 8 bits, and float samples.
 _WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -105,9 +106,27 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         ImageLoadError: The file does not exist, is not a readable image, or its data is
             truncated or corrupt. The message is one line and names the file.
     """
-    name = os.fspath(path)
+    return _decode(os.fspath(path), os.fspath(path))
+
+
+def load_image_bytes(data: bytes, name: str = "upload") -> Image.Image:
+    """Decodes an image held in memory (an upload) exactly as `load_image` decodes a file.
+
+    Args:
+        data: The encoded image (JPEG, PNG, ...).
+        name: What to call it in error messages, e.g. the uploaded file's name.
+
+    Raises:
+        ImageLoadError: Empty, not an image, truncated or corrupt; the message names `name`.
+    """
+    if not data:
+        raise ImageLoadError(f"cannot load image {name}: the data is empty")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source: str | io.BytesIO, name: str) -> Image.Image:
     try:
-        with Image.open(name) as opened:
+        with Image.open(source) as opened:
             opened.load()
             # exif_transpose returns a new image (a copy when there is nothing to rotate), so
             # the result no longer refers to the file being closed here.

@@ -30,8 +30,8 @@ from vlkit.evaluation import (
     summarize_ranks,
     vqa_corpus_accuracy,
 )
+from vlkit.inference.image_search import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEFAULT_CAPTION_METRICS = ("bleu", "rouge_l", "cider_d")
 
 

@@ -74,6 +74,22 @@ def build_zero_shot_classifier(
     return F.normalize(per_template.mean(dim=1), dim=-1)
 
 
+@torch.no_grad()
+def label_probabilities(
+    model: torch.nn.Module, image_embeds: torch.Tensor, classifier: torch.Tensor
+) -> torch.Tensor:
+    """(N, C) probabilities of the classes for unit image embeddings (N, D).
+
+    CLIP: softmax over the classes of the temperature-scaled cosine similarities. SigLIP (a model
+    with a logit bias): the per-class sigmoid of its logits, the probability it was trained to
+    output (as transformers' zero-shot pipeline reports it).
+    """
+    logits = model.temperature().float() * image_embeds.float() @ classifier.T.float()
+    if getattr(model, "logit_bias", None) is not None:
+        return torch.sigmoid(logits + model.logit_bias.float())
+    return logits.softmax(dim=-1)
+
+
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """top-1, top-5 (NaN with fewer than 5 classes) and mean per-class recall.
 

@@ -1,5 +1,17 @@
-"""Inference-time model transforms (e.g. dynamic int8 quantization for CPU decoding)."""
+"""Inference tools: INT8 quantization, ONNX export (onnxruntime), a faiss embedding index and image search."""
 
+from vlkit.inference.export import ExportReport, OnnxCLIP, export_onnx
+from vlkit.inference.image_search import ImageSearcher, build_image_index
+from vlkit.inference.index import EmbeddingIndex, SearchHit
 from vlkit.inference.quantize import quantize_int8
 
-__all__ = ["quantize_int8"]
+__all__ = [
+    "EmbeddingIndex",
+    "ExportReport",
+    "ImageSearcher",
+    "OnnxCLIP",
+    "SearchHit",
+    "build_image_index",
+    "export_onnx",
+    "quantize_int8",
+]

@@ -1,0 +1,411 @@
+"""ONNX export of a CLIP / SigLIP model's two towers, and an onnxruntime-backed `OnnxCLIP`.
+
+`export_onnx(model, out_dir)` writes three files:
+
+    image_encoder.onnx   pixel_values (batch, 3, S, S) float32 -> image_embeds (batch, D)
+    text_encoder.onnx    input_ids (batch, L) int64 [, attention_mask (batch, L) int64]
+                         -> text_embeds (batch, D)
+    onnx_config.json     embed size, image size, context length, temperature, logit bias,
+                         preprocessing, input names, vlkit version and opset
+
+The batch axis is dynamic; the image size and the context length are fixed (the tokenizers pad to
+the context length). `attention_mask` is an input of the text encoder when the text tower is
+bidirectional (SigLIP), where padding changes the result, or when asked for
+(`text_attention_mask=True`); a causal CLIP tower pooled at its end-of-text token does not need it.
+
+Exporter: the torch.export-based exporter (`torch.onnx.export(..., dynamo=True)`), the default
+since PyTorch 2.9 and the same call in 2.11 and 2.14. The TorchScript exporter (`dynamo=False`)
+is ten times faster on tiny models, but 2.14 deprecates it with "the feature will be removed", so
+an export path built on it would break on a future upgrade. The dynamo exporter needs
+`onnxscript` (the `export` extra). Models are serialised in memory (`external_data=False`), which
+limits each tower to ONNX's 2 GB protobuf size (ViT-L/14 fits; ViT-bigG does not).
+
+Each file is checked with onnxruntime against torch, on a batch of 2 and of 3 (the dynamic axis),
+before it is written, then written atomically (a temporary file in the same directory renamed
+over the target), so a failed export leaves no half-written or unverified file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlkit.hub.weights import atomic_write
+from vlkit.models.clip import CLIP
+
+__all__ = ["ExportReport", "OnnxCLIP", "export_onnx"]
+
+IMAGE_FILE = "image_encoder.onnx"
+TEXT_FILE = "text_encoder.onnx"
+CONFIG_FILE = "onnx_config.json"
+DEFAULT_ATOL = 1e-4
+# The dynamo exporter has no translations below opset 18: asked for less, it tries a version
+# conversion and silently keeps 18 when that fails, so a lower opset is refused up front.
+MIN_OPSET = 18
+_CONFIG_KEYS = ("embed_dim", "image_size", "context_length", "normalize", "temperature",
+                "logit_bias", "image_inputs", "text_inputs")  # fmt: skip
+
+
+@dataclass
+class ExportReport:
+    """What `export_onnx` wrote and how closely onnxruntime matched torch.
+
+    Attributes:
+        max_abs_diff: Largest |onnxruntime - torch| per check ("image_batch2", "text_batch3",
+            ...), empty when `verify=False`.
+        file_sizes: Bytes per written file name.
+    """
+
+    out_dir: str
+    opset: int
+    normalize: bool
+    text_inputs: list[str]
+    file_sizes: dict[str, int] = field(default_factory=dict)
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _ImageEncoder(nn.Module):
+    def __init__(self, model: CLIP, normalize: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.normalize = normalize
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixel_values, normalize=self.normalize)
+
+
+class _TextEncoder(nn.Module):
+    def __init__(self, model: CLIP, normalize: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.normalize = normalize
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.model.encode_text(input_ids, attention_mask, normalize=self.normalize)
+
+
+def _to_onnx_bytes(
+    module: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    output_name: str,
+    opset: int | None,
+) -> bytes:
+    """Exports `module(**inputs)` with a dynamic batch axis on every input and the output."""
+    batch = torch.export.Dim("batch")
+    optimizer_log = logging.getLogger("onnxscript")
+    level = optimizer_log.level
+    optimizer_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # The exporter's deprecation notes and the "skipping constant folding" notes of
+            # onnxscript's graph optimizer are not actionable by the caller.
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                (),
+                None,
+                kwargs=inputs,
+                input_names=list(inputs),
+                output_names=[output_name],
+                opset_version=opset,
+                dynamic_shapes={name: {0: batch} for name in inputs},
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        optimizer_log.setLevel(level)
+    return program.model_proto.SerializeToString()
+
+
+def _opset_of(model_bytes: bytes) -> int:
+    import onnx
+
+    proto = onnx.load_from_string(model_bytes)
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _session(model: bytes | str | Path, providers: list[str] | None, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
+
+
+def _check(
+    name: str,
+    model_bytes: bytes,
+    module: nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    atol: float,
+) -> dict[str, float]:
+    """Max |onnxruntime - torch| for each batch; raises when one exceeds `atol`."""
+    session = _session(model_bytes, None, None)
+    diffs = {}
+    for inputs in batches:
+        with torch.no_grad():
+            expected = module(**inputs).float().cpu().numpy()
+        got = session.run(None, {k: v.cpu().numpy() for k, v in inputs.items()})[0]
+        size = next(iter(inputs.values())).shape[0]
+        if got.shape != expected.shape:
+            raise RuntimeError(
+                f"{name}: onnxruntime returned shape {got.shape} for batch {size}, torch "
+                f"{expected.shape}"
+            )
+        diff = float(np.abs(got - expected).max())
+        diffs[f"{name}_batch{size}"] = diff
+        if not diff <= atol:  # also catches NaN
+            raise RuntimeError(
+                f"{name}: onnxruntime differs from torch by {diff:.3g} (> {atol:g}) on a batch "
+                f"of {size}; nothing was written"
+            )
+    return diffs
+
+
+def _text_batch(model: CLIP, size: int, use_mask: bool, generator: torch.Generator):
+    text = model.config.text
+    device = next(model.parameters()).device
+    shape = (size, text.context_length)
+    ids = torch.randint(0, text.vocab_size, shape, generator=generator).to(device)
+    inputs = {"input_ids": ids}
+    if use_mask:
+        mask = torch.ones(shape, dtype=torch.long)
+        mask[0, text.context_length // 2 :] = 0  # right padding on one row
+        inputs["attention_mask"] = mask.to(device)
+    return inputs
+
+
+def export_onnx(
+    model: CLIP,
+    out_dir: str | Path,
+    *,
+    opset: int | None = None,
+    normalize: bool = True,
+    verify: bool = True,
+    text_attention_mask: bool | None = None,
+    atol: float = DEFAULT_ATOL,
+) -> ExportReport:
+    """Writes `image_encoder.onnx`, `text_encoder.onnx` and `onnx_config.json` to `out_dir`.
+
+    Args:
+        model: A float32 CLIP or SigLIP model (training mode is restored afterwards).
+        out_dir: Created if missing; existing files of the same names are replaced.
+        opset: ONNX opset, at least `MIN_OPSET` (18); None takes the exporter's default (the
+            opset used is reported).
+        normalize: Export L2-normalised embeddings (what zero-shot and retrieval use).
+        verify: Compare onnxruntime with torch on random batches of 2 and 3 before writing.
+        text_attention_mask: Give the text encoder an `attention_mask` input; None: only for a
+            bidirectional text tower (SigLIP).
+        atol: Largest accepted |onnxruntime - torch| when verifying.
+
+    Returns:
+        The report: opset, file sizes and, when verified, the max abs differences.
+
+    Raises:
+        ValueError: When the model has non-float32 parameters or `opset` < 18.
+        RuntimeError: When onnxruntime disagrees with torch by more than `atol`.
+    """
+    if opset is not None and opset < MIN_OPSET:
+        raise ValueError(f"opset {opset}: the ONNX exporter supports opset {MIN_OPSET} or later")
+    for name, parameter in model.named_parameters():
+        if parameter.dtype != torch.float32:
+            raise ValueError(f"export a float32 model ({name} is {parameter.dtype}): model.float()")
+    config = model.config
+    use_mask = (not config.text.causal) if text_attention_mask is None else text_attention_mask
+    image_size, channels = config.vision.image_size, config.vision.num_channels
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    image_shape = (channels, image_size, image_size)
+    image_batches = [
+        {"pixel_values": torch.randn(n, *image_shape, generator=generator).to(device)}
+        for n in (2, 3)
+    ]
+    text_batches = [_text_batch(model, n, use_mask, generator) for n in (2, 3)]
+
+    was_training = model.training
+    model.eval()
+    try:
+        image_encoder = _ImageEncoder(model, normalize).eval()
+        text_encoder = _TextEncoder(model, normalize).eval()
+        diffs: dict[str, float] = {}
+        image_bytes = _to_onnx_bytes(image_encoder, image_batches[0], "image_embeds", opset)
+        if verify:
+            diffs.update(_check("image", image_bytes, image_encoder, image_batches, atol))
+        text_bytes = _to_onnx_bytes(text_encoder, text_batches[0], "text_embeds", opset)
+        if verify:
+            diffs.update(_check("text", text_bytes, text_encoder, text_batches, atol))
+        temperature = float(model.temperature().detach())
+        bias = float(model.logit_bias.detach()) if model.logit_bias is not None else None
+    finally:
+        model.train(was_training)
+
+    from vlkit import __version__
+
+    used_opset = _opset_of(image_bytes)
+    text_inputs = list(text_batches[0])
+    onnx_config = {
+        "model_type": config.model_type,
+        "embed_dim": config.embed_dim,
+        "image_size": image_size,
+        "num_channels": channels,
+        "context_length": config.text.context_length,
+        "normalize": normalize,
+        "temperature": temperature,
+        "logit_bias": bias,
+        "image_inputs": ["pixel_values"],
+        "text_inputs": text_inputs,
+        "text": {
+            "vocab_size": config.text.vocab_size,
+            "pooling": config.text.pooling,
+            "eos_token_id": config.text.eos_token_id,
+            "pad_token_id": config.text.pad_token_id,
+        },
+        "preprocess": asdict(config.preprocess),
+        "vlkit_version": __version__,
+        "opset": used_opset,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_bytes = (json.dumps(onnx_config, indent=2) + "\n").encode()
+    files = ((IMAGE_FILE, image_bytes), (TEXT_FILE, text_bytes), (CONFIG_FILE, config_bytes))
+    for file_name, data in files:
+        atomic_write(out / file_name, lambda tmp, data=data: _write_bytes(tmp, data))
+    sizes = {name: (out / name).stat().st_size for name in (IMAGE_FILE, TEXT_FILE, CONFIG_FILE)}
+    return ExportReport(str(out), used_opset, normalize, text_inputs, sizes, diffs)
+
+
+class OnnxCLIP:
+    """A CLIP / SigLIP model exported by `export_onnx`, run with onnxruntime. Inputs may be numpy
+    arrays or torch tensors; outputs are numpy arrays."""
+
+    def __init__(self, config: dict[str, Any], image_session: Any, text_session: Any) -> None:
+        self.config = config
+        self.image_session = image_session
+        self.text_session = text_session
+        self.embed_dim = int(config["embed_dim"])
+        self.image_size = int(config["image_size"])
+        self.num_channels = int(config.get("num_channels", 3))
+        self.context_length = int(config["context_length"])
+        self.normalize = bool(config["normalize"])
+        self.temperature = float(config["temperature"])
+        self.logit_bias = None if config["logit_bias"] is None else float(config["logit_bias"])
+        self.text_inputs = list(config["text_inputs"])
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | Path,
+        providers: list[str] | None = None,
+        num_threads: int | None = None,
+    ) -> OnnxCLIP:
+        """Loads an `export_onnx` directory.
+
+        Args:
+            providers: onnxruntime execution providers; None: CPU.
+            num_threads: onnxruntime intra-op threads; None: onnxruntime's default.
+
+        Raises:
+            FileNotFoundError: A file of the export is missing (its path is named).
+            ValueError: `onnx_config.json` is not valid JSON or lacks a key (named).
+        """
+        directory = Path(directory)
+        paths = [directory / name for name in (CONFIG_FILE, IMAGE_FILE, TEXT_FILE)]
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no such file (write it with vlkit export)")
+        try:
+            config = json.loads(paths[0].read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{paths[0]}: not valid JSON ({error})") from error
+        missing = [key for key in _CONFIG_KEYS if key not in config]
+        if missing:
+            raise ValueError(f"{paths[0]}: missing keys {missing}")
+        sessions = [_session(path, providers, num_threads) for path in paths[1:]]
+        return cls(config, *sessions)
+
+    def encode_image(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Preprocessed images (B, C, S, S) -> embeddings (B, embed_dim), float32."""
+        pixels = _numpy(pixels, np.float32)
+        expected = (self.num_channels, self.image_size, self.image_size)
+        if pixels.ndim != 4 or pixels.shape[1:] != expected:
+            raise ValueError(
+                f"image_encoder.onnx expects pixel_values of shape (batch, "
+                f"{', '.join(map(str, expected))}), got {pixels.shape}"
+            )
+        return self.image_session.run(None, {"pixel_values": pixels})[0]
+
+    def encode_text(
+        self,
+        input_ids: np.ndarray | torch.Tensor,
+        attention_mask: np.ndarray | torch.Tensor | None = None,
+    ) -> np.ndarray:
+        """Token ids (B, L) padded to the context length -> embeddings (B, embed_dim), float32.
+
+        Raises:
+            ValueError: Wrong shape, or a mask with padding for a text encoder exported without
+                an `attention_mask` input (export again with `text_attention_mask=True`).
+        """
+        ids = _numpy(input_ids, np.int64)
+        if ids.ndim != 2 or ids.shape[1] != self.context_length:
+            raise ValueError(
+                f"text_encoder.onnx expects input_ids of shape (batch, {self.context_length}), "
+                f"got {ids.shape}"
+            )
+        mask = None if attention_mask is None else _numpy(attention_mask, np.int64)
+        if mask is not None and mask.shape != ids.shape:
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {ids.shape}, got {mask.shape}"
+            )
+        feeds = {"input_ids": ids}
+        if "attention_mask" in self.text_inputs:
+            feeds["attention_mask"] = mask if mask is not None else np.ones_like(ids)
+        elif mask is not None and not mask.all():
+            raise ValueError(
+                "text_encoder.onnx was exported without an attention_mask input; export with "
+                "text_attention_mask=True to use padding masks"
+            )
+        return self.text_session.run(None, feeds)[0]
+
+    def logits(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
+        """Scaled cosine similarities (N_images, N_texts), plus the bias (SigLIP), as
+        `CLIP.logits`."""
+        image = _l2_normalize(_numpy(image_embeds, np.float32))
+        text = _l2_normalize(_numpy(text_embeds, np.float32))
+        logits = self.temperature * (image @ text.T)
+        if self.logit_bias is not None:
+            logits = logits + self.logit_bias
+        return logits.astype(np.float32)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    os.chmod(path, 0o644)  # mkstemp creates 0600; an exported model is meant to be shared
+
+
+def _numpy(array: np.ndarray | torch.Tensor, dtype: type) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """x / max(||x||, eps) along the last axis, as `torch.nn.functional.normalize`."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
