@@ -10,6 +10,8 @@
     vlkit generate --model DIR --image X [--image Y] [--video FRAMES_DIR] --prompt "..." [--int8]
     vlkit index --model PATH --images DIR --out INDEX_DIR [--kind flat|ivf|hnsw]
     vlkit search --index INDEX_DIR (--text "..." | --image FILE) [--k 5] [--json]
+    vlkit explain --model PATH --image FILE --text "..." [--text "..."] --out OUT.png   (ViT relevance)
+    vlkit similarity --model PATH --images FILE... --texts "a,b,c" --out OUT.png
     vlkit export --model PATH --out DIR [--opset N] [--no-normalize]   (ONNX, checked with onnxruntime)
     vlkit serve --model PATH [--index DIR] [--host 127.0.0.1] [--port 8000]
 
@@ -31,6 +33,7 @@ import torch
 from vlkit.cli_export import add_export_parser, export_command
 from vlkit.cli_generate import add_generate_parsers, generate_command, train_vlm_command
 from vlkit.cli_index import add_index_parsers, format_search_results, index_command, search_command
+from vlkit.cli_viz import add_viz_parsers, explain_command, similarity_command
 from vlkit.inference.image_search import IMAGE_SUFFIXES, encode_image_files
 
 
@@ -155,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     add_generate_parsers(commands)
     add_export_parser(commands)
     add_index_parsers(commands)
+    add_viz_parsers(commands)
 
     sv = commands.add_parser("serve", help="web app: zero-shot classification and image search")
     sv.add_argument("--model", required=True, help="CLIP-like checkpoint directory or hub id")
@@ -264,6 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(index_command(args), indent=2))
         elif args.command == "search":
             print(format_search_results(search_command(args), as_json=args.json))
+        elif args.command == "explain":
+            print(json.dumps(explain_command(args), indent=2))
+        elif args.command == "similarity":
+            print(json.dumps(similarity_command(args), indent=2))
         elif args.command == "export":
             print(json.dumps(export_command(args), indent=2))
         elif args.command == "serve":
