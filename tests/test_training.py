@@ -100,6 +100,21 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
 
 
+def test_a_callback_needs_only_the_hooks_it_uses(tmp_path):
+    class StepLogger:  # not a Callback subclass, and only one hook
+        def __init__(self):
+            self.steps = []
+
+        def on_step_end(self, trainer, metrics):
+            self.steps.append(metrics["step"])
+
+    trainer = _tiny_trainer(tmp_path, _ScriptedLoss(()), max_steps=3)
+    logger = StepLogger()
+    trainer.callbacks.append(logger)
+    trainer.fit()
+    assert logger.steps == [1, 2, 3]
+
+
 def test_too_many_nonfinite_steps_in_a_row_stop_with_a_clear_message(tmp_path):
     trainer = _tiny_trainer(tmp_path, _ScriptedLoss(range(100)), max_nonfinite_steps=3)
     with pytest.raises(TrainingDiverged, match="3 consecutive steps with a non-finite loss"):

@@ -44,7 +44,7 @@ def test_two_stage_freezes_the_decoder_in_stage_one(llava_run) -> None:
     from vlkit.training.vlm_recipe import _build_model, _fusion_config, _vision_clip, _vision_dim
 
     clip = _vision_clip(run.recipe)
-    config = _fusion_config(run.recipe, run.tokenizer, _vision_dim(clip))
+    config = _fusion_config(run.recipe, run.tokenizer, _vision_dim(clip), 64)
     torch.manual_seed(run.recipe.seed)
     start = _build_model(config, clip).state_dict()
     assert isinstance(run.model, init)
@@ -82,6 +82,11 @@ def test_generate_cli_streams_the_runs_answer(llava_run, tmp_path, capsys) -> No
     code = main(["generate", "--model", str(out), "--image", str(image_path),
                  "--prompt", test.question(0), "--max-new-tokens", "5"])  # fmt: skip
     assert code == 0 and capsys.readouterr().out.rstrip("\n") == expected
+    from vlkit.data.images import load_image
+
+    assert run.answer(load_image(image_path), test.question(0), max_new_tokens=5) == expected
+    ids, unknown = run.prompt_ids(test.question(0) + " zebra")
+    assert unknown == ["zebra"] and ids[0, -1].item() == run.tokenizer.unk_token_id
     code = main(["generate", "--model", str(out), "--image", str(image_path), "--image",
                  str(image_path), "--prompt", "x"])  # fmt: skip
     assert code == 2 and "exactly one --image" in capsys.readouterr().err
@@ -142,3 +147,17 @@ def test_trainable_vision_tower_trains_and_reloads(tmp_path) -> None:
         p.requires_grad for p in run.model.vision.parameters()
     )
     assert main(["train-vlm", "vision_trainable=maybe"]) == 2
+
+
+@pytest.mark.parametrize("kind", ["llava", "early"])
+def test_a_tower_of_another_image_size_trains_and_reloads(kind, tmp_path) -> None:
+    # The "tiny" preset's tower takes 32-px images; the fusion config must follow the tower
+    # (it once kept its 64-px default and the builder's dry run failed).
+    recipe = VLMRecipe(kind=kind, task="scene_questions", steps=1, vision_preset="tiny", **TINY)
+    summary = train_vlm(recipe, tmp_path)
+    run = load_vlm_run(tmp_path)
+    assert run.model.config.image_size == 32
+    from vlkit.training.vlm_recipe import build_vlm_data
+
+    _, test = build_vlm_data(run.recipe, run.tokenizer, run.transform)
+    assert evaluate_vlm(run.model, test, run.recipe.task)["accuracy"] == summary["accuracy"]

@@ -1,6 +1,6 @@
 """vlkit: native multimodal (vision-language) models in PyTorch."""
 
-from vlkit.api import get_tokenizer, get_transform
+from vlkit.api import get_tokenizer, get_transform, load_clip
 from vlkit.hub import CheckpointError, from_pretrained
 from vlkit.models import CLIP, CLIPConfig, SigLIP
 from vlkit.models.clip import create_model
@@ -19,4 +19,5 @@ __all__ = [
     "from_pretrained",
     "get_tokenizer",
     "get_transform",
+    "load_clip",
 ]

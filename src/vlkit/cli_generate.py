@@ -105,18 +105,13 @@ def _generate_fusion_run(args: argparse.Namespace, out: TextIO) -> str:
     if len(args.image) != 1 or args.video:
         raise ValueError(f"{args.model}: a fusion VLM run answers about exactly one --image")
     run = load_vlm_run(args.model, device=args.device)
-    model = _maybe_int8(run.model, args.int8, args.device)
-    tok = run.tokenizer
+    run.model = model = _maybe_int8(run.model, args.int8, args.device)
     image = load_image(args.image[0])
-    pixels = run.transform(image)[None, None].to(args.device)  # (1, 1, 3, S, S)
-    encoding = tok.backend.encode(args.prompt, add_special_tokens=False)
-    prompt = [tok.sot_token_id, *encoding.ids]
-    unknown = [args.prompt[start:end] for (start, end), i in zip(encoding.offsets, encoding.ids,
-               strict=True) if i == tok.unk_token_id]  # fmt: skip
+    ids, unknown = run.prompt_ids(args.prompt)
     if unknown:
         print(f"vlkit: warning: words outside the model's vocabulary: {unknown}", file=sys.stderr)
-    ids = torch.tensor([[model.image_token_id] * model.num_image_tokens + prompt])  # (1, P)
-    ids = ids.to(args.device)
+    tok = run.tokenizer
+    pixels = run.transform(image)[None, None].to(args.device)  # (1, 1, 3, S, S)
     streamer = TextStreamer(tok.decode, out)
     sequence = model.generate(
         ids, pixel_values=pixels, max_new_tokens=args.max_new_tokens,

@@ -53,7 +53,11 @@ class Task(Protocol):
 
 
 class Callback:
-    """Hooks called by the trainer on the main process; override what you need."""
+    """Hooks called by the trainer on the main process; override what you need.
+
+    Subclassing is optional: the trainer calls only the hooks an object defines, so any object
+    with, say, just `on_step_end` works as a callback.
+    """
 
     def on_train_start(self, trainer: Trainer) -> None: ...
 
@@ -249,17 +253,21 @@ class Trainer:
     def fit(self, resume: str | None = None) -> dict[str, Any]:
         if resume:
             self.restore(resume)
-        for callback in self.callbacks:
-            callback.on_train_start(self)
+        self._notify("on_train_start")
         started = time.perf_counter() - self.train_seconds
         stop = self.step >= self.total_steps
         while not stop:
             stop = self._train_epoch(started)
         self.save()
         summary = self.summary()
-        for callback in self.callbacks:
-            callback.on_train_end(self, summary)
+        self._notify("on_train_end", summary)
         return summary
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            method = getattr(callback, hook, None)
+            if method is not None:
+                method(self, *args)
 
     def _train_epoch(self, started: float) -> bool:
         """Trains from the current position to the end of the epoch; True when training is over."""
@@ -287,8 +295,7 @@ class Trainer:
                 rate = count / max(time.perf_counter() - tick, 1e-9)
                 metrics.update(step=self.step, epoch=self.epoch, samples_per_second=rate)
                 self.last_metrics = metrics
-            for callback in self.callbacks:
-                callback.on_step_end(self, metrics or {"step": self.step, "skipped_step": 1.0})
+            self._notify("on_step_end", metrics or {"step": self.step, "skipped_step": 1.0})
             if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
                 self.save()
             out_of_time = (

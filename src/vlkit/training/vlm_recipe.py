@@ -142,6 +142,41 @@ class VLMRun:
     recipe: VLMRecipe
     summary: dict[str, Any] = field(default_factory=dict)
 
+    def prompt_ids(self, question: str) -> tuple[torch.Tensor, list[str]]:
+        """(1, P) prompt ids for a free-text question, and its words outside the vocabulary.
+
+        The layout the model was trained on: the image placeholders, then `<start>` and the
+        question's words (unknown words become `<unk>`; the answer follows in generation).
+        """
+        tok = self.tokenizer
+        encoding = tok.backend.encode(question, add_special_tokens=False)
+        unknown = [question[start:end] for (start, end), i in zip(encoding.offsets, encoding.ids,
+                   strict=True) if i == tok.unk_token_id]  # fmt: skip
+        image_tokens = [self.model.image_token_id] * self.model.num_image_tokens
+        ids = torch.tensor([[*image_tokens, tok.sot_token_id, *encoding.ids]])  # (1, P)
+        return ids.to(next(self.model.parameters()).device), unknown
+
+    @torch.no_grad()
+    def answer(
+        self, image: Any, question: str, max_new_tokens: int = 16, **generate_options: Any
+    ) -> str:
+        """The model's answer (or caption) for one PIL image and a question (or prompt).
+
+        Args:
+            image: An RGB PIL image (e.g. `vlkit.data.images.load_image(path)`).
+            question: Free text; words outside the training vocabulary become `<unk>`.
+            max_new_tokens: Generation budget; generation stops at the end token.
+            **generate_options: Passed to the model's `generate` (sampling, `streamer`, ...).
+        """
+        ids, _ = self.prompt_ids(question)
+        pixels = self.transform(image)[None, None].to(ids.device)  # (1, 1, 3, S, S)
+        sequence = self.model.generate(
+            ids, pixel_values=pixels, max_new_tokens=max_new_tokens,
+            eos_token_id=self.tokenizer.eot_token_id, **generate_options,
+        )  # fmt: skip
+        new = sequence[0, ids.shape[1] :].tolist()
+        return self.tokenizer.decode(new)
+
 
 def _task_corpus(task: str) -> list[str]:
     """The training text the word vocabulary is built from."""
@@ -186,7 +221,9 @@ def _vision_clip(recipe: VLMRecipe) -> Any:
     return vlkit.create_model(recipe.vision_preset)
 
 
-def _fusion_config(recipe: VLMRecipe, tokenizer: WordTokenizer, vision_dim: int) -> Any:
+def _fusion_config(
+    recipe: VLMRecipe, tokenizer: WordTokenizer, vision_dim: int, image_size: int
+) -> Any:
     from vlkit.models.fusion_vlm import FusionVLMConfig
 
     decoder = DecoderConfig(
@@ -205,6 +242,7 @@ def _fusion_config(recipe: VLMRecipe, tokenizer: WordTokenizer, vision_dim: int)
         image_token_id=tokenizer.image_token_id,
         vision_dim=vision_dim,
         num_queries=recipe.num_queries,
+        image_size=image_size,  # the tower's input side (the builder's dry run; early fusion)
     )
 
 
@@ -339,7 +377,8 @@ def train_vlm(recipe: VLMRecipe, out_dir: str | Path) -> dict[str, Any]:
     tokenizer = WordTokenizer.train(_task_corpus(recipe.task))
     transform = ImageTransform(clip.config.preprocess, train=False)
     train, test = build_vlm_data(recipe, tokenizer, transform)
-    fusion_config = _fusion_config(recipe, tokenizer, _vision_dim(clip))
+    image_size = clip.config.preprocess.image_size
+    fusion_config = _fusion_config(recipe, tokenizer, _vision_dim(clip), image_size)
     torch.manual_seed(recipe.seed)
     model = _build_model(fusion_config, clip, recipe.vision_trainable)
     task = CaptionLMTask(tokenizer.pad_token_id) if recipe.task == "scene_captions" else VQALMTask()
