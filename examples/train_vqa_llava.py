@@ -70,3 +70,8 @@ prompts = [test.prompt_ids(i) for i in indices]  # [sot] + question tokens
 answers = generate_answers(run.model, images, prompts, run.tokenizer)
 for i, answer in zip(indices, answers, strict=True):
     print(f"Q: {test.question(i):45} A: {answer:10} (truth: {test.answer(i)})")
+
+# 4. Any image and any question in the training vocabulary: `run.answer` builds the prompt.
+image = test.load_pil(test.samples[0][2])  # a PIL image; `vlkit.data.images.load_image(path)` too
+for question in ("what shape is in the image?", "what color is the shape?"):
+    print(f"free-text Q: {question:34} A: {run.answer(image, question)}")

@@ -76,6 +76,7 @@ def test_train_vqa_llava(tmp_path: Path) -> None:
     assert _number(r"trained (\d+) steps", out) == 20
     _fraction(r"test accuracy ([\d.]+) on 32 questions", out)
     assert len(re.findall(r"^Q: .* A: .*\(truth: .+\)$", out, flags=re.M)) == 6
+    assert len(re.findall(r"^free-text Q: .* A: \S+", out, flags=re.M)) == 2
     assert (tmp_path / "vlm_config.json").is_file()
 
 
