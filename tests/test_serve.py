@@ -193,3 +193,210 @@ def test_an_uploaded_rgba_png_is_decoded_like_the_same_file(client, checkpoint, 
     got = {r["label"]: r["probability"] for r in answer.json()["ranking"]}
     for row in expected:
         assert got[row["label"]] == pytest.approx(row["probability"], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generative VLMs: a tiny fusion run trained here and a tiny random SmolVLM directory.
+
+try:  # the SmolVLM directory fixture (its weights are written with transformers)
+    from test_generate_cli import PROMPT as SMOLVLM_PROMPT
+    from test_generate_cli import smolvlm_dir  # noqa: F401  (a fixture)
+except pytest.skip.Exception:
+    SMOLVLM_PROMPT = "What is in this image?"
+
+    @pytest.fixture
+    def smolvlm_dir():
+        pytest.skip("transformers is not installed")
+
+
+QUESTION = "what color is the circle?"
+
+
+@pytest.fixture(scope="module")
+def fusion_run(tmp_path_factory):
+    from vlkit.training.vlm_recipe import VLMRecipe, train_vlm
+
+    out = tmp_path_factory.mktemp("fusion_run")
+    recipe = VLMRecipe(kind="llava", task="scene_questions", steps=2, connector_only_steps=0,
+                       max_test=1, train_scenes=16, test_scenes=1, batch_size=8, hidden_size=32,
+                       intermediate_size=64, layers=1, heads=2, num_queries=4, device="cpu")  # fmt: skip
+    train_vlm(recipe, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    from vlkit.data.datasets.shapes import ShapesDataset
+
+    path = tmp_path_factory.mktemp("scene") / "scene.png"
+    ShapesDataset(1).scene(0)[0].save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vlm_client(fusion_run):
+    return TestClient(create_app(vlm_path=str(fusion_run)))
+
+
+def _ask(client, paths, prompt, max_new_tokens=6, url="/api/generate"):
+    files = [("image", (p.name, p.read_bytes(), "application/octet-stream")) for p in paths]
+    return client.post(url, files=files,
+                       data={"prompt": prompt, "max_new_tokens": str(max_new_tokens)})  # fmt: skip
+
+
+def _events(body: str) -> list[tuple[str, dict]]:
+    events = []
+    for block in body.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def _cli_text(capsys, model_dir, paths, prompt, max_new_tokens):
+    from vlkit.cli import main
+
+    images = [arg for p in paths for arg in ("--image", str(p))]
+    code = main(["generate", "--model", str(model_dir), *images, "--prompt", prompt,
+                 "--max-new-tokens", str(max_new_tokens)])  # fmt: skip
+    assert code == 0
+    return capsys.readouterr().out.rstrip("\n")
+
+
+def test_generate_equals_the_run_and_the_cli(vlm_client, fusion_run, scene, capsys):
+    from vlkit.data.images import load_image
+    from vlkit.training.vlm_recipe import load_vlm_run
+
+    run = load_vlm_run(fusion_run)
+    expected = run.answer(load_image(scene), QUESTION, max_new_tokens=6)
+    assert expected and expected == _cli_text(capsys, fusion_run, [scene], QUESTION, 6)
+    answer = _ask(vlm_client, [scene], QUESTION)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["text"] == expected and body["unknown_words"] == []
+    # tokens: what generate produced, the stop token not counted.
+    ids, _ = run.prompt_ids(QUESTION)
+    pixels = run.transform(load_image(scene))[None, None]
+    new = run.model.generate(ids, pixel_values=pixels, max_new_tokens=6,
+                             eos_token_id=run.tokenizer.eot_token_id)[0, ids.shape[1] :].tolist()  # fmt: skip
+    assert body["tokens"] == len([t for t in new if t != run.tokenizer.eot_token_id])
+    # Words outside the vocabulary are named (and become <unk> in the prompt).
+    assert _ask(vlm_client, [scene], QUESTION + " zebra").json()["unknown_words"] == ["zebra"]
+    assert _ask(vlm_client, [scene], QUESTION, max_new_tokens=1).json()["tokens"] <= 1
+
+
+def test_generate_stream_sends_the_same_answer(vlm_client, scene):
+    expected = _ask(vlm_client, [scene], QUESTION).json()
+    stream = _ask(vlm_client, [scene], QUESTION, url="/api/generate/stream")
+    assert stream.status_code == 200
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    events = _events(stream.text)
+    assert events[-1] == ("done", expected)
+    pieces = [data["text"] for name, data in events[:-1]]
+    assert {name for name, _ in events[:-1]} <= {"token"}
+    assert "".join(pieces) == expected["text"]
+    # Errors found before generation starts answer 400, like the JSON endpoint.
+    assert _ask(vlm_client, [scene], " ", url="/api/generate/stream").status_code == 400
+
+
+def test_concurrent_requests_get_the_same_answer(vlm_client, scene):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        texts = list(pool.map(lambda _: _ask(vlm_client, [scene], QUESTION).json()["text"],
+                              range(3)))  # fmt: skip
+    assert texts == [_ask(vlm_client, [scene], QUESTION).json()["text"]] * 3
+
+
+def test_generate_errors_are_one_line(vlm_client, client, photos, scene, tmp_path):
+    def detail(response, status):
+        assert response.status_code == status, response.text
+        message = response.json()["detail"]
+        assert isinstance(message, str) and "\n" not in message
+        return message
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes((photos / "coffee.jpg").read_bytes()[:300])
+    assert "broken.jpg" in detail(_ask(vlm_client, [broken], QUESTION), 400)
+    assert "prompt is empty" in detail(_ask(vlm_client, [scene], "  "), 400)
+    for bad in (0, 257):
+        assert f"max_new_tokens={bad}: between 1 and 256" in detail(
+            _ask(vlm_client, [scene], QUESTION, max_new_tokens=bad), 400
+        )
+    assert "not an integer" in detail(_ask(vlm_client, [scene], QUESTION, "many"), 400)
+    assert "exactly one image" in detail(_ask(vlm_client, [scene, scene], QUESTION), 400)
+    assert "no image" in detail(vlm_client.post("/api/generate", data={"prompt": "x"}), 400)
+    # A server without --vlm: 404, and the page's info leaves the feature out.
+    assert "--vlm" in detail(_ask(client, [scene], QUESTION), 404)
+    assert "--vlm" in detail(_ask(client, [scene], QUESTION, url="/api/generate/stream"), 404)
+    assert client.get("/api/info").json()["features"] == ["zeroshot", "search"]
+
+
+def test_a_vlm_only_app_generates_and_answers_404_for_clip(vlm_client, fusion_run, photos):
+    info = vlm_client.get("/api/info").json()
+    assert info["features"] == ["generate"] and info["model"] is None
+    assert info["vlm"]["kind"] == "fusion (llava)" and info["vlm"]["path"] == str(fusion_run)
+    assert info["vlm"]["max_images"] == 1 and info["vlm"]["task"] == "scene_questions"
+    page = vlm_client.get("/")
+    assert page.status_code == 200 and 'id="generate-form"' in page.text
+    for response in (
+        vlm_client.post(
+            "/api/zeroshot", files=_upload(photos / "coffee.jpg"), data={"labels": "a cat"}
+        ),  # fmt: skip
+        vlm_client.post("/api/search", json={"text": "a cat"}),
+        vlm_client.post("/api/search/image", files=_upload(photos / "coffee.jpg")),
+        vlm_client.get("/api/images/0"),
+    ):
+        assert response.status_code == 404, response.text
+        assert response.json()["detail"] == (
+            "this server has no CLIP model: start it with --model DIR"
+        )
+
+
+def test_an_app_with_everything_lists_every_feature(checkpoint, index_dir, fusion_run):
+    client = TestClient(create_app(str(checkpoint), str(index_dir), vlm_path=str(fusion_run)))
+    info = client.get("/api/info").json()
+    assert info["features"] == ["zeroshot", "search", "generate"]
+    assert info["index_size"] == len(PHOTOS) and info["vlm"]["kind"] == "fusion (llava)"
+
+
+def test_create_app_and_serve_refuse_what_they_cannot_serve(
+    checkpoint, index_dir, tmp_path, capsys, monkeypatch
+):
+    from vlkit.cli import main
+
+    with pytest.raises(ValueError, match="nothing to serve"):
+        create_app()
+    with pytest.raises(ValueError, match="index needs the CLIP model"):
+        create_app(index_dir=str(index_dir), vlm_path=str(tmp_path))
+    with pytest.raises(ValueError, match="neither a `vlkit train-vlm` run"):
+        create_app(vlm_path=str(checkpoint))  # a CLIP checkpoint is no VLM
+    assert main(["serve"]) == 2
+    assert "nothing to serve" in capsys.readouterr().err
+    assert main(["serve", "--vlm", str(tmp_path / "missing")]) == 2
+    assert "missing: no such VLM directory" in capsys.readouterr().err
+    # --vlm reaches the server.
+    calls = []
+    monkeypatch.setattr("vlkit.serve.run_server", lambda *args, **kw: calls.append((args, kw)))
+    assert main(["serve", "--vlm", "RUN", "--port", "8123"]) == 0
+    assert calls == [((None, None, "127.0.0.1", 8123, "none"), {"vlm_path": "RUN"})]
+
+
+def test_smolvlm_generate_equals_the_cli(smolvlm_dir, photos, capsys):
+    client = TestClient(create_app(vlm_path=str(smolvlm_dir)))
+    info = client.get("/api/info").json()
+    assert info["features"] == ["generate"] and info["vlm"]["kind"] == "smolvlm"
+    one = [photos / "chelsea.png"]
+    two = [photos / "chelsea.png", photos / "rocket.jpg"]
+    for paths in (one, two):
+        expected = _cli_text(capsys, smolvlm_dir, paths, SMOLVLM_PROMPT, 8)
+        answer = _ask(client, paths, SMOLVLM_PROMPT, max_new_tokens=8)
+        assert answer.status_code == 200, answer.text
+        assert expected.strip() and answer.json()["text"] == expected
+        assert 1 <= answer.json()["tokens"] <= 8
+    events = _events(_ask(client, one, SMOLVLM_PROMPT, 8, url="/api/generate/stream").text)
+    assert (
+        events[-1][0] == "done"
+        and events[-1][1]["text"] == _ask(client, one, SMOLVLM_PROMPT, 8).json()["text"]
+    )
+    too_many = _ask(client, one * 5, SMOLVLM_PROMPT)
+    assert too_many.status_code == 400 and "1 to 4 images" in too_many.json()["detail"]

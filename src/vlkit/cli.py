@@ -13,7 +13,7 @@
     vlkit explain --model PATH --image FILE --text "..." [--text "..."] --out OUT.png   (ViT relevance)
     vlkit similarity --model PATH --images FILE... --texts "a,b,c" --out OUT.png
     vlkit export --model PATH --out DIR [--opset N] [--no-normalize]   (ONNX, checked with onnxruntime)
-    vlkit serve --model PATH [--index DIR] [--host 127.0.0.1] [--port 8000]
+    vlkit serve [--model PATH] [--index DIR] [--vlm RUN_OR_SMOLVLM_DIR] [--host 127.0.0.1] [--port 8000]
 
 Bad input (missing or unreadable image, unsupported checkpoint, bad arguments) prints one line
 naming the problem and exits with status 2.
@@ -160,9 +160,10 @@ def _parser() -> argparse.ArgumentParser:
     add_index_parsers(commands)
     add_viz_parsers(commands)
 
-    sv = commands.add_parser("serve", help="web app: zero-shot classification and image search")
-    sv.add_argument("--model", required=True, help="CLIP-like checkpoint directory or hub id")
+    sv = commands.add_parser("serve", help="web app: zero-shot, image search, VQA / captions")
+    sv.add_argument("--model", default=None, help="CLIP-like checkpoint directory or hub id")
     sv.add_argument("--index", default=None, help="image index directory from `vlkit index`")
+    sv.add_argument("--vlm", default=None, help="train-vlm run dir or SmolVLM dir (generation)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--templates", default="none", help="template set for text search queries")
@@ -277,7 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "serve":
             from vlkit.serve import run_server
 
-            run_server(args.model, args.index, args.host, args.port, args.templates)
+            run_server(
+                args.model, args.index, args.host, args.port, args.templates, vlm_path=args.vlm
+            )
         elif args.command == "eval":
             from vlkit.evaluation.report import json_safe
 

@@ -21,7 +21,13 @@ from typing import Any, TextIO
 
 import torch
 
-__all__ = ["TextStreamer", "add_generate_parsers", "generate_command", "train_vlm_command"]
+__all__ = [
+    "TextStreamer",
+    "add_generate_parsers",
+    "generate_command",
+    "smolvlm_answer_ids",
+    "train_vlm_command",
+]
 
 
 class TextStreamer:
@@ -147,6 +153,57 @@ def _save_attention(
     print(f"vlkit: wrote attention overlays to {path}", file=sys.stderr)
 
 
+def smolvlm_answer_ids(
+    model: Any,
+    processor: Any,
+    images: Sequence[Any],
+    prompt: str,
+    *,
+    video: Any = None,
+    max_new_tokens: int = 64,
+    streamer: Callable[[torch.Tensor], None] | None = None,
+    device: str | torch.device = "cpu",
+    **generate_options: Any,
+) -> list[int]:
+    """The new token ids of a SmolVLM / Idefics3 model's answer about images (and a video).
+
+    One user turn holds the images, then the video, then the prompt; the processor's chat
+    template adds the assistant prompt. Decode with `processor.decode(ids,
+    skip_special_tokens=True)` (the stop token, when generated, is the last id).
+
+    Args:
+        model: A `GenerativeVLM` from `vlkit.from_pretrained(directory)`, in eval mode.
+        processor: The directory's `SmolVLMProcessor`.
+        images: RGB PIL images (e.g. `vlkit.data.images.load_image(path)`), possibly none.
+        prompt: The question or instruction.
+        video: A `vlkit.data.smolvlm_image_processor.Video`, or None.
+        max_new_tokens: Generation budget; generation stops at the processor's stop tokens.
+        streamer: Called with each step's new token, as in `generation.generate`.
+        device: Where the model is (the inputs are moved there).
+        **generate_options: Further `generate` options (sampling, generator, ...).
+    """
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in images]
+    if video is not None:
+        content.append({"type": "video"})
+    content.append({"type": "text", "text": prompt})
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True
+    )
+    inputs = processor(text=text, images=[list(images)] if images else None, videos=video)
+    inputs = {k: v.to(device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    sequence = model.generate(
+        inputs["input_ids"],
+        pixel_values=inputs.get("pixel_values"),
+        pixel_attention_mask=inputs.get("pixel_attention_mask"),
+        attention_mask=inputs.get("attention_mask"),
+        max_new_tokens=max_new_tokens,
+        eos_token_id=processor.stop_token_ids,
+        streamer=streamer,
+        **generate_options,
+    )
+    return sequence[0, inputs["input_ids"].shape[1] :].tolist()
+
+
 def _generate_smolvlm(args: argparse.Namespace, out: TextIO) -> str:
     from vlkit.data.images import load_image
     from vlkit.data.smolvlm_image_processor import Video
@@ -156,27 +213,12 @@ def _generate_smolvlm(args: argparse.Namespace, out: TextIO) -> str:
     processor = SmolVLMProcessor.from_pretrained(args.model)
     model = _maybe_int8(from_pretrained(args.model).to(args.device).eval(), args.int8, args.device)
     images = [load_image(path) for path in args.image]
-    content: list[dict[str, Any]] = [{"type": "image"} for _ in images]
     video = Video.from_directory(args.video, fps=args.fps) if args.video else None
-    if video is not None:
-        content.append({"type": "video"})
-    content.append({"type": "text", "text": args.prompt})
-    text = processor.apply_chat_template(
-        [{"role": "user", "content": content}], add_generation_prompt=True
-    )
-    inputs = processor(text=text, images=[images] if images else None, videos=video)
-    inputs = {k: v.to(args.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
     streamer = TextStreamer(lambda ids: processor.decode(ids, skip_special_tokens=True), out)
-    model.generate(
-        inputs["input_ids"],
-        pixel_values=inputs.get("pixel_values"),
-        pixel_attention_mask=inputs.get("pixel_attention_mask"),
-        attention_mask=inputs.get("attention_mask"),
-        max_new_tokens=args.max_new_tokens,
-        eos_token_id=processor.stop_token_ids,
-        streamer=streamer,
-        **_sampling(args),
-    )
+    smolvlm_answer_ids(
+        model, processor, images, args.prompt, video=video, max_new_tokens=args.max_new_tokens,
+        streamer=streamer, device=args.device, **_sampling(args),
+    )  # fmt: skip
     return streamer.finish()
 
 
