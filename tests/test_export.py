@@ -202,3 +202,31 @@ def test_failed_verification_raises_and_writes_nothing(tmp_path: Path) -> None:
         export_onnx(model, tmp_path / "out", atol=-1.0)  # no difference passes a negative bound
     assert not (tmp_path / "out").exists()
     assert model.training  # the caller's mode is restored
+
+
+@torch.no_grad()
+def test_cli_int8_writes_checked_int8_towers(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    create_model(_config("vit")).save_pretrained(tmp_path / "ckpt")
+    args = _parse(["export", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "onnx"),
+                   "--int8"])  # fmt: skip
+    report = export_command(args)
+    assert set(report["int8_min_cosine"]) == {"image", "text"}
+    assert min(report["int8_min_cosine"].values()) >= 0.99  # the export's own check
+    for tower in ("image_encoder", "text_encoder"):
+        assert report["file_sizes"][f"{tower}.int8.onnx"] < report["file_sizes"][f"{tower}.onnx"]
+    json.dumps(report)
+    config = json.loads((tmp_path / "onnx" / "onnx_config.json").read_text())
+    assert config["int8"]["per_channel"] is True and config["int8"]["weight_type"] == "int8"
+    int8 = OnnxCLIP.load(tmp_path / "onnx", int8=True, num_threads=1)
+    assert int8.encode_image(torch.randn(2, 3, 32, 32)).shape == (2, 64)
+    assert not _parse(["export", "--model", "m", "--out", "o"]).int8
+
+
+def test_load_int8_without_int8_export_names_the_flag(exported) -> None:
+    _, out = exported("vit")  # exported without int8
+    assert json.loads((out / "onnx_config.json").read_text())["int8"] is None
+    with pytest.raises(
+        FileNotFoundError, match=r"image_encoder\.int8\.onnx: .*vlkit export --int8"
+    ):
+        OnnxCLIP.load(out, int8=True)

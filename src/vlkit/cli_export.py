@@ -1,10 +1,13 @@
 """`vlkit export`: a CLIP / SigLIP checkpoint -> ONNX image and text encoders.
 
-    vlkit export --model CHECKPOINT --out DIR [--opset N] [--no-normalize]
+    vlkit export --model CHECKPOINT --out DIR [--opset N] [--no-normalize] [--int8]
 
 Writes DIR/image_encoder.onnx, DIR/text_encoder.onnx and DIR/onnx_config.json (see
 `vlkit.inference.export`), checks them with onnxruntime against torch, and returns the export
 report (opset, file sizes, max abs differences), which the `vlkit` command prints as JSON.
+`--int8` also writes DIR/image_encoder.int8.onnx and DIR/text_encoder.int8.onnx (dynamic INT8
+weights), checked by the cosine similarity of their embeddings to torch's; load them with
+`OnnxCLIP.load(DIR, int8=True)`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
         dest="normalize",
         action="store_false",
         help="export raw embeddings instead of L2-normalised ones",
+    )
+    export.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write dynamically quantized INT8 encoders (*.int8.onnx, CPU)",
     )
 
 
@@ -56,5 +64,7 @@ def export_command(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(
             f"vlkit export needs the export extra (pip install 'vlkit[export]'): {error}"
         ) from error
-    report = export_onnx(model, out, opset=args.opset, normalize=args.normalize, verify=True)
+    report = export_onnx(
+        model, out, opset=args.opset, normalize=args.normalize, verify=True, int8=args.int8
+    )
     return {"model": str(args.model), **report.to_dict()}

@@ -23,6 +23,17 @@ limits each tower to ONNX's 2 GB protobuf size (ViT-L/14 fits; ViT-bigG does not
 Each file is checked with onnxruntime against torch, on a batch of 2 and of 3 (the dynamic axis),
 before it is written, then written atomically (a temporary file in the same directory renamed
 over the target), so a failed export leaves no half-written or unverified file behind.
+
+INT8 (`int8=True`, `vlkit export --int8`) also writes `image_encoder.int8.onnx` and
+`text_encoder.int8.onnx`: the verified float32 graphs after onnxruntime's dynamic quantization
+(`vlkit.inference.onnx_int8`, where the choice of options is explained), recorded under "int8"
+in onnx_config.json and loaded with `OnnxCLIP.load(dir, int8=True)`. Exact equality is
+impossible, so each INT8 tower must reach a cosine similarity of at least
+`DEFAULT_INT8_MIN_COSINE` (0.99) to torch float32 on every row of the verification batches.
+Measured minima are 0.9988 or higher (random tiny towers and random-weight ViT-B/32 on random
+inputs, the trained easy-VQA towers on the 1,000 test images), so 0.99 allows about eight times
+the observed 1 - cosine, while a broken quantization (a wrong scale, saturation, int8 codes read
+as floats) lands far below it.
 """
 
 from __future__ import annotations
@@ -40,14 +51,20 @@ import torch
 from torch import nn
 
 from vlkit.hub.weights import atomic_write
+from vlkit.inference.onnx_int8 import INT8_OP_TYPES, PER_CHANNEL, quantize_onnx_int8
 from vlkit.models.clip import CLIP
 
-__all__ = ["ExportReport", "OnnxCLIP", "export_onnx"]
+__all__ = ["ExportReport", "OnnxCLIP", "export_onnx", "quantize_onnx_int8"]
 
 IMAGE_FILE = "image_encoder.onnx"
 TEXT_FILE = "text_encoder.onnx"
 CONFIG_FILE = "onnx_config.json"
+INT8_IMAGE_FILE = "image_encoder.int8.onnx"
+INT8_TEXT_FILE = "text_encoder.int8.onnx"
 DEFAULT_ATOL = 1e-4
+# Smallest accepted cosine similarity between an INT8 tower's embeddings and torch float32's on
+# the verification batches (see the module docstring for the measurements behind it).
+DEFAULT_INT8_MIN_COSINE = 0.99
 # The dynamo exporter has no translations below opset 18: asked for less, it tries a version
 # conversion and silently keeps 18 when that fails, so a lower opset is refused up front.
 MIN_OPSET = 18
@@ -63,6 +80,9 @@ class ExportReport:
         max_abs_diff: Largest |onnxruntime - torch| per check ("image_batch2", "text_batch3",
             ...), empty when `verify=False`.
         file_sizes: Bytes per written file name.
+        int8_min_cosine: Smallest cosine similarity between the INT8 and the torch float32
+            embeddings over the verification batches, per tower ("image", "text"); empty
+            without `int8`.
     """
 
     out_dir: str
@@ -71,6 +91,7 @@ class ExportReport:
     text_inputs: list[str]
     file_sizes: dict[str, int] = field(default_factory=dict)
     max_abs_diff: dict[str, float] = field(default_factory=dict)
+    int8_min_cosine: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,7 +179,7 @@ def _check(
     atol: float,
 ) -> dict[str, float]:
     """Max |onnxruntime - torch| for each batch; raises when one exceeds `atol`."""
-    session = _session(model_bytes, None, None)
+    session = _session(model_bytes, None, 1)  # batches of 2-3: one thread, no spinning
     diffs = {}
     for inputs in batches:
         with torch.no_grad():
@@ -178,6 +199,36 @@ def _check(
                 f"of {size}; nothing was written"
             )
     return diffs
+
+
+def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (_l2_normalize(a) * _l2_normalize(b)).sum(axis=-1)
+
+
+def _check_int8(
+    name: str,
+    model_bytes: bytes,
+    module: nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    min_cosine: float,
+) -> float:
+    """Smallest cosine similarity between onnxruntime INT8 and torch fp32 embeddings over the
+    rows of `batches`; raises when it is below `min_cosine`."""
+    session = _session(model_bytes, None, 1)  # batches of 2-3: one thread, no spinning
+    worst = 1.0
+    for inputs in batches:
+        with torch.no_grad():
+            expected = module(**inputs).float().cpu().numpy()
+        got = session.run(None, {k: v.cpu().numpy() for k, v in inputs.items()})[0]
+        if got.shape != expected.shape:
+            raise RuntimeError(f"{name} int8: shape {got.shape}, torch {expected.shape}")
+        worst = min(worst, float(_cosine_rows(got, expected).min()))
+        if not worst >= min_cosine:  # also catches NaN
+            raise RuntimeError(
+                f"{name} int8: cosine similarity to torch fp32 is {worst:.4f} (< {min_cosine:g}) "
+                f"on a batch of {got.shape[0]}; nothing was written"
+            )
+    return worst
 
 
 def _text_batch(model: CLIP, size: int, use_mask: bool, generator: torch.Generator):
@@ -202,6 +253,8 @@ def export_onnx(
     verify: bool = True,
     text_attention_mask: bool | None = None,
     atol: float = DEFAULT_ATOL,
+    int8: bool = False,
+    int8_min_cosine: float = DEFAULT_INT8_MIN_COSINE,
 ) -> ExportReport:
     """Writes `image_encoder.onnx`, `text_encoder.onnx` and `onnx_config.json` to `out_dir`.
 
@@ -215,13 +268,20 @@ def export_onnx(
         text_attention_mask: Give the text encoder an `attention_mask` input; None: only for a
             bidirectional text tower (SigLIP).
         atol: Largest accepted |onnxruntime - torch| when verifying.
+        int8: Also write `image_encoder.int8.onnx` and `text_encoder.int8.onnx`, dynamically
+            quantized (`quantize_onnx_int8`) from the verified float32 files.
+        int8_min_cosine: Smallest accepted cosine similarity between the INT8 and the torch
+            float32 embeddings of the verification batches (checked even with `verify=False`:
+            quantization error, unlike exporter error, depends on the weights).
 
     Returns:
-        The report: opset, file sizes and, when verified, the max abs differences.
+        The report: opset, file sizes, when verified the max abs differences, and with `int8`
+        the smallest INT8 cosine similarities.
 
     Raises:
         ValueError: When the model has non-float32 parameters or `opset` < 18.
-        RuntimeError: When onnxruntime disagrees with torch by more than `atol`.
+        RuntimeError: When onnxruntime disagrees with torch by more than `atol`, or an INT8
+            tower's cosine similarity falls below `int8_min_cosine`.
     """
     if opset is not None and opset < MIN_OPSET:
         raise ValueError(f"opset {opset}: the ONNX exporter supports opset {MIN_OPSET} or later")
@@ -252,6 +312,17 @@ def export_onnx(
         text_bytes = _to_onnx_bytes(text_encoder, text_batches[0], "text_embeds", opset)
         if verify:
             diffs.update(_check("text", text_bytes, text_encoder, text_batches, atol))
+        int8_files: dict[str, bytes] = {}
+        cosines: dict[str, float] = {}
+        if int8:
+            for name, file_name, data, module, batches in (
+                ("image", INT8_IMAGE_FILE, image_bytes, image_encoder, image_batches),
+                ("text", INT8_TEXT_FILE, text_bytes, text_encoder, text_batches),
+            ):
+                int8_files[file_name] = quantize_onnx_int8(data)
+                cosines[name] = _check_int8(
+                    name, int8_files[file_name], module, batches, int8_min_cosine
+                )
         temperature = float(model.temperature().detach())
         bias = float(model.logit_bias.detach()) if model.logit_bias is not None else None
     finally:
@@ -260,6 +331,17 @@ def export_onnx(
     from vlkit import __version__
 
     used_opset = _opset_of(image_bytes)
+    int8_config = None
+    if int8:
+        int8_config = {
+            "image_file": INT8_IMAGE_FILE,
+            "text_file": INT8_TEXT_FILE,
+            "op_types": list(INT8_OP_TYPES),
+            "weight_type": "int8",
+            "activation_type": "uint8 (dynamic)",
+            "per_channel": PER_CHANNEL,
+            "min_cosine": cosines,
+        }
     text_inputs = list(text_batches[0])
     onnx_config = {
         "model_type": config.model_type,
@@ -281,15 +363,21 @@ def export_onnx(
         "preprocess": asdict(config.preprocess),
         "vlkit_version": __version__,
         "opset": used_opset,
+        "int8": int8_config,
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_bytes = (json.dumps(onnx_config, indent=2) + "\n").encode()
-    files = ((IMAGE_FILE, image_bytes), (TEXT_FILE, text_bytes), (CONFIG_FILE, config_bytes))
+    # The config goes last: a reader never sees it name INT8 files that are not there yet.
+    files = [(IMAGE_FILE, image_bytes), (TEXT_FILE, text_bytes), *int8_files.items(),
+             (CONFIG_FILE, config_bytes)]  # fmt: skip
     for file_name, data in files:
         atomic_write(out / file_name, lambda tmp, data=data: _write_bytes(tmp, data))
-    sizes = {name: (out / name).stat().st_size for name in (IMAGE_FILE, TEXT_FILE, CONFIG_FILE)}
-    return ExportReport(str(out), used_opset, normalize, text_inputs, sizes, diffs)
+    if not int8:  # INT8 files of an earlier export would not match the new float32 ones
+        for stale in (INT8_IMAGE_FILE, INT8_TEXT_FILE):
+            (out / stale).unlink(missing_ok=True)
+    sizes = {name: (out / name).stat().st_size for name, _ in files}
+    return ExportReport(str(out), used_opset, normalize, text_inputs, sizes, diffs, cosines)
 
 
 class OnnxCLIP:
@@ -315,30 +403,40 @@ class OnnxCLIP:
         directory: str | Path,
         providers: list[str] | None = None,
         num_threads: int | None = None,
+        int8: bool = False,
     ) -> OnnxCLIP:
         """Loads an `export_onnx` directory.
 
         Args:
             providers: onnxruntime execution providers; None: CPU.
             num_threads: onnxruntime intra-op threads; None: onnxruntime's default.
+            int8: Run the dynamically quantized towers (`export_onnx(..., int8=True)`).
 
         Raises:
-            FileNotFoundError: A file of the export is missing (its path is named).
+            FileNotFoundError: A file of the export is missing (its path is named), or `int8`
+                for an export without INT8 towers.
             ValueError: `onnx_config.json` is not valid JSON or lacks a key (named).
         """
         directory = Path(directory)
-        paths = [directory / name for name in (CONFIG_FILE, IMAGE_FILE, TEXT_FILE)]
-        for path in paths:
+        config_path = directory / CONFIG_FILE
+        names = [INT8_IMAGE_FILE, INT8_TEXT_FILE] if int8 else [IMAGE_FILE, TEXT_FILE]
+        for path in [config_path, *(directory / name for name in names)]:
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: no such file (write it with vlkit export)")
+                hint = "vlkit export --int8" if int8 else "vlkit export"
+                raise FileNotFoundError(f"{path}: no such file (write it with {hint})")
         try:
-            config = json.loads(paths[0].read_text())
+            config = json.loads(config_path.read_text())
         except json.JSONDecodeError as error:
-            raise ValueError(f"{paths[0]}: not valid JSON ({error})") from error
+            raise ValueError(f"{config_path}: not valid JSON ({error})") from error
         missing = [key for key in _CONFIG_KEYS if key not in config]
         if missing:
-            raise ValueError(f"{paths[0]}: missing keys {missing}")
-        sessions = [_session(path, providers, num_threads) for path in paths[1:]]
+            raise ValueError(f"{config_path}: missing keys {missing}")
+        if int8 and not config.get("int8"):
+            raise FileNotFoundError(
+                f"{config_path}: this export has no INT8 towers (the INT8 files beside it are "
+                "not from it); export again with vlkit export --int8"
+            )
+        sessions = [_session(directory / name, providers, num_threads) for name in names]
         return cls(config, *sessions)
 
     def encode_image(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:

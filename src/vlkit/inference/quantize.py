@@ -15,6 +15,12 @@ Tied embeddings: with `tie_word_embeddings` the LM head shares its weight with t
 embedding. Only `nn.Linear` modules are converted, so the embedding table stays in float and the
 head gets its own int8 copy (the tie is broken; memory grows by the int8 copy, a quarter of the
 table). Pass `include_lm_head=False` to keep the head in float and tied.
+
+Linear layers whose weight a parent reads directly stay in float: a dynamically quantized linear
+has no `weight` tensor (its `weight()` is a method returning the packed int8 weight), so such a
+parent would fail. One exists: SigLIP's attention-pooling head (`AttentionPoolingHead.in_proj`),
+which splits its fused QKV weight to project the learned probe and the tokens separately; it is
+one (3D, D) matrix applied to a single pooling step, a negligible share of the image tower.
 """
 
 from __future__ import annotations
@@ -60,20 +66,33 @@ def quantize_int8(
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
-    # Which modules to convert: by type, or by name when the head is excluded (quantize_dynamic
-    # matches a qconfig dict against module types and qualified names).
-    spec: set[type[nn.Module]] | dict[str, object]
-    if include_lm_head:
-        spec = {nn.Linear}
-    else:
-        from torch.ao.quantization import default_dynamic_qconfig
+    # Which modules to convert: by type, or by name when some linear layers stay in float (the
+    # head when excluded, those read by raw weight; quantize_dynamic matches a qconfig dict
+    # against module types and qualified names).
+    from torch.ao.quantization import default_dynamic_qconfig
 
+    keep_float = _raw_weight_linears(model)
+    if not include_lm_head:
+        keep_float |= {n for n, _ in model.named_modules() if n.split(".")[-1] == "lm_head"}
+    spec: set[type[nn.Module]] | dict[str, object] = {nn.Linear}
+    if keep_float:
         spec = {
             name: default_dynamic_qconfig
             for name, module in model.named_modules()
-            if type(module) is nn.Linear and name.split(".")[-1] != "lm_head"
+            if type(module) is nn.Linear and name not in keep_float
         }
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
         warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions")
         return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+
+
+def _raw_weight_linears(model: nn.Module) -> set[str]:
+    """Qualified names of the linear layers whose parent reads `.weight` / `.bias` directly."""
+    from vlkit.layers.attention_pool import AttentionPoolingHead
+
+    return {
+        f"{name}.in_proj" if name else "in_proj"
+        for name, module in model.named_modules()
+        if isinstance(module, AttentionPoolingHead)
+    }
