@@ -39,17 +39,22 @@ VISION_RUNS = {
 }  # fmt: skip
 
 
-def vision_checkpoint(task: str, out: Path) -> str:
+def vision_checkpoint(task: str, out: Path, model: str | None = None) -> str:
     """Trains the task's CLIP once (reused when `OUT/vision_TASK` already holds it). Scene
-    questions use the scene-caption tower: the images are the same."""
+    questions use the scene-caption tower: the images are the same. `model` replaces the
+    preset of `VISION_RUNS` (same data and schedule); its run goes to `OUT/vision_TASK_MODEL`."""
     from vlkit.training.config import TrainConfig
     from vlkit.training.run import train
 
     task = "scene_captions" if task == "scene_questions" else task
+    settings = dict(VISION_RUNS[task])
     run = out / f"vision_{task}"
+    if model is not None and model != settings["model"]:
+        settings["model"] = model
+        run = out / f"vision_{task}_{model}"
     latest = run / "checkpoints" / "latest"
     if not latest.is_file():
-        train(TrainConfig(**VISION_RUNS[task], out_dir=str(run), progress=False))
+        train(TrainConfig(**settings, out_dir=str(run), progress=False))
     return str(run / "checkpoints" / latest.read_text().strip())
 
 
@@ -89,6 +94,14 @@ def main() -> None:
     parser.add_argument("--no-two-stage", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--vision-model", default=None, help="CLIP preset of the towers (default: VISION_RUNS')"
+    )
+    parser.add_argument(
+        "--vision-tokens",
+        default="final",
+        help="tower tokens the connector reads: final, or a ResNet stage (layer2 / layer3)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,7 +110,7 @@ def main() -> None:
     rows: list[dict] = []
     started = time.perf_counter()
     for task in args.tasks:
-        vision = vision_checkpoint(task, out)
+        vision = vision_checkpoint(task, out, args.vision_model)
         runs = [(kind, kind, 0) for kind in args.kinds]
         if not args.no_two_stage and "llava" in args.kinds:
             runs.append(("llava two-stage", "llava", args.steps // 4))
@@ -106,6 +119,7 @@ def main() -> None:
                 kind=kind,
                 task=task,
                 vision=vision,
+                vision_tokens=args.vision_tokens,
                 steps=args.steps - stage1,
                 connector_only_steps=stage1,
                 batch_size=args.batch_size,

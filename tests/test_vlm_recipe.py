@@ -161,3 +161,33 @@ def test_a_tower_of_another_image_size_trains_and_reloads(kind, tmp_path) -> Non
 
     _, test = build_vlm_data(run.recipe, run.tokenizer, run.transform)
     assert evaluate_vlm(run.model, test, run.recipe.task)["accuracy"] == summary["accuracy"]
+
+
+def test_resnet_stage_tokens_feed_the_connector_and_reload(tmp_path) -> None:
+    # vision_tokens="layer3": the small-rn-64 tower's 4x4 stage-3 map (16 tokens of width 256)
+    # instead of its final 2x2 map (4 tokens of width 512).
+    from vlkit.training.vlm_task import tower_tokens
+
+    recipe = VLMRecipe(kind="llava", task="scene_questions", steps=1, vision_tokens="layer3",
+                       **TINY)  # fmt: skip
+    summary = train_vlm(recipe, tmp_path)
+    run = load_vlm_run(tmp_path)
+    assert run.recipe.vision_tokens == "layer3" and run.model.num_image_tokens == 16
+    assert run.model.config.vision_dim == 256
+    tower = run.model.vision.tower
+    images = torch.rand(2, 3, 64, 64)
+    assert torch.equal(tower_tokens(tower, images, "layer4"), tower(images).tokens)
+    from vlkit.training.vlm_recipe import build_vlm_data
+
+    _, test = build_vlm_data(run.recipe, run.tokenizer, run.transform)
+    assert evaluate_vlm(run.model, test, run.recipe.task)["accuracy"] == summary["accuracy"]
+    with pytest.raises(ValueError, match="vision_tokens"):
+        VLMRecipe(vision_tokens="layer5")
+    with pytest.raises(ValueError, match="ModifiedResNet"):
+        tower_tokens(vlkit_tiny_tower(), torch.rand(1, 3, 32, 32), "layer3")
+
+
+def vlkit_tiny_tower() -> torch.nn.Module:
+    import vlkit
+
+    return vlkit.create_model("tiny").vision

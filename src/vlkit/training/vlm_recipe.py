@@ -60,6 +60,9 @@ class VLMRecipe:
             which ignores it, and for tests).
         vision_preset: Preset used when `vision` is "".
         vision_trainable: Train the image tower with the rest (default: frozen, as LLaVA).
+        vision_tokens: Which tower tokens the connector reads (`vlm_task.tower_tokens`):
+            "final" (default; `small-rn-64`: its 2x2 last feature map) or, for a ResNet tower,
+            an earlier stage's finer map ("layer3": 4x4, "layer2": 8x8 at 64x64 pixels).
         steps: Optimizer steps of the main stage.
         connector_only_steps: LLaVA stage 1 steps before the main stage (decoder frozen).
         batch_size, lr, warmup_steps, weight_decay: Optimisation.
@@ -76,6 +79,7 @@ class VLMRecipe:
     vision: str = ""
     vision_preset: str = "small-rn-64"
     vision_trainable: bool = False
+    vision_tokens: str = "final"
     steps: int = 1000
     connector_only_steps: int = 0
     batch_size: int = 64
@@ -101,6 +105,12 @@ class VLMRecipe:
             raise ValueError(f"kind must be one of {FUSION_KINDS}, got {self.kind!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        from vlkit.training.vlm_task import TOKEN_SOURCES
+
+        if self.vision_tokens not in TOKEN_SOURCES:
+            raise ValueError(
+                f"vision_tokens must be one of {TOKEN_SOURCES}, got {self.vision_tokens!r}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VLMRecipe:
@@ -118,9 +128,10 @@ class FrozenVision(nn.Module):
     trains), without gradients, and run under `no_grad` so no activations are kept for it.
     """
 
-    def __init__(self, tower: nn.Module) -> None:
+    def __init__(self, tower: nn.Module, source: str = "final") -> None:
         super().__init__()
         self.tower = tower.eval().requires_grad_(False)
+        self.source = source  # `vlm_task.tower_tokens`: "final" or a ResNet stage
 
     def train(self, mode: bool = True) -> FrozenVision:
         super().train(mode)
@@ -128,8 +139,10 @@ class FrozenVision(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from vlkit.training.vlm_task import tower_tokens
+
         with torch.no_grad():
-            return self.tower(images).tokens
+            return tower_tokens(self.tower, images, self.source)
 
 
 @dataclass
@@ -246,21 +259,25 @@ def _fusion_config(
     )
 
 
-def _build_model(fusion_config: Any, clip: Any, vision_trainable: bool = False) -> nn.Module:
+def _build_model(
+    fusion_config: Any, clip: Any, vision_trainable: bool = False, vision_tokens: str = "final"
+) -> nn.Module:
     from vlkit.models.fusion_vlm import build_fusion_vlm
     from vlkit.training.vlm_task import VisionTokens
 
-    vision = VisionTokens(clip.vision) if vision_trainable else FrozenVision(clip.vision)
-    return build_fusion_vlm(fusion_config, vision)
+    wrapper = VisionTokens if vision_trainable else FrozenVision
+    return build_fusion_vlm(fusion_config, wrapper(clip.vision, vision_tokens))
 
 
-def _vision_dim(clip: Any) -> int:
+def _vision_dim(clip: Any, vision_tokens: str = "final") -> int:
     """Width of the tower's tokens, by a dry run that leaves the tower's mode and flags alone."""
+    from vlkit.training.vlm_task import tower_tokens
+
     size = clip.config.preprocess.image_size
     was_training = clip.vision.training
     clip.vision.eval()  # no BatchNorm statistics update from the dry run
     with torch.no_grad():
-        width = clip.vision(torch.zeros(1, 3, size, size)).tokens.shape[-1]
+        width = tower_tokens(clip.vision, torch.zeros(1, 3, size, size), vision_tokens).shape[-1]
     clip.vision.train(was_training)
     return int(width)
 
@@ -378,9 +395,10 @@ def train_vlm(recipe: VLMRecipe, out_dir: str | Path) -> dict[str, Any]:
     transform = ImageTransform(clip.config.preprocess, train=False)
     train, test = build_vlm_data(recipe, tokenizer, transform)
     image_size = clip.config.preprocess.image_size
-    fusion_config = _fusion_config(recipe, tokenizer, _vision_dim(clip), image_size)
+    vision_dim = _vision_dim(clip, recipe.vision_tokens)
+    fusion_config = _fusion_config(recipe, tokenizer, vision_dim, image_size)
     torch.manual_seed(recipe.seed)
-    model = _build_model(fusion_config, clip, recipe.vision_trainable)
+    model = _build_model(fusion_config, clip, recipe.vision_trainable, recipe.vision_tokens)
     task = CaptionLMTask(tokenizer.pad_token_id) if recipe.task == "scene_captions" else VQALMTask()
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -449,7 +467,10 @@ def load_vlm_run(directory: str | Path, device: str = "cpu") -> VLMRun:
     saved = json.loads((directory / RUN_CONFIG).read_text())
     recipe = VLMRecipe.from_dict(saved["recipe"])
     clip = CLIP(CLIPConfig.from_dict(saved["vision_clip"]))
-    model = _build_model(FusionVLMConfig.from_dict(saved["fusion"]), clip, recipe.vision_trainable)
+    model = _build_model(
+        FusionVLMConfig.from_dict(saved["fusion"]), clip, recipe.vision_trainable,
+        recipe.vision_tokens,
+    )  # fmt: skip
     weights = directory / "model.safetensors"
     load_into(model, read_weights(weights), str(weights))
     summary_path = directory / "summary.json"

@@ -39,9 +39,42 @@ __all__ = [
     "generate_answers",
     "next_token_loss",
     "num_image_tokens",
+    "tower_tokens",
 ]
 
 IGNORE_INDEX = -100
+TOKEN_SOURCES = ("final", "layer1", "layer2", "layer3", "layer4")
+
+
+def tower_tokens(tower: nn.Module, images: torch.Tensor, source: str = "final") -> torch.Tensor:
+    """(N, 3, S, S) images -> (N, T, Dv) tokens of an image tower.
+
+    Args:
+        tower: A vlkit image tower (`-> VisionOutput`).
+        images: (N, 3, S, S).
+        source: "final": the tower's output tokens (a ViT's class + patch tokens; a
+            ModifiedResNet's last feature map, (S/32)^2 tokens, before the attention pool).
+            "layerK" (ModifiedResNet only): the feature map after stage K, flattened row-major:
+            (S/2^(K+1))^2 tokens of width 4 * width * 2^(K-1) ("layer4" equals "final").
+
+    Raises:
+        ValueError: An unknown source, or a stage source for a tower that is not a ResNet.
+    """
+    if source == "final":
+        return tower(images).tokens
+    from vlkit.models.resnet import ModifiedResNet
+
+    if source not in TOKEN_SOURCES:
+        raise ValueError(f"token source must be one of {TOKEN_SOURCES}, got {source!r}")
+    if not isinstance(tower, ModifiedResNet):
+        raise ValueError(f"token source {source!r} needs a ModifiedResNet, got {type(tower)}")
+    x = images.to(tower.conv1.weight.dtype)
+    x = F.relu(tower.bn1(tower.conv1(x)))
+    x = F.relu(tower.bn2(tower.conv2(x)))
+    x = tower.avgpool(F.relu(tower.bn3(tower.conv3(x))))
+    for stage in (tower.layer1, tower.layer2, tower.layer3, tower.layer4)[: int(source[-1])]:
+        x = stage(x)
+    return x.flatten(2).transpose(1, 2)  # (N, H*W, C)
 
 
 class VisionTokens(nn.Module):
@@ -49,15 +82,17 @@ class VisionTokens(nn.Module):
 
     Args:
         tower: e.g. `vlkit.create_model("small-rn-64").vision`.
+        source: Which tokens (`tower_tokens`): "final" or a ResNet stage ("layer3").
     """
 
-    def __init__(self, tower: nn.Module) -> None:
+    def __init__(self, tower: nn.Module, source: str = "final") -> None:
         super().__init__()
         self.tower = tower
+        self.source = source
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) images -> (N, T, Dv) final token features."""
-        return self.tower(images).tokens
+        """(N, 3, S, S) images -> (N, T, Dv) token features."""
+        return tower_tokens(self.tower, images, self.source)
 
 
 class SmallVLM(GenerativeVLM):
