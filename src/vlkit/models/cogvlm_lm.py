@@ -33,6 +33,7 @@ from vlkit.models.decoder import (
     DecoderOutput,
     KVCache,
     apply_rotary,
+    mask_and_positions,
 )
 from vlkit.models.generation import generate as _generate
 from vlkit.models.spliced_lm import (
@@ -157,14 +158,11 @@ class CogVLMDecoder(DecoderLM):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.model.embed_tokens(input_ids)
-        b, n, _ = inputs_embeds.shape
         if cache is None and use_cache:
             cache = KVCache()
-        past = cache.seq_len if cache is not None else 0
-        device = inputs_embeds.device
-        if position_ids is None:
-            position_ids = position_ids_from_mask(attention_mask, b, n, past, device)
-        mask = attention_mask_4d(attention_mask, b, n, past, device)
+        mask, position_ids = mask_and_positions(
+            inputs_embeds, cache, attention_mask, position_ids, None
+        )
         x = inputs_embeds
         cos, sin = self.model.rotary_emb(position_ids, x.dtype)  # (B, 1, L, Dh)
         for layer in self.model.layers:

@@ -395,30 +395,47 @@ class DecoderLM(nn.Module):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.model.embed_tokens(input_ids)
-        b, n, _ = inputs_embeds.shape
         if cache is None and use_cache:
             cache = KVCache()
-        if isinstance(cache, StaticKVCache):
-            # Fixed-shape path: a (B, 1, L, S) mask over all slots, built from tensors only.
-            mask, position_ids = cache.prepare(n, attention_mask, position_ids, cache_position)
-        else:
-            if cache_position is not None:
-                raise ValueError("cache_position needs a StaticKVCache")
-            past = cache.seq_len if cache is not None else 0
-            device = inputs_embeds.device
-            if attention_mask is not None and attention_mask.shape[1] != past + n:
-                raise ValueError(
-                    f"attention_mask has {attention_mask.shape[1]} columns, expected cached + new = {past + n}"
-                )
-            if position_ids is None:
-                position_ids = position_ids_from_mask(attention_mask, b, n, past, device)
-            mask = attention_mask_4d(attention_mask, b, n, past, device)
+        mask, position_ids = mask_and_positions(
+            inputs_embeds, cache, attention_mask, position_ids, cache_position
+        )
         x = inputs_embeds
         cos, sin = self.model.rotary_emb(position_ids, x.dtype)  # (B, 1, L, Dh)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, cache)
         logits = self.lm_head(self.model.norm(x)).float()  # (B, L, V)
         return DecoderOutput(logits=logits, cache=cache)
+
+
+def mask_and_positions(
+    inputs_embeds: torch.Tensor,
+    cache: KVCache | StaticKVCache | None,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    cache_position: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The SDPA mask and (B, L) RoPE positions for new tokens `inputs_embeds` (B, L, D).
+
+    Shared by `DecoderLM` and the fusion decoders; the arguments are `DecoderLM.forward`'s.
+    A `StaticKVCache` builds a fixed-shape (B, 1, L, S) mask over all its slots from tensors
+    only; otherwise the mask covers the cached plus new positions (None where SDPA's
+    `is_causal` suffices).
+    """
+    b, n, _ = inputs_embeds.shape
+    if isinstance(cache, StaticKVCache):
+        return cache.prepare(n, attention_mask, position_ids, cache_position)
+    if cache_position is not None:
+        raise ValueError("cache_position needs a StaticKVCache")
+    past = cache.seq_len if cache is not None else 0
+    device = inputs_embeds.device
+    if attention_mask is not None and attention_mask.shape[1] != past + n:
+        raise ValueError(
+            f"attention_mask has {attention_mask.shape[1]} columns, expected cached + new = {past + n}"
+        )
+    if position_ids is None:
+        position_ids = position_ids_from_mask(attention_mask, b, n, past, device)
+    return attention_mask_4d(attention_mask, b, n, past, device), position_ids
 
 
 def position_ids_from_mask(

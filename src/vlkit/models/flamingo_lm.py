@@ -42,8 +42,7 @@ from vlkit.models.decoder import (
     DecoderOutput,
     KVCache,
     StaticKVCache,
-    attention_mask_4d,
-    position_ids_from_mask,
+    mask_and_positions,
 )
 from vlkit.models.flamingo_cache import FlamingoKVCache, MediaCache
 from vlkit.models.generation import generate as _generate
@@ -113,22 +112,11 @@ class FlamingoDecoder(DecoderLM):
         if media is None:
             raise ValueError("FlamingoDecoder needs a MediaCache (media=...)")
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        b, n, _ = x.shape  # (B, L, D)
         if cache is None and use_cache:
             cache = FlamingoKVCache(media)
-        if isinstance(cache, StaticKVCache):
-            mask, position_ids = cache.prepare(n, attention_mask, position_ids, cache_position)
-        else:
-            if cache_position is not None:
-                raise ValueError("cache_position needs a StaticKVCache")
-            past = cache.seq_len if cache is not None else 0
-            if attention_mask is not None and attention_mask.shape[1] != past + n:
-                raise ValueError(
-                    f"attention_mask has {attention_mask.shape[1]} columns, expected cached + new = {past + n}"
-                )
-            if position_ids is None:
-                position_ids = position_ids_from_mask(attention_mask, b, n, past, x.device)
-            mask = attention_mask_4d(attention_mask, b, n, past, x.device)  # (B, 1, L, T) or None
+        mask, position_ids = mask_and_positions(
+            x, cache, attention_mask, position_ids, cache_position
+        )  # mask (B, 1, L, T) or None
         # Media time (B, L): the most recent <image> at or before each token (Sec. 2.3).
         if cache is None:
             time = media_time_index(input_ids == media.image_token_id)
