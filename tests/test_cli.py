@@ -13,14 +13,6 @@ from vlkit.cli import main
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    vlkit.create_model("tiny").save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     directory = tmp_path_factory.mktemp("photos")
     Image.fromarray(skdata.astronaut()).save(directory / "astronaut.png")

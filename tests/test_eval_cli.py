@@ -27,14 +27,6 @@ COLOURS = {
 }
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    vlkit.create_model("tiny").save_pretrained(directory)
-    return directory
-
-
 def _solid(path, rgb, shade):
     # Two shades per class, so that a class has several distinct images.
     colour = tuple(max(0, c - shade) for c in rgb)

@@ -159,14 +159,6 @@ def test_save_detects_files_from_different_saves(vectors, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    vlkit.create_model("tiny").save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     directory = tmp_path_factory.mktemp("photos")
     (directory / "more").mkdir()

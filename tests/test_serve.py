@@ -27,14 +27,6 @@ PHOTOS = {"astronaut.png": skdata.astronaut, "coffee.jpg": skdata.coffee,
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    vlkit.create_model("tiny").save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     directory = tmp_path_factory.mktemp("photos")
     for name, load in PHOTOS.items():
