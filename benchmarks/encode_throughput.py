@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import cpu_name
 
 try:
     import vlkit
@@ -141,14 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def machine_info(device: str) -> dict[str, Any]:
     """The hardware and software the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     info: dict[str, Any] = {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import cpu_name
 
 try:
     import vlkit  # noqa: F401
@@ -127,7 +128,7 @@ def machine() -> dict[str, Any]:
     import faiss
 
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "faiss_threads": faiss.omp_get_max_threads(),
         "torch": torch.__version__,

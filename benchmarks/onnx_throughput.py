@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from machine import cpu_name
 
 try:
     import vlkit
@@ -85,14 +86,7 @@ def machine_info() -> dict[str, Any]:
     """The hardware and software the numbers were measured on."""
     import onnxruntime
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),

@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import cpu_name
 
 try:
     import vlkit
@@ -196,14 +197,7 @@ def machine_info(device: str) -> dict[str, Any]:
     """The hardware and software the numbers were measured on."""
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     info: dict[str, Any] = {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
