@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     model, name = _load(args)
     from vlkit.data.datasets.easy_vqa import CAPTION_TEMPLATES, CLASS_NAMES
-    from vlkit.data.tokenizer import get_tokenizer
+    from vlkit.data.tokenizers import get_tokenizer
 
     text_config, size = model.config.text, model.config.vision.image_size
     tokenizer = get_tokenizer("clip", context_length=text_config.context_length)

@@ -21,7 +21,7 @@ import torch
 import vlkit
 from vlkit.models.decoder import DecoderConfig
 from vlkit.models.fusion_vlm import FusionVLMConfig, build_fusion_vlm
-from vlkit.training.vlm_recipe import FrozenVision
+from vlkit.recipes.vlm_run import FrozenVision
 
 MODES = {
     "no cache (use_cache=False)": {"use_cache": False},

@@ -6,7 +6,7 @@
 For each task (easy-VQA questions, synthetic-scene captions) the script first trains (or reuses)
 a small CLIP on that task's images, whose image tower is then frozen and shared by every fusion
 model ("early" fusion has no separate tower: it embeds raw patches). Then each architecture of
-`vlkit.models.fusion_vlm.FUSION_KINDS` trains with `vlkit.training.vlm_recipe.train_vlm` for the
+`vlkit.models.fusion_vlm.FUSION_KINDS` trains with `vlkit.recipes.vlm_run.train_vlm` for the
 same number of steps with the same decoder, and the table reports trainable parameters,
 forward and training FLOPs per sample (`torch.utils.flop_counter`), training time, easy-VQA
 test accuracy (exact match of the greedy answer, all 9,673 test questions) and scene-caption
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from vlkit.models.fusion_vlm import FUSION_KINDS
-from vlkit.training.vlm_recipe import VLMRecipe, train_vlm
+from vlkit.recipes.vlm_run import VLMRecipe, train_vlm
 
 # The CLIP pretraining of each task's frozen image tower (vlkit's own contrastive trainer).
 VISION_RUNS = {
@@ -43,8 +43,8 @@ def vision_checkpoint(task: str, out: Path, model: str | None = None) -> str:
     """Trains the task's CLIP once (reused when `OUT/vision_TASK` already holds it). Scene
     questions use the scene-caption tower: the images are the same. `model` replaces the
     preset of `VISION_RUNS` (same data and schedule); its run goes to `OUT/vision_TASK_MODEL`."""
+    from vlkit.recipes.clip_run import train
     from vlkit.training.config import TrainConfig
-    from vlkit.training.run import train
 
     task = "scene_captions" if task == "scene_questions" else task
     settings = dict(VISION_RUNS[task])

@@ -17,7 +17,7 @@ import time
 import torch
 
 from vlkit.inference.quantize import quantize_int8
-from vlkit.training.vlm_recipe import build_vlm_data, evaluate_vlm, load_vlm_run
+from vlkit.recipes.vlm_run import build_vlm_data, evaluate_vlm, load_vlm_run
 from vlkit.training.vlm_task import answer_accuracy
 
 

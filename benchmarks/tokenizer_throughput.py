@@ -91,7 +91,7 @@ def main() -> None:
     else:
         os.environ["TOKENIZERS_PARALLELISM"] = parallelism
 
-    from vlkit.data.tokenizer import CLIPTokenizer
+    from vlkit.data.tokenizers import CLIPTokenizer
 
     captions = make_captions(args.n, args.seed)
     print(f"{len(captions):,} captions, {len(set(captions)):,} distinct, {os.cpu_count()} CPUs")

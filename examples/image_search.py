@@ -7,7 +7,7 @@ Expected (2-core CPU, 1 thread, 2026-11-27; the model trained by clip_zero_shot_
 ensemble) reach precision@5 1.000 (hits of the queried class among the top 5, over the 21
 classes with at least 5 indexed images); every image used as a query finds itself first
 (score 1.0000), and 0.980 of its other top-5 hits share its class. Without `--model` the
-example first trains a CLIP itself with `vlkit.demo.run_demo` (`small-rn-64`, 300 steps, ~2 min
+example first trains a CLIP itself with `vlkit.recipes.demo.run_demo` (`small-rn-64`, 300 steps, ~2 min
 more). `--quick`: the `tiny` preset trained for 30 steps and 48 images (~12 s); the
 text-search numbers are then low, but each image still finds itself first.
 
@@ -27,8 +27,8 @@ from PIL import Image
 
 from vlkit.api import load_clip
 from vlkit.data.datasets.easy_vqa import CAPTION_TEMPLATES, CLASS_NAMES, load_easy_vqa
-from vlkit.demo import run_demo
 from vlkit.inference import EmbeddingIndex, ImageSearcher, build_image_index
+from vlkit.recipes.demo import run_demo
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--model", help="a CLIP checkpoint directory (default: train one)")

@@ -28,7 +28,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers.utils import logging as transformers_logging
 
 import vlkit
-from vlkit.data.smolvlm_processor import SmolVLMProcessor
+from vlkit.data.smolvlm.processor import SmolVLMProcessor
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", default="runs/examples/smolvlm")
@@ -90,7 +90,7 @@ reference = transformers.SmolVLMForConditionalGeneration(config).eval()
 reference.save_pretrained(directory)
 
 # 3. vlkit: load, build the chat prompt, process the image, generate.
-model = vlkit.from_pretrained(directory).eval()  # a vlkit.models.vlm.GenerativeVLM
+model = vlkit.from_pretrained(directory).eval()  # a vlkit.models.smolvlm.GenerativeVLM
 processor = SmolVLMProcessor.from_pretrained(directory)
 messages = [{"role": "user", "content": [{"type": "image"},
                                          {"type": "text", "text": "What is in this image?"}]}]  # fmt: skip

@@ -7,7 +7,7 @@ by clip_zero_shot_and_retrieval.py, LLaVA's two stages: 100 connector-only steps
 steps of 64, 83 s in all): 0.62 M trainable parameters, 77 s of training, exact-match accuracy
 0.927 on the first 1,000 test questions (the README's 1,500-step runs reach 0.98, and 0.9989
 with two stages), and the six test questions printed at the end all answered right. Without `--vision` the
-example first trains that CLIP with `vlkit.demo.run_demo` (~2 min more). `--quick`: a random
+example first trains that CLIP with `vlkit.recipes.demo.run_demo` (~2 min more). `--quick`: a random
 `small-rn-64` image tower, 20 steps of 16 and 32 test questions (~6 s); its answers are noise.
 
 What `train_vlm` does (vlkit/training/vlm_recipe.py): builds a word-level tokenizer from the
@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from vlkit.data.datasets.vqa_text import EasyVQAQuestions
-from vlkit.demo import run_demo
-from vlkit.training.vlm_recipe import VLMRecipe, load_vlm_run, train_vlm
+from vlkit.recipes.demo import run_demo
+from vlkit.recipes.vlm_run import VLMRecipe, load_vlm_run, train_vlm
 from vlkit.training.vlm_task import generate_answers
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

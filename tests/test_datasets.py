@@ -29,7 +29,7 @@ from vlkit.data.datasets.shapes import (
     questions,
     render_depth,
 )
-from vlkit.data.datasets.webdataset_shards import (
+from vlkit.data.shards import (
     MANIFEST,
     WebDatasetImageText,
     epoch_shards,

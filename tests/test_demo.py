@@ -22,7 +22,7 @@ from vlkit.data.datasets import (  # noqa: E402
     load_easy_vqa,
 )
 from vlkit.data.datasets.easy_vqa import pixel_label  # noqa: E402
-from vlkit.demo import SUMMARY_KEYS, run_demo  # noqa: E402
+from vlkit.recipes.demo import SUMMARY_KEYS, run_demo  # noqa: E402
 
 TINY = dict(
     steps=20,

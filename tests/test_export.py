@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from vlkit.cli import _parser, main
-from vlkit.cli_export import export_command
+from vlkit.cli.export import export_command
+from vlkit.cli.main import _parser, main
 from vlkit.inference import OnnxCLIP, export_onnx
 from vlkit.models.clip import CLIP, create_model
 from vlkit.models.presets import PRESETS

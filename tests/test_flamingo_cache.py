@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from vlkit.models.decoder import DecoderConfig, DecoderLM, StaticKVCache
+from vlkit.models.flamingo import FlamingoVLM
 from vlkit.models.flamingo_cache import FlamingoKVCache, MediaCache
-from vlkit.models.flamingo_lm import FlamingoVLM
 from vlkit.models.generation import generate
 
 VOCAB = 32  # text ids 0..31, 0 = padding

@@ -9,8 +9,8 @@ from PIL import Image
 from skimage import data as skdata
 
 import vlkit
-from vlkit.cli import _parser, main
-from vlkit.cli_index import index_command, search_command
+from vlkit.cli.index import index_command, search_command
+from vlkit.cli.main import _parser, main
 from vlkit.data.images import load_image
 from vlkit.evaluation import build_zero_shot_classifier, load_templates
 from vlkit.inference import EmbeddingIndex, ImageSearcher, SearchHit, build_image_index

@@ -11,7 +11,7 @@ import vlkit
 from vlkit.data.datasets.scenes_text import SceneCaptions, SceneQuestions, scene_corpus
 from vlkit.data.datasets.shapes import ShapesDataset
 from vlkit.data.datasets.vqa_text import IGNORE_INDEX, collate_vqa_text
-from vlkit.data.word_tokenizer import SPECIAL_TOKENS, WordTokenizer
+from vlkit.data.tokenizers.word import SPECIAL_TOKENS, WordTokenizer
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from PIL import Image
 from skimage import data as skdata
 
 import vlkit
-from vlkit.cli import zeroshot
+from vlkit.cli.main import zeroshot
 from vlkit.inference.image_search import ImageSearcher
 from vlkit.inference.index import EmbeddingIndex
 from vlkit.serve import create_app
@@ -206,7 +206,7 @@ QUESTION = "what color is the circle?"
 
 @pytest.fixture(scope="module")
 def fusion_run(tmp_path_factory):
-    from vlkit.training.vlm_recipe import VLMRecipe, train_vlm
+    from vlkit.recipes.vlm_run import VLMRecipe, train_vlm
 
     out = tmp_path_factory.mktemp("fusion_run")
     recipe = VLMRecipe(kind="llava", task="scene_questions", steps=2, connector_only_steps=0,
@@ -256,7 +256,7 @@ def _cli_text(capsys, model_dir, paths, prompt, max_new_tokens):
 
 def test_generate_equals_the_run_and_the_cli(vlm_client, fusion_run, scene, capsys):
     from vlkit.data.images import load_image
-    from vlkit.training.vlm_recipe import load_vlm_run
+    from vlkit.recipes.vlm_run import load_vlm_run
 
     run = load_vlm_run(fusion_run)
     expected = run.answer(load_image(scene), QUESTION, max_new_tokens=6)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import vlkit
 from vlkit.hub import CheckpointError
-from vlkit.models.vlm import GenerativeVLM
+from vlkit.models.smolvlm import GenerativeVLM
 
 transformers = pytest.importorskip("transformers")
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlkit.data.smolvlm_processor import SmolVLMProcessor, Video, number_to_words
+from vlkit.data.smolvlm.processor import SmolVLMProcessor, Video, number_to_words
 from vlkit.hub import CheckpointError
 
 transformers = pytest.importorskip("transformers")
@@ -248,7 +248,7 @@ def test_video_matches_transformers(dirs, count, fps, sample):
     assert text.count("Frame from") == out["pixel_values"].shape[1]
     indices = range(count) if not sample else None
     if sample:
-        from vlkit.data.smolvlm_image_processor import sample_frame_indices
+        from vlkit.data.smolvlm.image_processor import sample_frame_indices
 
         indices = sample_frame_indices(count, fps, count / fps, 8, 1.0)
     pil = SmolVLMImageProcessorPil.from_pretrained(dirs["split"], do_image_splitting=False)

@@ -20,8 +20,8 @@ import sentencepiece as spm
 import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 
-from vlkit.data import tokenizer as vt
-from vlkit.data.tokenizer import (
+from vlkit.data import tokenizers as vt
+from vlkit.data.tokenizers import (
     CLIPTokenizer,
     HFTokenizer,
     SigLIPTokenizer,

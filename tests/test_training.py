@@ -196,7 +196,7 @@ def test_webdataset_shards_train_and_resume_mid_epoch_exactly(tmp_path):
     the middle of an epoch) gives the same weights as 6 uninterrupted steps."""
     from vlkit.cli import main
     from vlkit.data.datasets.shapes import ShapesDataset
-    from vlkit.training.run import train
+    from vlkit.recipes.clip_run import train
 
     ShapesDataset(80, 32, 0, None, None).to_folder(tmp_path / "folder", depth=False)
     assert main(["data", "shard", "--root", str(tmp_path / "folder"), "--annotations",

@@ -12,8 +12,8 @@ from PIL import Image
 
 import vlkit
 import vlkit.api
-from vlkit.cli import _parser, main
-from vlkit.cli_viz import explain_command, similarity_command
+from vlkit.cli.main import _parser, main
+from vlkit.cli.viz import explain_command, similarity_command
 from vlkit.models.clip import CLIPConfig
 from vlkit.models.resnet import ResNetConfig
 from vlkit.viz.relevance import (

@@ -10,7 +10,7 @@ import torch
 
 from vlkit.cli import main
 from vlkit.hub.weights import read_weights
-from vlkit.training.vlm_recipe import VLMRecipe, evaluate_vlm, load_vlm_run, train_vlm
+from vlkit.recipes.vlm_run import VLMRecipe, evaluate_vlm, load_vlm_run, train_vlm
 from vlkit.training.vlm_task import generate_answers
 from vlkit.viz.attention import attention_grid, save_attention_overlays
 
@@ -41,7 +41,7 @@ def test_two_stage_freezes_the_decoder_in_stage_one(llava_run) -> None:
     final = read_weights(out / "model.safetensors")
     run = load_vlm_run(out)
     init = run.model.__class__  # the architecture; rebuild the initial weights from the seed
-    from vlkit.training.vlm_recipe import _build_model, _fusion_config, _vision_clip, _vision_dim
+    from vlkit.recipes.vlm_run import _build_model, _fusion_config, _vision_clip, _vision_dim
 
     clip = _vision_clip(run.recipe)
     config = _fusion_config(run.recipe, run.tokenizer, _vision_dim(clip), 64)
@@ -61,7 +61,7 @@ def test_two_stage_freezes_the_decoder_in_stage_one(llava_run) -> None:
 def test_run_directory_reloads_the_same_model(llava_run) -> None:
     out, summary = llava_run
     run = load_vlm_run(out)
-    from vlkit.training.vlm_recipe import build_vlm_data
+    from vlkit.recipes.vlm_run import build_vlm_data
 
     _, test = build_vlm_data(run.recipe, run.tokenizer, run.transform)
     again = evaluate_vlm(run.model, test, run.recipe.task)
@@ -157,7 +157,7 @@ def test_a_tower_of_another_image_size_trains_and_reloads(kind, tmp_path) -> Non
     summary = train_vlm(recipe, tmp_path)
     run = load_vlm_run(tmp_path)
     assert run.model.config.image_size == 32
-    from vlkit.training.vlm_recipe import build_vlm_data
+    from vlkit.recipes.vlm_run import build_vlm_data
 
     _, test = build_vlm_data(run.recipe, run.tokenizer, run.transform)
     assert evaluate_vlm(run.model, test, run.recipe.task)["accuracy"] == summary["accuracy"]
@@ -177,7 +177,7 @@ def test_resnet_stage_tokens_feed_the_connector_and_reload(tmp_path) -> None:
     tower = run.model.vision.tower
     images = torch.rand(2, 3, 64, 64)
     assert torch.equal(tower_tokens(tower, images, "layer4"), tower(images).tokens)
-    from vlkit.training.vlm_recipe import build_vlm_data
+    from vlkit.recipes.vlm_run import build_vlm_data
 
     _, test = build_vlm_data(run.recipe, run.tokenizer, run.transform)
     assert evaluate_vlm(run.model, test, run.recipe.task)["accuracy"] == summary["accuracy"]

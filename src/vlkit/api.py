@@ -38,7 +38,7 @@ def get_tokenizer(name_or_path: str | Path | CLIP, context_length: int | None = 
     CLIP checkpoints without tokenizer files (open_clip directories, vlkit's own format) use the
     standard CLIP vocabulary shipped with vlkit, with the model's context length.
     """
-    from vlkit.data import tokenizer as tokenizers
+    from vlkit.data import tokenizers as tokenizers
 
     if isinstance(name_or_path, CLIP):
         config = name_or_path.config
@@ -57,7 +57,7 @@ def get_tokenizer(name_or_path: str | Path | CLIP, context_length: int | None = 
 
 
 def _tokenizer_for_config(config: CLIPConfig, context_length: int | None, source: str) -> Any:
-    from vlkit.data import tokenizer as tokenizers
+    from vlkit.data import tokenizers as tokenizers
 
     if config.model_type != "clip" or config.text.vocab_size != 49408:
         raise CheckpointError(

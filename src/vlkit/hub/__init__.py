@@ -3,7 +3,7 @@
 `from_pretrained(name_or_path)` recognises:
 - a Hugging Face directory (`config.json` with model_type clip or siglip + weights);
 - a SmolVLM / SmolVLM2 / Idefics3 directory (`config.json` with model_type smolvlm or idefics3),
-  loaded as a `vlkit.models.vlm.GenerativeVLM` by `vlkit.hub.smolvlm.load_smolvlm`;
+  loaded as a `vlkit.models.smolvlm.GenerativeVLM` by `vlkit.hub.hf_smolvlm.load_smolvlm`;
 - an open_clip directory (`open_clip_config.json` + `open_clip_model.safetensors` or
   `open_clip_pytorch_model.bin`), or an open_clip weights file plus `open_clip_config=`;
 - a vlkit directory (`vlkit_config.json` + `model.safetensors`), e.g. a ResNet CLIP;
@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlkit.hub.errors import CheckpointError
+from vlkit.errors import CheckpointError
 from vlkit.hub.hf_clip import (
     HF_WEIGHT_FILES,
     config_from_hf,
@@ -35,7 +35,7 @@ from vlkit.hub.weights import find_weights, load_into, read_weights, write_json,
 from vlkit.models.clip import CLIP, CLIPConfig, create_model
 
 if TYPE_CHECKING:
-    from vlkit.models.vlm import GenerativeVLM
+    from vlkit.models.smolvlm import GenerativeVLM
 
 VLKIT_CONFIG = "vlkit_config.json"
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
@@ -85,7 +85,7 @@ def from_pretrained(
         return model.eval()
     if (path / "config.json").is_file():
         if _hf_model_type(path) in ("smolvlm", "idefics3"):
-            from vlkit.hub.smolvlm import load_smolvlm
+            from vlkit.hub.hf_smolvlm import load_smolvlm
 
             return load_smolvlm(path)
         return _load_hf(path)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from vlkit.data.preprocess_config import SIGLIP_MEAN, SIGLIP_STD, PreprocessConfig
-from vlkit.hub.errors import CheckpointError
+from vlkit.errors import CheckpointError
 from vlkit.models.clip import CLIP, CLIPConfig
 from vlkit.models.resnet import ResNetConfig
 from vlkit.models.text import TextConfig

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from vlkit.data.preprocess_config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PreprocessConfig
-from vlkit.hub.errors import CheckpointError
+from vlkit.errors import CheckpointError
 from vlkit.models.clip import CLIPConfig
 from vlkit.models.resnet import ResNetConfig
 from vlkit.models.text import TextConfig

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vlkit.hub.errors import CheckpointError
+from vlkit.errors import CheckpointError
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -76,7 +76,7 @@ def _distributed_clip_loss(
     group: dist.ProcessGroup | None,
 ) -> torch.Tensor:
     """This rank's share of the global-batch loss (see the module docstring)."""
-    from vlkit.training.distributed import gather_with_grad
+    from vlkit.distributed import gather_with_grad
 
     # The autograd-aware all_gather sends each rank's gradient back to the embeddings' owner.
     all_images = gather_with_grad(image_emb, group)

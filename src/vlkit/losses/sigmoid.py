@@ -110,7 +110,7 @@ class SigLipLoss(nn.Module):
         world = dist.get_world_size(self.group)
         loss = _pair_loss(image_emb, text_emb, logit_scale, logit_bias, True)
         if self.exchange == "all_gather":
-            from vlkit.training.distributed import all_gather_with_grad
+            from vlkit.distributed import all_gather_with_grad
 
             rank = dist.get_rank(self.group)
             texts = all_gather_with_grad(text_emb, self.group)

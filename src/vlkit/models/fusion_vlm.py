@@ -49,9 +49,9 @@ import torch
 from torch import nn
 
 from vlkit.fusion.projector import LlavaProjector
-from vlkit.models.cogvlm_lm import CogVLM, CogVLMDecoder
+from vlkit.models.cogvlm import CogVLM, CogVLMDecoder
 from vlkit.models.decoder import DecoderConfig, DecoderLM
-from vlkit.models.flamingo_lm import FlamingoVLM
+from vlkit.models.flamingo import FlamingoVLM
 from vlkit.models.spliced_lm import PatchEmbedding, QFormerConnector, SplicingVLM
 
 __all__ = [

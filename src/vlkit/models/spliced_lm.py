@@ -36,7 +36,7 @@ from vlkit.models.decoder import (
     attention_mask_4d,
     position_ids_from_mask,
 )
-from vlkit.models.vlm import GenerativeVLM
+from vlkit.models.smolvlm import GenerativeVLM
 
 if TYPE_CHECKING:
     from vlkit.models.fusion_vlm import FusionVLMConfig

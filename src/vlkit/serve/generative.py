@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlkit.cli_generate import TextStreamer, smolvlm_answer_ids
+from vlkit.cli.generate import TextStreamer, smolvlm_answer_ids
 
 MAX_NEW_TOKENS = 256
 MAX_PROMPT_CHARS = 2000
@@ -110,7 +110,7 @@ class FusionRunVLM(VLM):
     max_images = 1
 
     def __init__(self, path: str) -> None:
-        from vlkit.training.vlm_recipe import load_vlm_run
+        from vlkit.recipes.vlm_run import load_vlm_run
 
         super().__init__(path)
         self.run = load_vlm_run(path)
@@ -138,7 +138,7 @@ class SmolVLM(VLM):
     max_images = MAX_SMOLVLM_IMAGES
 
     def __init__(self, path: str) -> None:
-        from vlkit.data.smolvlm_processor import SmolVLMProcessor
+        from vlkit.data.smolvlm.processor import SmolVLMProcessor
         from vlkit.hub import from_pretrained
 
         super().__init__(path)
@@ -164,8 +164,8 @@ def load_vlm(path: str) -> VLM:
         FileNotFoundError, ValueError, CheckpointError: Not a VLM directory, named in one line.
     """
     from vlkit.hub import _hf_model_type
-    from vlkit.hub.smolvlm import SMOLVLM_MODEL_TYPES
-    from vlkit.training.vlm_recipe import RUN_CONFIG
+    from vlkit.hub.hf_smolvlm import SMOLVLM_MODEL_TYPES
+    from vlkit.recipes.vlm_run import RUN_CONFIG
 
     directory = Path(path)
     if not directory.is_dir():

@@ -82,7 +82,7 @@ class ShardData:
         self._counts: dict[int, int] = {}
 
     def _dataset(self, epoch: int, resume_samples: int = 0):
-        from vlkit.data.datasets.webdataset_shards import WebDatasetImageText
+        from vlkit.data.shards import WebDatasetImageText
 
         return WebDatasetImageText(
             self.urls, self.transform, self.tokenizer, self.local_batch, seed=self.seed,
@@ -101,7 +101,7 @@ class ShardData:
         return self._counts[epoch]
 
     def loader(self, epoch: int, start_batch: int) -> DataLoader:
-        from vlkit.data.datasets.webdataset_shards import webdataset_loader
+        from vlkit.data.shards import webdataset_loader
 
         return webdataset_loader(
             self.urls, self.transform, self.tokenizer, self.local_batch, seed=self.seed,

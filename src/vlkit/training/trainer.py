@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
+from vlkit.distributed import DistributedInfo
 from vlkit.hub.weights import load_into
 from vlkit.training.checkpoint import (
     capture_rng_state,
@@ -31,7 +32,6 @@ from vlkit.training.checkpoint import (
 )
 from vlkit.training.config import TrainConfig
 from vlkit.training.data import MapStyleData, TrainingData
-from vlkit.training.distributed import DistributedInfo
 from vlkit.training.optim import create_optimizer
 from vlkit.training.schedule import create_scheduler
 

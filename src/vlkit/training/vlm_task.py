@@ -25,7 +25,7 @@ from torch import nn
 
 from vlkit.fusion.projector import LlavaProjector
 from vlkit.models.decoder import DecoderConfig, DecoderLM
-from vlkit.models.vlm import GenerativeVLM
+from vlkit.models.smolvlm import GenerativeVLM
 
 __all__ = [
     "IGNORE_INDEX",

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlkit.data.word_tokenizer import WordTokenizer
+from vlkit.data.tokenizers.word import WordTokenizer
 from vlkit.models.decoder import DecoderConfig
 
 __all__ = [
@@ -453,7 +453,7 @@ def load_vlm_run(directory: str | Path, device: str = "cpu") -> VLMRun:
     Raises:
         FileNotFoundError: The directory lacks `vlm_config.json`, `model.safetensors` or
             `tokenizer.json`.
-        vlkit.hub.errors.CheckpointError: Missing, unexpected or mis-shaped weights.
+        vlkit.errors.CheckpointError: Missing, unexpected or mis-shaped weights.
     """
     from vlkit.data.transforms import ImageTransform
     from vlkit.hub.weights import load_into, read_weights

@@ -13,13 +13,13 @@ from torch.utils.data import Dataset
 from vlkit.api import get_tokenizer
 from vlkit.data.collate import collate_image_text
 from vlkit.data.transforms import ImageTransform
+from vlkit.distributed import DistributedInfo, init_distributed
 from vlkit.hub import from_pretrained
 from vlkit.models.clip import CLIP, create_model
 from vlkit.models.presets import PRESETS
 from vlkit.training.callbacks import CurvePlotter, JsonlLogger, ProgressBar, TensorBoardLogger
 from vlkit.training.config import TrainConfig
 from vlkit.training.data import ShardData
-from vlkit.training.distributed import DistributedInfo, init_distributed
 from vlkit.training.freeze import lock_image_tower
 from vlkit.training.tasks import ContrastiveTask
 from vlkit.training.trainer import Trainer, resolve_device

@@ -36,13 +36,13 @@ from vlkit.models.decoder import (
     mask_and_positions,
 )
 from vlkit.models.generation import generate as _generate
+from vlkit.models.smolvlm import VLMOutput
 from vlkit.models.spliced_lm import (
     SplicingVLM,
     attention_mask_4d,
     attention_probs,
     position_ids_from_mask,
 )
-from vlkit.models.vlm import VLMOutput
 
 __all__ = ["CogVLM", "CogVLMDecoder", "VisualExpertDecoderLayer", "route"]
 

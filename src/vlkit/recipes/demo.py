@@ -259,7 +259,7 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _tokenizer(model: CLIP) -> Callable[[list[str]], torch.Tensor]:
-    from vlkit.data.tokenizer import get_tokenizer
+    from vlkit.data.tokenizers import get_tokenizer
 
     return get_tokenizer("clip", context_length=model.config.text.context_length)
 

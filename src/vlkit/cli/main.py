@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlkit.cli_export import add_export_parser, export_command
-from vlkit.cli_generate import add_generate_parsers, generate_command, train_vlm_command
-from vlkit.cli_index import add_index_parsers, format_search_results, index_command, search_command
-from vlkit.cli_viz import add_viz_parsers, explain_command, similarity_command
+from vlkit.cli.export import add_export_parser, export_command
+from vlkit.cli.generate import add_generate_parsers, generate_command, train_vlm_command
+from vlkit.cli.index import add_index_parsers, format_search_results, index_command, search_command
+from vlkit.cli.viz import add_viz_parsers, explain_command, similarity_command
 from vlkit.inference.image_search import IMAGE_SUFFIXES, encode_image_files
 
 
@@ -205,8 +205,8 @@ def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> dict:
-    """Dispatches `vlkit eval KIND` to vlkit.evaluation.cli_eval; returns the metrics."""
-    from vlkit.evaluation import cli_eval
+    """Dispatches `vlkit eval KIND` to vlkit.cli.evaluate; returns the metrics."""
+    from vlkit.cli import evaluate as cli_eval
 
     if args.eval_command == "zeroshot":
         return cli_eval.eval_zeroshot(args.model, args.images, args.out, args.templates,
@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from vlkit.demo import run_demo
+            from vlkit.recipes.demo import run_demo
 
             kwargs = {"out_dir": args.out}
             if args.seconds is not None:
@@ -237,13 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = run_demo(**kwargs)
             print(json.dumps(summary, indent=2))
         elif args.command == "train":
+            from vlkit.recipes.clip_run import train
             from vlkit.training.config import load_train_config
-            from vlkit.training.run import train
 
             summary = train(load_train_config(args.config, args.overrides), resume=args.resume)
             print(json.dumps(summary, indent=2))
         elif args.command == "data":
-            from vlkit.data.datasets.webdataset_shards import shard_command
+            from vlkit.data.shards import shard_command
 
             report = shard_command(args.root, args.annotations, args.out, args.samples_per_shard,
                                    args.image_column, args.caption_column)  # fmt: skip

@@ -31,7 +31,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from PIL import Image
 from tokenizers import Tokenizer
 
-from vlkit.data.smolvlm_image_processor import (
+from vlkit.data.smolvlm.image_processor import (
     SmolVLMImageConfig,
     SmolVLMVideoConfig,
     Video,
@@ -40,7 +40,7 @@ from vlkit.data.smolvlm_image_processor import (
     preprocess_video,
     sample_frame_indices,
 )
-from vlkit.hub.errors import CheckpointError
+from vlkit.errors import CheckpointError
 
 __all__ = ["SmolVLMProcessor", "Video", "image_prompt", "number_to_words", "video_prompt"]
 

@@ -106,7 +106,7 @@ def _maybe_int8(model: torch.nn.Module, enabled: bool, device: str) -> torch.nn.
 
 def _generate_fusion_run(args: argparse.Namespace, out: TextIO) -> str:
     from vlkit.data.images import load_image
-    from vlkit.training.vlm_recipe import load_vlm_run
+    from vlkit.recipes.vlm_run import load_vlm_run
 
     if len(args.image) != 1 or args.video:
         raise ValueError(f"{args.model}: a fusion VLM run answers about exactly one --image")
@@ -176,7 +176,7 @@ def smolvlm_answer_ids(
         processor: The directory's `SmolVLMProcessor`.
         images: RGB PIL images (e.g. `vlkit.data.images.load_image(path)`), possibly none.
         prompt: The question or instruction.
-        video: A `vlkit.data.smolvlm_image_processor.Video`, or None.
+        video: A `vlkit.data.smolvlm.image_processor.Video`, or None.
         max_new_tokens: Generation budget; generation stops at the processor's stop tokens.
         streamer: Called with each step's new token, as in `generation.generate`.
         device: Where the model is (the inputs are moved there).
@@ -206,8 +206,8 @@ def smolvlm_answer_ids(
 
 def _generate_smolvlm(args: argparse.Namespace, out: TextIO) -> str:
     from vlkit.data.images import load_image
-    from vlkit.data.smolvlm_image_processor import Video
-    from vlkit.data.smolvlm_processor import SmolVLMProcessor
+    from vlkit.data.smolvlm.image_processor import Video
+    from vlkit.data.smolvlm.processor import SmolVLMProcessor
     from vlkit.hub import from_pretrained
 
     processor = SmolVLMProcessor.from_pretrained(args.model)
@@ -243,7 +243,7 @@ def train_vlm_command(overrides: Sequence[str]) -> dict[str, Any]:
     """`vlkit train-vlm key=value ...`: `VLMRecipe` settings plus `out_dir` (default runs/vlm)."""
     from dataclasses import fields
 
-    from vlkit.training.vlm_recipe import VLMRecipe, train_vlm
+    from vlkit.recipes.vlm_run import VLMRecipe, train_vlm
 
     types = {f.name: f.type for f in fields(VLMRecipe)}
     settings: dict[str, Any] = {}

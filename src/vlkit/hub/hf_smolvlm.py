@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
+from vlkit.errors import CheckpointError
 from vlkit.fusion.pixel_shuffle import PixelShuffleConnector
-from vlkit.hub.errors import CheckpointError
 from vlkit.hub.weights import find_weights, load_into, read_weights
 from vlkit.models.decoder import DecoderLM, config_from_hf_llama
+from vlkit.models.smolvlm import GenerativeVLM
 from vlkit.models.smolvlm_vision import SmolVLMVisionConfig, SmolVLMVisionTransformer
-from vlkit.models.vlm import GenerativeVLM
 
 SMOLVLM_MODEL_TYPES = ("smolvlm", "idefics3")
 SMOLVLM_WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]

@@ -46,13 +46,13 @@ from vlkit.models.decoder import (
 )
 from vlkit.models.flamingo_cache import FlamingoKVCache, MediaCache
 from vlkit.models.generation import generate as _generate
+from vlkit.models.smolvlm import VLMOutput
 from vlkit.models.spliced_lm import (
     KeepFrozenVisionEval,
     attention_probs,
     image_slots,
     image_token_distribution,
 )
-from vlkit.models.vlm import VLMOutput
 
 if TYPE_CHECKING:
     from vlkit.models.fusion_vlm import FusionVLMConfig
