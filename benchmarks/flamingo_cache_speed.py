@@ -20,8 +20,8 @@ import torch
 
 import vlkit
 from vlkit.models.decoder import DecoderConfig
+from vlkit.models.frozen_vision import VisionTokens
 from vlkit.models.fusion_vlm import FusionVLMConfig, build_fusion_vlm
-from vlkit.recipes.vlm_run import FrozenVision
 
 MODES = {
     "no cache (use_cache=False)": {"use_cache": False},
@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     clip = vlkit.create_model("small-rn-64")
-    vision = FrozenVision(clip.vision)
+    vision = VisionTokens(clip.vision, freeze=True)
     size = clip.config.preprocess.image_size
     with torch.no_grad():
         vision_dim = vision(torch.zeros(1, 3, size, size)).shape[-1]

@@ -16,9 +16,11 @@ import time
 
 import torch
 
+from vlkit.evaluation.generative import answer_accuracy
+from vlkit.inference import load_vlm_run
 from vlkit.inference.quantize import quantize_int8
-from vlkit.recipes.vlm_run import build_vlm_data, evaluate_vlm, load_vlm_run
-from vlkit.training.vlm_task import answer_accuracy
+from vlkit.recipes.vlm_data import build_vlm_data
+from vlkit.recipes.vlm_run import evaluate_vlm
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import vlkit
 
-from vlkit.inference.export import OnnxCLIP, export_onnx
+from vlkit.inference import OnnxCLIP, export_onnx
 
 TOLERANCE = 1e-4  # fp32 max abs diff of the normalised embeddings
 

@@ -14,7 +14,7 @@ Implementations (`--modes`, default: all that apply to the device):
 * `vlkit-dynamic`: `GenerativeVLM.generate`, growing `KVCache`;
 * `vlkit-static`: `cache_implementation="static"`, preallocated `StaticKVCache`, eager step;
 * `vlkit-graph` (CUDA only): the static cache's one-token step replayed from a CUDA graph
-  (`vlkit.models.fast_decode`); the graph is captured in the warm-up call and reused;
+  (`vlkit.models.decoder.fast_decode`); the graph is captured in the warm-up call and reused;
 * `vlkit-int8` (CPU fp32 only): `vlkit.inference.quantize_int8` (dynamic int8 linear layers).
 
 Before timing, the greedy continuations at batch 1 are compared token by token with

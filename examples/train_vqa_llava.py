@@ -10,7 +10,7 @@ with two stages), and the six test questions printed at the end all answered rig
 example first trains that CLIP with `vlkit.recipes.demo.run_demo` (~2 min more). `--quick`: a random
 `small-rn-64` image tower, 20 steps of 16 and 32 test questions (~6 s); its answers are noise.
 
-What `train_vlm` does (vlkit/training/vlm_recipe.py): builds a word-level tokenizer from the
+What `train_vlm` does (vlkit/recipes/vlm_run.py): builds a word-level tokenizer from the
 training questions and answers, the LLaVA model (the CLIP tower's tokens -> an MLP projector ->
 spliced at the `<image>` placeholders of a 2-layer Llama-style decoder), trains it with the
 same `Trainer` as CLIP (loss on the answer tokens only), evaluates by greedy decoding, and
@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 
 from vlkit.data.datasets.vqa_text import EasyVQAQuestions
+from vlkit.evaluation.generative import generate_answers
+from vlkit.inference import load_vlm_run
 from vlkit.recipes.demo import run_demo
-from vlkit.recipes.vlm_run import VLMRecipe, load_vlm_run, train_vlm
-from vlkit.training.vlm_task import generate_answers
+from vlkit.recipes.vlm_run import VLMRecipe, train_vlm
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--vision", help="a vlkit CLIP checkpoint directory (default: train one)")

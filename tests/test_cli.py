@@ -94,3 +94,13 @@ def test_bad_inputs_give_one_line_errors(checkpoint, photos, tmp_path, capsys):
     err = _run_error(["embed", "--model", str(checkpoint), "--images", str(tmp_path / "none"),
                       "--out", str(tmp_path / "x.npy")], capsys)  # fmt: skip
     assert "not a directory" in err
+
+
+def test_bad_train_settings_give_one_line_errors_naming_the_key(capsys):
+    err = _run_error(["train", "optim.lrr=1"], capsys)
+    assert "unknown key 'optim.lrr' (allowed: batch_size," in err and "'optim.lr'?" in err
+    err = _run_error(["train", "batch_size=abc"], capsys)
+    assert err == "vlkit: error: optim.batch_size: expected an int, got 'abc'"
+    err = _run_error(["train", "data=imagenet"], capsys)
+    assert "data.source: expected one of easy_vqa, shapes, folder, webdataset" in err
+    assert "no such file" in _run_error(["train", "--config", "nope"], capsys)

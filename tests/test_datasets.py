@@ -19,23 +19,23 @@ from torch.utils.data import DataLoader
 import vlkit
 from vlkit.data.collate import collate_image_text
 from vlkit.data.datasets.image_text import ImageTextDataset, SkippedSampleWarning
-from vlkit.data.datasets.shapes import (
+from vlkit.data.datasets.shape_scenes import (
     BACKGROUND,
     SCENE_COLORS,
     SCENE_SHAPES,
-    ShapesDataset,
     caption,
     generate_scene,
     questions,
     render_depth,
 )
+from vlkit.data.datasets.shapes import ShapesDataset
 from vlkit.data.shards import (
     MANIFEST,
     WebDatasetImageText,
     epoch_shards,
-    shard_command,
     split_shards,
     webdataset_loader,
+    write_annotated_shards,
     write_shards,
 )
 from vlkit.data.transforms import ImageTransform
@@ -309,7 +309,8 @@ def test_write_shards_round_trip(folder, tmp_path, eval_tf, tok):
     # Read back in stored order: captions from the stored list, the corrupt image skipped
     # with a reason and a warning naming shard and key.
     with pytest.warns(SkippedSampleWarning, match=r"shard-000001\.tar:000000003"):
-        batches = list(webdataset_loader(out, eval_tf, tok, batch_size=8, shuffle_buffer=0))
+        dataset = WebDatasetImageText(out, eval_tf, tok, batch_size=8, shuffle_buffer=0)
+        batches = list(webdataset_loader(dataset))
     assert len(batches) == 1
     batch = batches[0]
     assert batch["indices"].tolist() == [0, 2]
@@ -326,8 +327,8 @@ def test_write_shards_round_trip(folder, tmp_path, eval_tf, tok):
     assert not (out / "shard-000001.tar").exists()
 
 
-def test_shard_command_on_shapes_folder(shapes_folder, tmp_path):
-    result = shard_command(
+def test_write_annotated_shards_on_shapes_folder(shapes_folder, tmp_path):
+    result = write_annotated_shards(
         shapes_folder, shapes_folder / "captions.csv", tmp_path / "out", samples_per_shard=4
     )
     assert result["num_shards"] == 3 and result["num_samples"] == 11 and result["skipped"] == 0
@@ -354,7 +355,9 @@ def shapes_shards(shapes_folder, tmp_path) -> Path:
     out = tmp_path / "wds"
     # 11 samples in shards of 4, 4, 3: with 2 workers one streams 2 shards, the other 1, so
     # one runs out of batches first (the DataLoader then takes batches from the other only).
-    shard_command(shapes_folder, shapes_folder / "annotations.jsonl", out, samples_per_shard=4)
+    write_annotated_shards(
+        shapes_folder, shapes_folder / "annotations.jsonl", out, samples_per_shard=4
+    )
     return out
 
 
@@ -369,7 +372,9 @@ def test_loader_splits_ranks_and_is_deterministic(shapes_shards, train_tf, tok):
     indices = []
     for rank in range(2):
         loader = webdataset_loader(
-            shapes_shards, train_tf, tok, 2, seed=5, shuffle_buffer=4, rank=rank, world_size=2
+            WebDatasetImageText(
+                shapes_shards, train_tf, tok, 2, seed=5, shuffle_buffer=4, rank=rank, world_size=2
+            )
         )
         indices.append([i for b in loader for i in b["indices"].tolist()])
     assert sorted(indices[0] + indices[1]) == list(range(11))
@@ -377,7 +382,9 @@ def test_loader_splits_ranks_and_is_deterministic(shapes_shards, train_tf, tok):
 
     def run(epoch: int, num_workers: int) -> list[dict]:
         return _collect(
-            webdataset_loader(shapes_shards, train_tf, tok, 3, 5, 4, num_workers, epoch=epoch)
+            webdataset_loader(
+                WebDatasetImageText(shapes_shards, train_tf, tok, 3, 5, 4, epoch=epoch), num_workers
+            )
         )
 
     a, b = run(0, 0), run(0, 0)
@@ -397,10 +404,10 @@ def test_loader_splits_ranks_and_is_deterministic(shapes_shards, train_tf, tok):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resume_samples_reproduces_the_rest_of_the_epoch(shapes_shards, train_tf, tok, num_workers):
     def run(resume: int) -> list[dict]:
-        loader = webdataset_loader(
-            shapes_shards, train_tf, tok, 2, seed=9, shuffle_buffer=3,
-            num_workers=num_workers, resume_samples=resume,
-        )  # fmt: skip
+        dataset = WebDatasetImageText(
+            shapes_shards, train_tf, tok, 2, seed=9, shuffle_buffer=3, resume_samples=resume
+        )
+        loader = webdataset_loader(dataset, num_workers=num_workers)
         return _collect(loader)
 
     full = run(0)
@@ -413,9 +420,15 @@ def test_resume_samples_reproduces_the_rest_of_the_epoch(shapes_shards, train_tf
             assert torch.equal(x["images"], y["images"]) and torch.equal(x["texts"], y["texts"])
     assert run(11) == []
     with pytest.raises(ValueError, match="batch boundary"):
-        webdataset_loader(shapes_shards, train_tf, tok, 2, 9, 3, num_workers, resume_samples=1)
+        webdataset_loader(
+            WebDatasetImageText(shapes_shards, train_tf, tok, 2, 9, 3, resume_samples=1),
+            num_workers,
+        )
     with pytest.raises(ValueError, match="more than"):
-        webdataset_loader(shapes_shards, train_tf, tok, 2, 9, 3, num_workers, resume_samples=12)
+        webdataset_loader(
+            WebDatasetImageText(shapes_shards, train_tf, tok, 2, 9, 3, resume_samples=12),
+            num_workers,
+        )
 
 
 def test_resume_plan_without_manifest_counts_shards(shapes_shards, train_tf, tok):
@@ -596,7 +609,8 @@ def test_truncated_or_missing_shard_is_reported_not_raised(shapes_shards, eval_t
     urls = [str(p) for p in shards] + [str(shapes_shards / "absent.tar")]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        batches = list(webdataset_loader(urls, eval_tf, tok, batch_size=4, shuffle_buffer=0))
+        dataset = WebDatasetImageText(urls, eval_tf, tok, batch_size=4, shuffle_buffer=0)
+        batches = list(webdataset_loader(dataset))
     skipped = [reason for b in batches for reason in b["skipped"]]
     assert any("shard-000000.tar" in r and "truncated or corrupt" in r for r in skipped), skipped
     assert any("cannot open shard" in r and "absent.tar" in r for r in skipped), skipped

@@ -3,14 +3,8 @@
 import pytest
 import torch
 
-from vlkit.models.decoder import (
-    DecoderConfig,
-    DecoderLM,
-    KVCache,
-    config_from_hf_llama,
-    from_hf_llama_state_dict,
-)
-from vlkit.models.generation import generate
+from vlkit.hub.hf_llama import config_from_hf_llama, from_hf_llama_state_dict
+from vlkit.models.decoder import DecoderConfig, DecoderLM, KVCache, generate
 
 transformers = pytest.importorskip("transformers")
 

@@ -7,10 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlkit.models import fast_decode
-from vlkit.models.decoder import DecoderConfig, DecoderLM, KVCache, StaticKVCache
-from vlkit.models.fast_decode import DecodeStep, decode_step_for
-from vlkit.models.generation import generate
+from vlkit.models.decoder import (
+    DecoderConfig,
+    DecoderLM,
+    KVCache,
+    StaticKVCache,
+    fast_decode,
+    generate,
+)
+from vlkit.models.decoder.fast_decode import DecodeStep, decode_step_for
 
 
 def _tiny(tie: bool = False) -> DecoderLM:

@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from vlkit.models.decoder import DecoderConfig, DecoderLM, StaticKVCache
+from vlkit.models.decoder import DecoderConfig, DecoderLM, StaticKVCache, generate
 from vlkit.models.flamingo import FlamingoVLM
 from vlkit.models.flamingo_cache import FlamingoKVCache, MediaCache
-from vlkit.models.generation import generate
 
 VOCAB = 32  # text ids 0..31, 0 = padding
 IMAGE = VOCAB  # the `<image>` marker; the decoder has VOCAB + 1 rows, so it can generate it

@@ -427,7 +427,7 @@ def test_comm_loss_matches_hand_formula():
 
 
 def test_qformer_pretrainer_stage1_losses_backward():
-    from vlkit.fusion.qformer import QFormerPretrainer
+    from vlkit.fusion.qformer_pretraining import QFormerPretrainer
 
     m = QFormerPretrainer(_qformer().train(), embed_dim=8)
     img = torch.randn(3, 7, 12)

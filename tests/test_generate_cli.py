@@ -49,7 +49,7 @@ def _reference_text(directory: Path, image: Image.Image, max_new_tokens: int) ->
     """transformers' processor + `generate` (greedy), decoded without special tokens."""
     from transformers.models.smolvlm import processing_smolvlm
 
-    from vlkit.data.smolvlm.processor import number_to_words
+    from vlkit.data.smolvlm.prompts import number_to_words
 
     if processing_smolvlm.num2words is None:  # transformers refuses to load without it
         processing_smolvlm.num2words = number_to_words

@@ -16,7 +16,7 @@ from test_export import _config
 from torch import nn
 
 from vlkit.inference import OnnxCLIP, export_onnx, quantize_int8
-from vlkit.inference.export import DEFAULT_INT8_MIN_COSINE
+from vlkit.inference.onnx_export import DEFAULT_INT8_MIN_COSINE
 from vlkit.models.clip import CLIP, create_model
 
 NUM_CLASSES = 6

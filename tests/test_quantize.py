@@ -11,8 +11,7 @@ from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from vlkit.inference import quantize_int8
-from vlkit.models.decoder import DecoderConfig, DecoderLM
-from vlkit.models.generation import generate
+from vlkit.models.decoder import DecoderConfig, DecoderLM, generate
 
 
 def _tiny(tie: bool = False) -> DecoderLM:

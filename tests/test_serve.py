@@ -16,7 +16,7 @@ from PIL import Image
 from skimage import data as skdata
 
 import vlkit
-from vlkit.cli.main import zeroshot
+from vlkit.inference.embed import zeroshot
 from vlkit.inference.image_search import ImageSearcher
 from vlkit.inference.index import EmbeddingIndex
 from vlkit.serve import create_app

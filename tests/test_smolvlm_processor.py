@@ -18,7 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vlkit.data.smolvlm.processor import SmolVLMProcessor, Video, number_to_words
+from vlkit.data.smolvlm import SmolVLMProcessor, Video
+from vlkit.data.smolvlm.prompts import number_to_words
 from vlkit.hub import CheckpointError
 
 transformers = pytest.importorskip("transformers")

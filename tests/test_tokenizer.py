@@ -16,18 +16,22 @@ import numpy as np
 import open_clip
 import open_clip.tokenizer as oc_tok
 import pytest
+import regex
 import sentencepiece as spm
 import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 
-from vlkit.data import tokenizers as vt
+import vlkit
 from vlkit.data.tokenizers import (
     CLIPTokenizer,
     HFTokenizer,
     SigLIPTokenizer,
     clean_text,
+    cleaning,
+    clip_vocab,
     get_tokenizer,
 )
+from vlkit.models.presets import PRESETS
 
 AWKWARD_TEXTS = [
     "",
@@ -200,12 +204,12 @@ def test_clip_split_pattern_matches_open_clip_regex_on_all_code_points():
     # for every code point. Code points are grouped by open_clip's class so that a few long
     # strings cover all of them: a code point in the wrong class would break a run of letters
     # or of other characters, or merge a digit with its "a"/"!" neighbours.
-    pattern = Regex(vt._clip_split_pattern())
+    pattern = Regex(clip_vocab.clip_split_pattern())
     split = pre_tokenizers.Split(pattern, behavior="removed", invert=True).pre_tokenize_str
-    chars = vt._all_codepoints()
-    letters = "".join(vt.regex.findall(r"[\p{L}]", chars, flags=vt.regex.IGNORECASE))
-    digits = vt.regex.findall(r"[\p{N}]", chars, flags=vt.regex.IGNORECASE)
-    others = "".join(vt.regex.findall(r"[^\s\p{L}\p{N}]", chars, flags=vt.regex.IGNORECASE))
+    chars = clip_vocab._all_codepoints()
+    letters = "".join(regex.findall(r"[\p{L}]", chars, flags=regex.IGNORECASE))
+    digits = regex.findall(r"[\p{N}]", chars, flags=regex.IGNORECASE)
+    others = "".join(regex.findall(r"[^\s\p{L}\p{N}]", chars, flags=regex.IGNORECASE))
     grouped = set(letters) | set(digits) | set(others)
     unmatched = [c for c in chars if c not in grouped]  # whitespace, U+0345
     assert len(letters) + len(digits) + len(others) + len(unmatched) == len(chars)
@@ -221,7 +225,7 @@ def test_clip_split_pattern_matches_open_clip_regex_on_all_code_points():
     ]
     for text in texts:
         ours = [piece for piece, _ in split(text)]
-        ref = vt._OPEN_CLIP_PAT.findall(text)
+        ref = clip_vocab.OPEN_CLIP_PATTERN.findall(text)
         assert ours == ref
 
 
@@ -238,17 +242,17 @@ def test_clean_text_matches_open_clip_on_ascii():
 def test_ftfy_skip_is_sound():
     # clean_text skips ftfy when _ftfy_is_identity says it cannot change the text; check that
     # claim against the installed ftfy on all safe single characters, pairs and random strings.
-    safe = "".join(chr(c) for c in range(128) if vt._ftfy_is_identity(chr(c)))
+    safe = "".join(chr(c) for c in range(128) if cleaning._ftfy_is_identity(chr(c)))
     assert "&" not in safe and "\r" not in safe and "\x1b" not in safe and "\x00" not in safe
     assert "\t" in safe and "\n" in safe and "<" in safe
     candidates = list(safe) + [a + b for a in safe for b in safe]
     rng = random.Random(7)
     candidates += ["".join(rng.choices(safe, k=rng.randint(1, 60))) for _ in range(2000)]
     for text in candidates:
-        assert vt._ftfy_is_identity(text)
+        assert cleaning._ftfy_is_identity(text)
         assert ftfy.fix_text(text) == text, repr(text)
-    assert not vt._ftfy_is_identity("caf\xe9")
-    assert not vt._ftfy_is_identity("a &amp; b")
+    assert not cleaning._ftfy_is_identity("caf\xe9")
+    assert not cleaning._ftfy_is_identity("a &amp; b")
 
 
 def test_clip_decode_round_trip(clip_tok):
@@ -274,7 +278,7 @@ def _write_hf_clip_files(directory) -> None:
     Same ids as open_clip's table; the two special tokens are named "<|startoftext|>" and
     "<|endoftext|>"; merges.txt starts with a "#version" line.
     """
-    vocab, merges = vt._vocab_from_bpe_gz(None)
+    vocab, merges = clip_vocab.vocab_from_bpe_gz(None)
     names = {49406: "<|startoftext|>", 49407: "<|endoftext|>"}
     hf_vocab = {names.get(i, t): i for t, i in vocab.items()}
     (directory / "vocab.json").write_text(json.dumps(hf_vocab), encoding="utf-8")
@@ -328,9 +332,13 @@ def test_get_tokenizer_names():
     assert isinstance(tok, CLIPTokenizer) and tok.context_length == 77
     assert get_tokenizer("clip-vit-b-32").context_length == 77
     assert get_tokenizer("clip", context_length=16)("a cat").shape == (1, 16)
-    tiny = get_tokenizer("tiny")
+    # Preset names are a model concept: vlkit.get_tokenizer resolves them, the data layer's
+    # factory does not know them.
+    tiny = vlkit.get_tokenizer("tiny")
     assert isinstance(tiny, CLIPTokenizer)
-    assert tiny.context_length == vt._preset("tiny").text.context_length
+    assert tiny.context_length == PRESETS["tiny"].text.context_length
+    with pytest.raises(ValueError, match="'tiny'.*vlkit.get_tokenizer"):
+        get_tokenizer("tiny")
 
 
 def test_get_tokenizer_errors(tmp_path):

@@ -1,5 +1,6 @@
 """The trainer: exact mid-epoch resume after SIGKILL, the non-finite guard, LiT, optimizer groups."""
 
+import json
 import math
 import os
 import signal
@@ -14,7 +15,15 @@ from safetensors.torch import load_file
 
 import vlkit
 from vlkit.data.collate import collate_image_text
-from vlkit.training.config import TrainConfig, load_train_config
+from vlkit.overrides import ConfigError
+from vlkit.training.config import (
+    CheckpointConfig,
+    DataConfig,
+    LossConfig,
+    OptimConfig,
+    TrainConfig,
+    load_train_config,
+)
 from vlkit.training.freeze import lock_image_tower
 from vlkit.training.optim import parameter_groups
 from vlkit.training.schedule import warmup_cosine
@@ -167,10 +176,54 @@ def test_warmup_then_cosine():
 
 
 def test_config_overrides_and_unknown_keys(tmp_path):
-    config = load_train_config(None, ["batch_size=64", "precision=bf16", "max_steps=5"])
-    assert (config.batch_size, config.precision, config.max_steps) == (64, "bf16", 5)
-    with pytest.raises(ValueError, match=r"unknown training config keys: \['batchsize'\]"):
+    config = load_train_config(None, ["batch_size=64", "precision=bf16", "optim.max_steps=5"])
+    assert (config.optim.batch_size, config.precision, config.optim.max_steps) == (64, "bf16", 5)
+    with pytest.raises(ConfigError, match=r"unknown key 'batchsize' \(allowed: model, seed, .*"
+                       r"optim\.\*.*did you mean 'batch_size'\?$"):  # fmt: skip
         load_train_config(None, ["batchsize=3"])
+    with pytest.raises(ConfigError, match=r"^unknown key 'optim.lrr' \(allowed: batch_size, "):
+        load_train_config(None, ["optim.lrr=3"])
+    with pytest.raises(ConfigError, match=r"^optim.batch_size: expected an int, got 'abc'$"):
+        load_train_config(None, ["batch_size=abc"])
+    with pytest.raises(ConfigError, match=r"^precision: expected one of fp32, bf16, fp16, got"):
+        load_train_config(None, ["precision=fp8"])
+
+
+def test_flat_and_nested_spellings_build_the_same_config(tmp_path):
+    flat = ["data=folder", "data_root=imgs", "annotations=a.csv", "loss=siglip", "lr=0.01",
+            "betas=0.8,0.9", "grad_clip=none", "checkpoint_every=5", "lock_image=true"]  # fmt: skip
+    nested = ["data.source=folder", "data.root=imgs", "data.annotations=a.csv", "loss.kind=siglip",
+              "optim.lr=0.01", "optim.betas=(0.8, 0.9)", "optim.grad_clip=null",
+              "checkpoint.every=5", "optim.lock_image=1"]  # fmt: skip
+    config = load_train_config(None, nested)
+    assert load_train_config(None, flat) == config
+    assert config.optim.betas == (0.8, 0.9) and config.optim.grad_clip is None
+    constructed = TrainConfig(data="folder", data_root="imgs", annotations="a.csv", loss="siglip",
+                              lr=0.01, betas=(0.8, 0.9), grad_clip=None, checkpoint_every=5,
+                              lock_image=True)  # fmt: skip
+    assert constructed == config
+    assert (
+        TrainConfig(
+            data=DataConfig(source="folder", root="imgs", annotations="a.csv"),
+            loss=LossConfig(kind="siglip"),
+            optim=OptimConfig(lr=0.01, betas=(0.8, 0.9), grad_clip=None, lock_image=True),
+            checkpoint=CheckpointConfig(every=5),
+        )
+        == config
+    )
+
+
+def test_config_round_trips_through_json_and_old_flat_runs_still_load(tmp_path):
+    config = load_train_config("shapes_vit_gradcache", ["seed=3"])
+    config.to_json(tmp_path / "train_config.json")
+    assert TrainConfig.from_json(tmp_path / "train_config.json") == config
+    assert load_train_config(str(tmp_path / "train_config.json")) == config
+    # A run written before the configs were nested: every field at the top level.
+    flat = {"model": "small-64", "data": "shapes", "num_samples": 20000, "loss": "clip",
+            "batch_size": 256, "micro_batch_size": 64, "max_steps": 500, "betas": [0.9, 0.98],
+            "checkpoint_every": 100, "keep_last": 2, "seed": 3, "data_root": None}  # fmt: skip
+    (tmp_path / "old.json").write_text(json.dumps(flat))
+    assert load_train_config(str(tmp_path / "old.json")) == config
 
 
 def test_bf16_autocast_training_runs_on_cpu(tmp_path):
@@ -185,8 +238,10 @@ def test_bf16_autocast_training_runs_on_cpu(tmp_path):
 
 def test_built_in_configs_load():
     config = load_train_config("easy_vqa_clip", ["max_steps=5"])
-    assert (config.model, config.data, config.max_steps) == ("small-rn-64", "easy_vqa", 5)
-    assert load_train_config("shapes_vit_gradcache").micro_batch_size == 64
+    assert (config.model, config.data.source, config.optim.max_steps) == (
+        "small-rn-64", "easy_vqa", 5
+    )  # fmt: skip
+    assert load_train_config("shapes_vit_gradcache").optim.micro_batch_size == 64
     with pytest.raises(ValueError, match="no such file or built-in config"):
         load_train_config("nope")
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import vlkit
 from vlkit.data.images import ImageLoadError, load_image, load_images, to_rgb
 from vlkit.data.preprocess_config import (
     OPENAI_CLIP_MEAN,
@@ -21,11 +22,11 @@ from vlkit.data.preprocess_config import (
 from vlkit.data.transforms import (
     ImageTransform,
     get_transform,
-    preprocess_config_from_hf,
-    preprocess_config_to_hf,
     random_resized_crop_params,
     to_batch,
 )
+from vlkit.errors import CheckpointError
+from vlkit.hub.hf_preprocess import preprocess_config_from_hf, preprocess_config_to_hf
 
 # Float32 rounding of the reference; observed differences against PIL-based references are 0.
 EXACT = 1e-6
@@ -179,7 +180,7 @@ def test_hf_config_round_trip(tmp_path, photos, transformers, config, model_type
     assert type(auto) is tv_cls
     pil = pil_cls.from_pretrained(tmp_path)
     tv = tv_cls.from_pretrained(tmp_path)
-    ours = get_transform(tmp_path)
+    ours = vlkit.get_transform(tmp_path)
     # transformers floors the crop offset; compare on a photo where both roundings agree.
     photo = photos["chelsea"]
     expected = _hf(pil, photo)
@@ -237,14 +238,19 @@ def test_hf_config_from_real_style_files():
 def test_get_transform_sources(tmp_path, photos):
     assert get_transform(CLIP).config is CLIP
     assert get_transform(CLIP, train=True).train
-    with pytest.raises(FileNotFoundError) as info:
+    # The data layer takes configs only; checkpoint directories go through vlkit.get_transform.
+    with pytest.raises(TypeError, match="vlkit.get_transform"):
         get_transform(tmp_path)
+    with pytest.raises(FileNotFoundError) as info:
+        preprocess_config_from_hf(tmp_path)
     assert str(tmp_path) in str(info.value)
     assert "preprocessor_config.json" in str(info.value)
+    with pytest.raises(CheckpointError, match="no preprocessor_config.json"):
+        vlkit.get_transform(tmp_path)
     (tmp_path / "preprocessor_config.json").write_text(
         json.dumps(preprocess_config_to_hf(SIGLIP, "siglip"))
     )
-    transform = get_transform(str(tmp_path))
+    transform = vlkit.get_transform(str(tmp_path))
     assert transform.config == SIGLIP
     assert torch.equal(transform(photos["tiny"]), ImageTransform(SIGLIP)(photos["tiny"]))
 

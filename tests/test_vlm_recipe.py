@@ -7,11 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
+import vlkit
 from vlkit.cli import main
+from vlkit.data.datasets.scenes_text import SceneQuestions
+from vlkit.data.datasets.shapes import ShapesDataset
+from vlkit.data.images import load_image
+from vlkit.evaluation.generative import generate_answers
 from vlkit.hub.weights import read_weights
-from vlkit.recipes.vlm_run import VLMRecipe, evaluate_vlm, load_vlm_run, train_vlm
-from vlkit.training.vlm_task import generate_answers
+from vlkit.inference import VLMRun, load_vlm, load_vlm_run, sampling_options
+from vlkit.models.frozen_vision import tower_tokens
+from vlkit.overrides import apply_overrides
+from vlkit.recipes.vlm_data import build_vlm_data
+from vlkit.recipes.vlm_model import build_recipe_model, vision_clip
+from vlkit.recipes.vlm_run import VLMRecipe, evaluate_vlm, train_vlm
+from vlkit.training.vlm_recipe import VLM_FLAT_KEYS, VisionSource
 from vlkit.viz.attention import attention_grid, save_attention_overlays
 
 TINY = dict(train_scenes=24, test_scenes=3, batch_size=8, hidden_size=32, intermediate_size=64,
@@ -41,12 +52,7 @@ def test_two_stage_freezes_the_decoder_in_stage_one(llava_run) -> None:
     final = read_weights(out / "model.safetensors")
     run = load_vlm_run(out)
     init = run.model.__class__  # the architecture; rebuild the initial weights from the seed
-    from vlkit.recipes.vlm_run import _build_model, _fusion_config, _vision_clip, _vision_dim
-
-    clip = _vision_clip(run.recipe)
-    config = _fusion_config(run.recipe, run.tokenizer, _vision_dim(clip), 64)
-    torch.manual_seed(run.recipe.seed)
-    start = _build_model(config, clip).state_dict()
+    start = build_recipe_model(run.recipe, vision_clip(run.recipe), run.tokenizer).state_dict()
     assert isinstance(run.model, init)
     decoder = [k for k in start if k.startswith("decoder.")]
     connector = [k for k in start if k.startswith("connector.")]
@@ -61,8 +67,6 @@ def test_two_stage_freezes_the_decoder_in_stage_one(llava_run) -> None:
 def test_run_directory_reloads_the_same_model(llava_run) -> None:
     out, summary = llava_run
     run = load_vlm_run(out)
-    from vlkit.recipes.vlm_run import build_vlm_data
-
     _, test = build_vlm_data(run.recipe, run.tokenizer, run.transform)
     again = evaluate_vlm(run.model, test, run.recipe.task)
     assert again["accuracy"] == summary["accuracy"]
@@ -72,8 +76,6 @@ def test_run_directory_reloads_the_same_model(llava_run) -> None:
 def test_generate_cli_streams_the_runs_answer(llava_run, tmp_path, capsys) -> None:
     out, _ = llava_run
     run = load_vlm_run(out)
-    from vlkit.data.datasets.scenes_text import SceneQuestions
-
     test = SceneQuestions(3, "test", run.transform, run.tokenizer)
     image_path = tmp_path / "scene.png"
     test.load_pil(test.samples[0][2]).save(image_path)
@@ -82,14 +84,35 @@ def test_generate_cli_streams_the_runs_answer(llava_run, tmp_path, capsys) -> No
     code = main(["generate", "--model", str(out), "--image", str(image_path),
                  "--prompt", test.question(0), "--max-new-tokens", "5"])  # fmt: skip
     assert code == 0 and capsys.readouterr().out.rstrip("\n") == expected
-    from vlkit.data.images import load_image
-
     assert run.answer(load_image(image_path), test.question(0), max_new_tokens=5) == expected
     ids, unknown = run.prompt_ids(test.question(0) + " zebra")
     assert unknown == ["zebra"] and ids[0, -1].item() == run.tokenizer.unk_token_id
     code = main(["generate", "--model", str(out), "--image", str(image_path), "--image",
                  str(image_path), "--prompt", "x"])  # fmt: skip
     assert code == 2 and "exactly one --image" in capsys.readouterr().err
+
+
+def test_load_vlm_gives_the_run_as_a_pipeline(llava_run, tmp_path) -> None:
+    out, _ = llava_run
+    run = load_vlm_run(out)
+    pipeline = load_vlm(out)
+    assert isinstance(pipeline, VLMRun) and pipeline.kind == "fusion (llava)"
+    assert pipeline.details() == {"task": "scene_questions"} and pipeline.needs_prompt
+    image = ShapesDataset(1).scene(0)[0]
+    inputs = pipeline.prepare([image], "what color is the circle?")
+    new = pipeline.generate(inputs, max_new_tokens=5)
+    assert pipeline.decode(new) == run.answer(image, "what color is the circle?", max_new_tokens=5)
+    sampled = [pipeline.generate(inputs, 5, **sampling_options(True, 0.8, 0.9, seed=3))
+               for _ in range(2)]  # fmt: skip
+    assert sampled[0] == sampled[1]  # the seed fixes the sample
+    with pytest.raises(ValueError, match="exactly one image"):
+        pipeline.prepare([image, image], "what color is the circle?")
+    int8 = load_vlm(out, int8=True)
+    assert int8.decode(int8.generate(int8.prepare([image], "x"), 3)) is not None
+    with pytest.raises(ValueError, match="neither a `vlkit train-vlm` run"):
+        load_vlm(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such VLM directory"):
+        load_vlm(tmp_path / "missing")
 
 
 def test_train_vlm_cli_and_attention_overlay(tmp_path, capsys) -> None:
@@ -101,8 +124,6 @@ def test_train_vlm_cli_and_attention_overlay(tmp_path, capsys) -> None:
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["kind"] == "qformer" and "cider_d" in summary
-    from vlkit.data.datasets.shapes import ShapesDataset
-
     image = tmp_path / "scene.png"
     ShapesDataset(1).scene(0)[0].save(image)
     png = tmp_path / "maps" / "attention.png"
@@ -115,7 +136,9 @@ def test_train_vlm_cli_and_attention_overlay(tmp_path, capsys) -> None:
     else:
         assert "no tokens to draw" in captured.err
     code = main(["train-vlm", "kind=llava", "colour=red"])
-    assert code == 2 and "unknown setting 'colour'" in capsys.readouterr().err
+    error = capsys.readouterr().err  # one line naming the key and the allowed ones
+    assert code == 2 and "unknown key 'colour' (allowed: " in error and "kind" in error
+    assert error.count("\n") == 1
 
 
 def test_attention_grid_and_overlay(tmp_path) -> None:
@@ -124,8 +147,6 @@ def test_attention_grid_and_overlay(tmp_path) -> None:
     assert attention_grid(torch.arange(4.0)).shape == (2, 2)
     with pytest.raises(ValueError, match="7 image tokens"):
         attention_grid(torch.ones(7))
-    from PIL import Image
-
     image = Image.new("RGB", (64, 64), (200, 10, 10))
     path = save_attention_overlays(image, torch.rand(2, 4), ["a", "b"], tmp_path / "o.png")
     assert Image.open(path).size[0] > 64
@@ -133,7 +154,7 @@ def test_attention_grid_and_overlay(tmp_path) -> None:
         save_attention_overlays(image, torch.rand(2, 4), ["a"], tmp_path / "p.png")
 
 
-def test_trainable_vision_tower_trains_and_reloads(tmp_path) -> None:
+def test_trainable_vision_tower_trains_and_reloads(tmp_path, capsys) -> None:
     out = tmp_path / "trainable"
     code = main(["train-vlm", "kind=llava", "task=scene_questions", "steps=3",
                  "vision_trainable=true", "train_scenes=8", "test_scenes=1", "batch_size=4",
@@ -143,10 +164,11 @@ def test_trainable_vision_tower_trains_and_reloads(tmp_path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trainable_parameters"] == summary["total_parameters"]
     run = load_vlm_run(out)
-    assert run.recipe.vision_trainable and any(
+    assert run.recipe.vision.trainable and any(
         p.requires_grad for p in run.model.vision.parameters()
     )
     assert main(["train-vlm", "vision_trainable=maybe"]) == 2
+    assert "vision.trainable: expected true or false, got 'maybe'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["llava", "early"])
@@ -157,8 +179,6 @@ def test_a_tower_of_another_image_size_trains_and_reloads(kind, tmp_path) -> Non
     summary = train_vlm(recipe, tmp_path)
     run = load_vlm_run(tmp_path)
     assert run.model.config.image_size == 32
-    from vlkit.recipes.vlm_run import build_vlm_data
-
     _, test = build_vlm_data(run.recipe, run.tokenizer, run.transform)
     assert evaluate_vlm(run.model, test, run.recipe.task)["accuracy"] == summary["accuracy"]
 
@@ -166,28 +186,47 @@ def test_a_tower_of_another_image_size_trains_and_reloads(kind, tmp_path) -> Non
 def test_resnet_stage_tokens_feed_the_connector_and_reload(tmp_path) -> None:
     # vision_tokens="layer3": the small-rn-64 tower's 4x4 stage-3 map (16 tokens of width 256)
     # instead of its final 2x2 map (4 tokens of width 512).
-    from vlkit.training.vlm_task import tower_tokens
-
     recipe = VLMRecipe(kind="llava", task="scene_questions", steps=1, vision_tokens="layer3",
                        **TINY)  # fmt: skip
     summary = train_vlm(recipe, tmp_path)
     run = load_vlm_run(tmp_path)
-    assert run.recipe.vision_tokens == "layer3" and run.model.num_image_tokens == 16
+    assert run.recipe.vision.tokens == "layer3" and run.model.num_image_tokens == 16
     assert run.model.config.vision_dim == 256
     tower = run.model.vision.tower
     images = torch.rand(2, 3, 64, 64)
     assert torch.equal(tower_tokens(tower, images, "layer4"), tower(images).tokens)
-    from vlkit.recipes.vlm_run import build_vlm_data
-
     _, test = build_vlm_data(run.recipe, run.tokenizer, run.transform)
     assert evaluate_vlm(run.model, test, run.recipe.task)["accuracy"] == summary["accuracy"]
-    with pytest.raises(ValueError, match="vision_tokens"):
+    with pytest.raises(ValueError, match="vision.tokens"):
         VLMRecipe(vision_tokens="layer5")
     with pytest.raises(ValueError, match="ModifiedResNet"):
         tower_tokens(vlkit_tiny_tower(), torch.rand(1, 3, 32, 32), "layer3")
 
 
 def vlkit_tiny_tower() -> torch.nn.Module:
-    import vlkit
-
     return vlkit.create_model("tiny").vision
+
+
+def test_recipe_round_trips_and_reads_the_flat_keys_of_older_runs() -> None:
+    recipe = VLMRecipe(kind="qformer", steps=3, batch_size=8, lr=1e-3, layers=1, heads=2,
+                       vision="ckpt", vision_tokens="layer3")  # fmt: skip
+    assert recipe.optim.batch_size == 8 and recipe.optim.lr == 1e-3
+    assert recipe.optim.min_lr_ratio == 0.05  # the recipe's own default, not OptimConfig's
+    assert recipe.decoder.num_layers == 1 and recipe.decoder.num_heads == 2
+    assert recipe.vision == VisionSource(path="ckpt", tokens="layer3")
+    assert VLMRecipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+    # The flat recipe block of a vlm_config.json written by an earlier version.
+    old = {"kind": "qformer", "task": "easy_vqa", "vision": "ckpt", "vision_preset": "small-rn-64",
+           "vision_trainable": False, "vision_tokens": "layer3", "steps": 3,
+           "connector_only_steps": 0, "batch_size": 8, "lr": 0.001, "warmup_steps": 50,
+           "weight_decay": 0.01, "hidden_size": 128, "intermediate_size": 512, "layers": 1,
+           "heads": 2, "num_queries": 8, "max_length": 24, "train_scenes": 20000,
+           "test_scenes": 500, "max_test": None, "seed": 0, "device": "auto"}  # fmt: skip
+    assert VLMRecipe.from_dict(old) == recipe
+    dotted = ["kind=qformer", "steps=3", "optim.batch_size=8", "lr=1e-3", "decoder.num_layers=1",
+              "heads=2", "vision=ckpt", "vision.tokens=layer3"]  # fmt: skip
+    assert apply_overrides(VLMRecipe(), dotted, VLM_FLAT_KEYS) == recipe
+    with pytest.raises(ValueError, match=r"^unknown key 'decoder.layers' \(allowed: hidden_size"):
+        VLMRecipe.from_dict({"decoder": {"layers": 2}})
+    with pytest.raises(ValueError, match="a VLM run's length is `steps`"):
+        VLMRecipe(max_steps=10)

@@ -14,15 +14,13 @@ from vlkit.data.datasets.vqa_text import (
     collate_vqa_text,
     load_easy_vqa_questions,
 )
+from vlkit.evaluation.generative import answer_accuracy
 from vlkit.models.decoder import DecoderConfig
+from vlkit.models.frozen_vision import VisionTokens
+from vlkit.models.fusion_vlm import FusionVLMConfig, build_fusion_vlm
 from vlkit.training import trainer as trainer_module
 from vlkit.training.config import TrainConfig
-from vlkit.training.vlm_task import (
-    VQALMTask,
-    answer_accuracy,
-    build_small_vlm,
-    build_vlm_inputs,
-)
+from vlkit.training.vlm_task import VQALMTask, build_vlm_inputs
 
 pytest.importorskip("easy_vqa")
 
@@ -77,12 +75,21 @@ def test_vlm_inputs_mask_image_positions(dataset: EasyVQAQuestions) -> None:
 
 @pytest.fixture(scope="module")
 def overfit(dataset: EasyVQAQuestions, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Overfits a small VLM on the 16 samples with the Trainer (one epoch = one batch)."""
+    """Overfits a small LLaVA on the 16 samples with the Trainer (one epoch = one batch).
+
+    The CLIP tower (trainable here) feeds an MLP projector and a small decoder over the CLIP
+    vocabulary plus one reserved `<image>` id.
+    """
     torch.manual_seed(0)
+    clip = vlkit.create_model("small-rn-64")
+    vocab = dataset.tokenizer.vocab_size
     decoder = DecoderConfig(
-        hidden_size=64, intermediate_size=256, num_layers=2, num_heads=2, num_kv_heads=2
-    )
-    model = build_small_vlm("small-rn-64", "mlp2x_gelu", decoder)
+        vocab_size=vocab + 1, hidden_size=64, intermediate_size=256, num_layers=2, num_heads=2,
+        num_kv_heads=2,
+    )  # fmt: skip
+    config = FusionVLMConfig(kind="llava", decoder=decoder, image_token_id=vocab, image_size=64)
+    model = build_fusion_vlm(config, VisionTokens(clip.vision))
+    assert model.num_image_tokens == 4 and any(p.requires_grad for p in model.vision.parameters())
     config = TrainConfig(
         batch_size=16, max_steps=STEPS, lr=1e-2, warmup_steps=3, weight_decay=0.0,
         device="cpu", out_dir=str(tmp_path_factory.mktemp("vlm")), progress=False,

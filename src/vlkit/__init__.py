@@ -5,8 +5,7 @@ from vlkit.hub import CheckpointError, from_pretrained
 from vlkit.models import CLIP, CLIPConfig, SigLIP
 from vlkit.models.clip import create_model
 from vlkit.models.presets import PRESETS
-
-__version__ = "0.1.0"
+from vlkit.version import __version__
 
 __all__ = [
     "CLIP",

@@ -1,4 +1,4 @@
-"""torch.distributed set-up for `torchrun` (env:// rendezvous) and feature gathering."""
+"""Devices and torch.distributed set-up for `torchrun` (env:// rendezvous) and feature gathering."""
 
 from __future__ import annotations
 
@@ -22,6 +22,17 @@ class DistributedInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """The torch device for a device name; "auto" (or None) picks CUDA when it is available.
+
+    The one place that turns a `--device` / `device=` setting into a device (the trainer, the
+    evaluation CLI and the VLM recipes all call it).
+    """
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def init_distributed(device_type: str) -> DistributedInfo:

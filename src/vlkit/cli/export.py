@@ -3,7 +3,7 @@
     vlkit export --model CHECKPOINT --out DIR [--opset N] [--no-normalize] [--int8]
 
 Writes DIR/image_encoder.onnx, DIR/text_encoder.onnx and DIR/onnx_config.json (see
-`vlkit.inference.export`), checks them with onnxruntime against torch, and returns the export
+`vlkit.inference.onnx_export`), checks them with onnxruntime against torch, and returns the export
 report (opset, file sizes, max abs differences), which the `vlkit` command prints as JSON.
 `--int8` also writes DIR/image_encoder.int8.onnx and DIR/text_encoder.int8.onnx (dynamic INT8
 weights), checked by the cosine similarity of their embeddings to torch's; load them with
@@ -15,6 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 from typing import Any
+
+from vlkit.hub import from_pretrained
+from vlkit.inference.onnx_export import MIN_OPSET, export_onnx
+from vlkit.models.clip import CLIP
 
 __all__ = ["add_export_parser", "export_command"]
 
@@ -42,10 +46,6 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
 
 def export_command(args: argparse.Namespace) -> dict[str, Any]:
     """Runs `vlkit export`; returns the export report as a dict."""
-    from vlkit.hub import from_pretrained
-    from vlkit.inference.export import MIN_OPSET, export_onnx
-    from vlkit.models.clip import CLIP
-
     if args.opset is not None and args.opset < MIN_OPSET:
         raise ValueError(f"--opset {args.opset}: the ONNX exporter supports {MIN_OPSET} or later")
     out = Path(args.out)
@@ -56,7 +56,7 @@ def export_command(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(
             f"{args.model}: vlkit export handles CLIP / SigLIP models, got {type(model).__name__}"
         )
-    try:
+    try:  # optional dependencies: checked here for a one-line message naming the extra
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401

@@ -14,6 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from vlkit.data.images import load_image
+from vlkit.inference.image_search import ImageSearcher, build_image_index
+
 __all__ = ["add_index_parsers", "format_search_results", "index_command", "search_command"]
 
 
@@ -40,8 +43,6 @@ def add_index_parsers(commands: argparse._SubParsersAction) -> None:
 
 def index_command(args: argparse.Namespace) -> dict:
     """Runs `vlkit index`; returns a summary (index directory, size, dim, kind, model)."""
-    from vlkit.inference.image_search import build_image_index
-
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
     index = build_image_index(args.model, args.images, args.out, args.kind, args.batch_size)
@@ -51,9 +52,6 @@ def index_command(args: argparse.Namespace) -> dict:
 
 def search_command(args: argparse.Namespace) -> list[dict]:
     """Runs `vlkit search`; returns the hits, best first: rank, name, score, position."""
-    from vlkit.data.images import load_image
-    from vlkit.inference.image_search import ImageSearcher
-
     if (args.text is None) == (args.image is None):
         raise ValueError("give exactly one of --text or --image")
     if args.k < 1:

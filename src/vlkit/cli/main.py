@@ -25,96 +25,25 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
-import torch
-
+from vlkit.cli import evaluate as cli_eval
 from vlkit.cli.export import add_export_parser, export_command
 from vlkit.cli.generate import add_generate_parsers, generate_command, train_vlm_command
 from vlkit.cli.index import add_index_parsers, format_search_results, index_command, search_command
+from vlkit.cli.shard import add_shard_parsers, shard_command
 from vlkit.cli.viz import add_viz_parsers, explain_command, similarity_command
-from vlkit.inference.image_search import IMAGE_SUFFIXES, encode_image_files
+from vlkit.data.images import ImageLoadError
+from vlkit.evaluation.report import json_safe
+from vlkit.hub import CheckpointError
+from vlkit.inference.embed import embed, zeroshot
+from vlkit.recipes.clip_run import train
+from vlkit.recipes.demo import run_demo
+from vlkit.training.config import load_train_config
+from vlkit.training.trainer import TrainingDiverged
 
 
 class UsageError(ValueError):
     """Bad command-line input, reported in one line."""
-
-
-def _load(model_path: str):
-    from vlkit.api import load_clip
-
-    return load_clip(model_path)
-
-
-def zeroshot(
-    images: Sequence[str],
-    model_path: str,
-    labels: Sequence[str],
-    templates: str = "none",
-    top: int | None = None,
-) -> list[dict]:
-    """Ranks `labels` for each image. Probabilities: softmax over the labels of the scaled
-    similarities for CLIP; for SigLIP, the per-label sigmoid of its logits (the probability the
-    model was trained to output, as transformers' zero-shot pipeline reports it)."""
-    from vlkit.data.images import load_image
-    from vlkit.evaluation import build_zero_shot_classifier, load_templates
-    from vlkit.evaluation.zero_shot import label_probabilities
-
-    if not labels:
-        raise UsageError("--labels is empty: give comma-separated class names")
-    model, tokenizer, transform = _load(model_path)
-    classifier = build_zero_shot_classifier(model, tokenizer, labels, load_templates(templates))
-    results = []
-    for path in images:
-        pixels = transform(load_image(path)).unsqueeze(0)
-        with torch.no_grad():
-            image = model.encode_image(pixels, normalize=True)
-        probs = label_probabilities(model, image, classifier)[0]
-        order = probs.argsort(descending=True)[:top]
-        ranked = [{"label": labels[i], "probability": round(probs[i].item(), 6)} for i in order]
-        results.append({"image": str(path), "ranking": ranked})
-    return results
-
-
-def embed(
-    model_path: str, out: str, images_dir: str | None = None, texts_file: str | None = None
-) -> np.ndarray:
-    """Writes L2-normalised embeddings (N, D) as .npy and the inputs' names next to it (.json)."""
-    if (images_dir is None) == (texts_file is None):
-        raise UsageError("give exactly one of --images DIR or --texts FILE")
-    model, tokenizer, transform = _load(model_path)
-    chunks, names = [], []
-    with torch.no_grad():
-        if images_dir is not None:
-            directory = Path(images_dir)
-            if not directory.is_dir():
-                raise UsageError(f"--images {directory}: not a directory")
-            names = sorted(
-                str(p) for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not names:
-                raise UsageError(
-                    f"--images {directory}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
-                )
-            chunks.append(encode_image_files(model, transform, names))
-        else:
-            path = Path(texts_file)
-            if not path.is_file():
-                raise UsageError(f"--texts {path}: no such file")
-            names = [line for line in path.read_text().splitlines() if line.strip()]
-            if not names:
-                raise UsageError(f"--texts {path}: no non-empty lines")
-            for start in range(0, len(names), 256):
-                chunks.append(
-                    model.encode_text(tokenizer(names[start : start + 256]), normalize=True)
-                )
-    embeddings = torch.cat(chunks).float().numpy()
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out_path, embeddings)
-    out_path.with_suffix(".json").write_text(json.dumps({"inputs": names}, indent=1) + "\n")
-    return embeddings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,18 +56,12 @@ def _parser() -> argparse.ArgumentParser:
 
     tr = commands.add_parser("train", help="contrastive training (torchrun for several processes)")
     tr.add_argument("--config", default=None, help="JSON/Python config file or built-in name")
-    tr.add_argument("overrides", nargs="*", help="key=value settings over the config")
+    tr.add_argument(
+        "overrides", nargs="*", help="key=value settings over the config (optim.lr=1e-3, ...)"
+    )
     tr.add_argument("--resume", default=None, help="'latest' or a checkpoint directory")
 
-    data = commands.add_parser("data", help="dataset tools")
-    data_commands = data.add_subparsers(dest="data_command", required=True)
-    shard = data_commands.add_parser("shard", help="write WebDataset tar shards from a folder")
-    shard.add_argument("--root", required=True, help="image folder")
-    shard.add_argument("--annotations", required=True, help="CSV or JSONL with image + caption")
-    shard.add_argument("--out", required=True, help="output directory for .tar shards")
-    shard.add_argument("--samples-per-shard", type=int, default=1000)
-    shard.add_argument("--image-column", default="image")
-    shard.add_argument("--caption-column", default="caption")
+    add_shard_parsers(commands)
 
     zs = commands.add_parser("zeroshot", help="rank labels for images")
     zs.add_argument("images", nargs="+")
@@ -206,8 +129,6 @@ def _add_eval_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> dict:
     """Dispatches `vlkit eval KIND` to vlkit.cli.evaluate; returns the metrics."""
-    from vlkit.cli import evaluate as cli_eval
-
     if args.eval_command == "zeroshot":
         return cli_eval.eval_zeroshot(args.model, args.images, args.out, args.templates,
                                       args.batch_size, args.device)  # fmt: skip
@@ -222,32 +143,19 @@ def run_eval(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from vlkit.data.images import ImageLoadError
-    from vlkit.hub import CheckpointError
-    from vlkit.training.trainer import TrainingDiverged
-
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from vlkit.recipes.demo import run_demo
-
             kwargs = {"out_dir": args.out}
             if args.seconds is not None:
                 kwargs["seconds_budget"] = args.seconds
             summary = run_demo(**kwargs)
             print(json.dumps(summary, indent=2))
         elif args.command == "train":
-            from vlkit.recipes.clip_run import train
-            from vlkit.training.config import load_train_config
-
             summary = train(load_train_config(args.config, args.overrides), resume=args.resume)
             print(json.dumps(summary, indent=2))
         elif args.command == "data":
-            from vlkit.data.shards import shard_command
-
-            report = shard_command(args.root, args.annotations, args.out, args.samples_per_shard,
-                                   args.image_column, args.caption_column)  # fmt: skip
-            print(json.dumps(report, indent=2))
+            print(json.dumps(shard_command(args), indent=2))
         elif args.command == "zeroshot":
             labels = [label.strip() for label in args.labels.split(",") if label.strip()]
             results = zeroshot(args.images, args.model, labels, args.templates, args.top)
@@ -276,14 +184,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "export":
             print(json.dumps(export_command(args), indent=2))
         elif args.command == "serve":
+            # fastapi/uvicorn are the optional `serve` extra: import them only for this command.
             from vlkit.serve import run_server
 
             run_server(
                 args.model, args.index, args.host, args.port, args.templates, vlm_path=args.vlm
             )
         elif args.command == "eval":
-            from vlkit.evaluation.report import json_safe
-
             print(json.dumps(json_safe(run_eval(args)), indent=2))
     except (UsageError, ImageLoadError, CheckpointError, FileNotFoundError, ValueError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__

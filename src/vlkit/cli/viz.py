@@ -19,6 +19,12 @@ from typing import Any
 
 import torch
 
+from vlkit.api import load_clip
+from vlkit.data.images import load_image
+from vlkit.data.transforms import ImageTransform
+from vlkit.viz.relevance import relevance_overlay, text_image_relevance
+from vlkit.viz.similarity import similarity_figure
+
 __all__ = ["add_viz_parsers", "explain_command", "similarity_command"]
 
 DISPLAY_SIZE = 224  # side of the images drawn in the figures, in pixels
@@ -50,10 +56,6 @@ def _check_files(model: str, images: Sequence[str]) -> None:
 
 def _load(model_path: str, image_paths: Sequence[str]):
     """The model, tokenizer, preprocessed images (B, 3, S, S) and their display crops."""
-    from vlkit.api import load_clip
-    from vlkit.data.images import load_image
-    from vlkit.data.transforms import ImageTransform
-
     model, tokenizer, transform = load_clip(model_path)
     images = [load_image(path) for path in image_paths]
     pixels = torch.stack([transform(image) for image in images])
@@ -72,8 +74,6 @@ def _cosine(model: Any, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor
 
 def explain_command(args: argparse.Namespace) -> dict[str, Any]:
     """Runs `vlkit explain`; returns the written path and each text's cosine similarity."""
-    from vlkit.viz.relevance import relevance_overlay, text_image_relevance
-
     texts = [text.strip() for text in args.text if text.strip()]
     if not texts:
         raise ValueError("give at least one non-empty --text")
@@ -98,8 +98,6 @@ def explain_command(args: argparse.Namespace) -> dict[str, Any]:
 
 def similarity_command(args: argparse.Namespace) -> dict[str, Any]:
     """Runs `vlkit similarity`; returns the written path and the (images x texts) similarities."""
-    from vlkit.viz.similarity import similarity_figure
-
     texts = [text.strip() for text in args.texts.split(",") if text.strip()]
     if not texts:
         raise ValueError('--texts is empty: give comma-separated captions, e.g. "a cat,a dog"')

@@ -7,13 +7,17 @@ evaluated by `vlkit demo`) after 300 steps, about 105 s on one core of the 2-cor
 (measured 2026-11-27).
 """
 
-CONFIG = dict(
+from vlkit.training.config import DataConfig, OptimConfig, TrainConfig
+
+CONFIG = TrainConfig(
     model="small-rn-64",
-    data="easy_vqa",
-    batch_size=64,
-    max_steps=300,
-    lr=1e-3,
-    warmup_steps=30,
-    min_lr_ratio=0.02,
-    weight_decay=0.1,
+    data=DataConfig(source="easy_vqa"),
+    optim=OptimConfig(
+        batch_size=64,
+        max_steps=300,
+        lr=1e-3,
+        warmup_steps=30,
+        min_lr_ratio=0.02,
+        weight_decay=0.1,
+    ),
 )

@@ -24,7 +24,18 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageLoadError", "load_image", "load_image_bytes", "load_images", "to_rgb"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageLoadError",
+    "load_image",
+    "load_image_bytes",
+    "load_images",
+    "to_rgb",
+]
+
+# File suffixes (lower case) treated as images when a folder is listed (indexing, embedding,
+# ImageFolder evaluation).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 # Modes holding integer samples wider than 8 bits, and float samples.
 _WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")

@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vlkit.evaluation.embeddings import encode_images, labelled_batches
+from vlkit.evaluation.evaluator import eval_mode
 from vlkit.evaluation.zero_shot import classification_metrics
 
 # CLIP_benchmark's grid: np.logspace(-6, 2, num=97); its first pass uses the grid points that are
@@ -320,8 +322,61 @@ def linear_probe(
     }
 
 
+class ProbeData(NamedTuple):
+    """Labelled images for `LinearProbe`: each split a pair (images (N, 3, S, S), labels (N,))
+    or an iterable of (images, labels) batches, as `ZeroShotClassification` takes them."""
+
+    train: Any
+    test: Any
+    val: Any = None
+
+
+class LinearProbe:
+    """Linear-probe evaluator: `linear_probe` on the model's frozen image embeddings.
+
+    `data` is a `ProbeData`. Image features are L2-normalised, as CLIP_benchmark's are.
+
+    Args:
+        batch_size: Images per forward pass for tensor inputs.
+        **options: Keyword arguments of `linear_probe` (val_fraction, shots_per_class,
+            weight_decays, refit_on_train_val, seed, max_iter, device, dtype).
+    """
+
+    def __init__(self, batch_size: int = 256, **options: Any) -> None:
+        self.batch_size = batch_size
+        self.options = options
+
+    def predict(self, model: torch.nn.Module, data: ProbeData) -> dict[str, tuple | None]:
+        """{"train" | "test" | "val": (features (N, D), labels (N,)) or None}."""
+        features: dict[str, tuple | None] = {}
+        with eval_mode(model):
+            for split, split_data in zip(("train", "test", "val"), data, strict=True):
+                if split_data is None:
+                    features[split] = None
+                    continue
+                batches = list(labelled_batches(split_data, self.batch_size))
+                images = encode_images(model, (images for images, _ in batches))
+                labels = torch.cat([torch.as_tensor(labels) for _, labels in batches])
+                features[split] = (images, labels)
+        return features
+
+    def score(self, features: dict[str, tuple | None], data: Any = None) -> dict[str, float]:
+        """top1, top5, mean_per_class_recall (test), weight_decay and val_top1 of the probe."""
+        val = features.get("val") or (None, None)
+        result = linear_probe(*features["train"], *features["test"], val_features=val[0],
+                              val_labels=val[1], **self.options)  # fmt: skip
+        keys = ("top1", "top5", "mean_per_class_recall", "weight_decay", "val_top1")
+        return {key: float(result[key]) for key in keys}
+
+    def evaluate(self, model: torch.nn.Module, data: ProbeData) -> dict[str, float]:
+        """Test top-1 / top-5 / mean per-class recall of the tuned probe, and its weight decay."""
+        return self.score(self.predict(model, data), data)
+
+
 __all__ = [
     "CLIP_BENCHMARK_WEIGHT_DECAYS",
+    "LinearProbe",
+    "ProbeData",
     "few_shot_indices",
     "fit_logistic_regression",
     "linear_probe",

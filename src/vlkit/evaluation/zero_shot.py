@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from vlkit.evaluation.embeddings import labelled_batches
+from vlkit.evaluation.evaluator import eval_mode
 
 # Names of the template sets shipped in vlkit/assets/templates/.
 TEMPLATE_SETS = ("openai-imagenet", "cifar", "none")
@@ -105,7 +110,118 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     return {"top1": top1, "top5": top5, "mean_per_class_recall": sum(recalls) / len(recalls)}
 
 
-@torch.no_grad()
+def per_class_recall(
+    logits: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str]
+) -> dict[str, float]:
+    """{class name: top-1 recall} for every class (NaN for a class absent from `labels`)."""
+    predicted = logits.argmax(dim=1)
+    return {
+        name: (predicted[labels == c] == c).float().mean().item()
+        for c, name in enumerate(classnames)
+    }
+
+
+@dataclass
+class ZeroShotPredictions:
+    """What `ZeroShotClassification.predict` computes (float32, on the CPU).
+
+    Attributes:
+        logits: (N, C) cosine similarities of the images to the class weights.
+        labels: (N,) true class indices.
+        image_embeddings: (N, D) unit-length image embeddings.
+        classifier: (C, D) unit-length class weights.
+    """
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    image_embeddings: torch.Tensor
+    classifier: torch.Tensor
+
+
+class ZeroShotClassification:
+    """Zero-shot classification evaluator: top-1, top-5, mean per-class recall.
+
+    `data` is a pair (images (N, 3, S, S), labels (N,)) of preprocessed images and class
+    indices, or an iterable of such (images, labels) batches (a DataLoader, or
+    `vlkit.evaluation.embeddings.image_file_batches(paths, transform, labels=...)`).
+
+    Args:
+        tokenizer: The model's tokenizer.
+        classnames: One name per class, in label order.
+        templates: Template strings or a template-set name for `load_templates`.
+        batch_size: Images per forward pass for a tensor input.
+        per_class_recall: Also return "per_class_recall/<class name>" for every class.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        classnames: Sequence[str],
+        templates: Sequence[str] | str = "openai-imagenet",
+        batch_size: int = 256,
+        per_class_recall: bool = False,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.classnames = list(classnames)
+        self.templates = load_templates(templates) if isinstance(templates, str) else templates
+        self.batch_size = batch_size
+        self.per_class_recall = per_class_recall
+
+    def classifier(self, model: torch.nn.Module) -> torch.Tensor:
+        """(C, D) unit-length class weights on the model's device (`build_zero_shot_classifier`)."""
+        return build_zero_shot_classifier(model, self.tokenizer, self.classnames, self.templates)
+
+    @torch.no_grad()
+    def predict(self, model: torch.nn.Module, data: Any) -> ZeroShotPredictions:
+        """Class weights, image embeddings and their (N, C) logits, batch by batch."""
+        with eval_mode(model):
+            classifier = self.classifier(model)
+            device = classifier.device
+            embeddings, logits, labels = [], [], []
+            for images, batch_labels in labelled_batches(data, self.batch_size):
+                image = model.encode_image(images.to(device), normalize=True).float()  # (B, D)
+                embeddings.append(image.cpu())
+                logits.append(image @ classifier.T)  # (B, C)
+                labels.append(torch.as_tensor(batch_labels))
+        if not logits:
+            raise ValueError("no images to classify")
+        all_labels = torch.cat(labels).cpu().long()
+        all_logits = torch.cat(logits).cpu()
+        if all_labels.numel() != all_logits.shape[0]:
+            raise ValueError("labels are missing or do not match the number of images")
+        return ZeroShotPredictions(all_logits, all_labels, torch.cat(embeddings), classifier.cpu())
+
+    def score(self, predictions: ZeroShotPredictions, data: Any = None) -> dict[str, float]:
+        """`classification_metrics` of the logits (+ the per-class recalls when asked)."""
+        metrics = classification_metrics(predictions.logits, predictions.labels)
+        if self.per_class_recall:
+            recalls = per_class_recall(predictions.logits, predictions.labels, self.classnames)
+            metrics.update({f"per_class_recall/{name}": value for name, value in recalls.items()})
+        return metrics
+
+    def evaluate(self, model: torch.nn.Module, data: Any) -> dict[str, float]:
+        """top-1, top-5 (NaN with fewer than 5 classes), mean per-class recall."""
+        return self.score(self.predict(model, data), data)
+
+
+def _with_labels(
+    batches: Iterable, labels: torch.Tensor | Sequence[int] | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, labels) batches of a loader that yields images alone or (images, labels)."""
+    given = None if labels is None else torch.as_tensor(labels)
+    offset = 0
+    for batch in batches:
+        if isinstance(batch, (tuple, list)):
+            yield batch[0], torch.as_tensor(batch[1])
+            continue
+        if given is None or offset + len(batch) > len(given):
+            raise ValueError("labels are missing or do not match the number of images")
+        yield batch, given[offset : offset + len(batch)]
+        offset += len(batch)
+    if offset and offset != len(given):
+        raise ValueError("labels are missing or do not match the number of images")
+
+
 def zero_shot(
     model: torch.nn.Module,
     tokenizer: Callable[[list[str]], torch.Tensor],
@@ -117,6 +233,8 @@ def zero_shot(
 ) -> dict[str, float]:
     """Zero-shot classification of preprocessed images: top-1, top-5, mean per-class recall.
 
+    A function form of `ZeroShotClassification(...).evaluate`.
+
     Args:
         model: A CLIP-like model.
         tokenizer: Its tokenizer.
@@ -127,25 +245,24 @@ def zero_shot(
         templates: Template strings or a template-set name for `load_templates`.
         batch_size: Images per forward pass for a tensor input.
     """
-    if isinstance(templates, str):
-        templates = load_templates(templates)
-    classifier = build_zero_shot_classifier(model, tokenizer, classnames, templates)
-    device = classifier.device
     if isinstance(images_or_loader, torch.Tensor):
-        batches = (
-            images_or_loader[i : i + batch_size]
-            for i in range(0, len(images_or_loader), batch_size)
-        )
+        if labels is None:
+            raise ValueError("labels are missing or do not match the number of images")
+        data: Any = (images_or_loader, labels)
     else:
-        batches = iter(images_or_loader)
-    logits, loader_labels = [], []
-    for batch in batches:
-        if isinstance(batch, (tuple, list)):
-            batch, batch_labels = batch[0], batch[1]
-            loader_labels.append(torch.as_tensor(batch_labels))
-        image = model.encode_image(batch.to(device), normalize=True).float()
-        logits.append(image @ classifier.T)
-    all_labels = torch.cat(loader_labels) if loader_labels else torch.as_tensor(labels)
-    if all_labels is None or all_labels.numel() != sum(len(x) for x in logits):
-        raise ValueError("labels are missing or do not match the number of images")
-    return classification_metrics(torch.cat(logits).cpu(), all_labels.cpu().long())
+        data = _with_labels(images_or_loader, labels)
+    evaluator = ZeroShotClassification(tokenizer, classnames, templates, batch_size)
+    return evaluator.evaluate(model, data)
+
+
+__all__ = [
+    "TEMPLATE_SETS",
+    "ZeroShotClassification",
+    "ZeroShotPredictions",
+    "build_zero_shot_classifier",
+    "classification_metrics",
+    "label_probabilities",
+    "load_templates",
+    "per_class_recall",
+    "zero_shot",
+]

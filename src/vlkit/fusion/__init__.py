@@ -20,7 +20,8 @@ from vlkit.fusion.projector import (
     build_projector,
     splice_image_tokens,
 )
-from vlkit.fusion.qformer import QFormer, QFormerPretrainer
+from vlkit.fusion.qformer import QFormer
+from vlkit.fusion.qformer_pretraining import QFormerPretrainer
 from vlkit.fusion.qwen_resampler import QwenResampler, sincos_2d
 from vlkit.fusion.token_fusion import TokenFusion
 from vlkit.fusion.visual_expert import VisualExpertLayer

@@ -144,6 +144,20 @@ class GatedCrossAttentionBlock(nn.Module):
         )
         return self._gated_residuals(text_tokens, attn_out)
 
+    def forward_without_media(self, text_tokens: Tensor) -> Tensor:
+        """The block for a sequence that sees no image (a text-only forward).
+
+        Exactly what `forward` gives tokens whose cross-attention mask is empty (tokens before
+        the first `<image>`): the cross-attention contributes zero, the gated FFW still runs.
+
+        Args:
+            text_tokens: (B, L, D) LM hidden states.
+
+        Returns:
+            (B, L, D) updated hidden states.
+        """
+        return self._gated_residuals(text_tokens, torch.zeros_like(text_tokens))
+
     def _gated_residuals(self, x: Tensor, attn_out: Tensor) -> Tensor:
         x = x + torch.tanh(self.alpha_xattn) * attn_out  # (B, L, D)
         return x + torch.tanh(self.alpha_ffw) * self.ffw(self.norm_ffw(x))  # (B, L, D)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vlkit.errors import CheckpointError
 from vlkit.hub.hf_clip import (
@@ -25,6 +25,12 @@ from vlkit.hub.hf_clip import (
     hf_format_problem,
     to_hf_state_dict,
 )
+from vlkit.hub.hf_preprocess import (
+    HF_PREPROCESSOR_CONFIG,
+    preprocess_config_from_hf,
+    preprocess_config_to_hf,
+)
+from vlkit.hub.hf_smolvlm import SMOLVLM_MODEL_TYPES, load_smolvlm
 from vlkit.hub.open_clip import (
     OPEN_CLIP_WEIGHT_FILES,
     config_from_open_clip,
@@ -33,9 +39,7 @@ from vlkit.hub.open_clip import (
 )
 from vlkit.hub.weights import find_weights, load_into, read_weights, write_json, write_safetensors
 from vlkit.models.clip import CLIP, CLIPConfig, create_model
-
-if TYPE_CHECKING:
-    from vlkit.models.smolvlm import GenerativeVLM
+from vlkit.models.smolvlm import GenerativeVLM
 
 VLKIT_CONFIG = "vlkit_config.json"
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
@@ -84,9 +88,7 @@ def from_pretrained(
         load_into(model, read_weights(find_weights(path, ["model.safetensors"])), str(path))
         return model.eval()
     if (path / "config.json").is_file():
-        if _hf_model_type(path) in ("smolvlm", "idefics3"):
-            from vlkit.hub.hf_smolvlm import load_smolvlm
-
+        if _hf_model_type(path) in SMOLVLM_MODEL_TYPES:
             return load_smolvlm(path)
         return _load_hf(path)
     raise CheckpointError(
@@ -109,9 +111,7 @@ def _load_hf(path: Path) -> CLIP:
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path / 'config.json'} is not valid JSON: {error}") from error
     config = config_from_hf(hf_config, str(path / "config.json"))
-    if (path / "preprocessor_config.json").is_file():
-        from vlkit.data.transforms import preprocess_config_from_hf
-
+    if (path / HF_PREPROCESSOR_CONFIG).is_file():
         try:
             config.preprocess = preprocess_config_from_hf(path)
         except ValueError as error:
@@ -150,8 +150,6 @@ def save_pretrained(model: CLIP, directory: str | Path, format: str = "auto") ->
         write_safetensors(state, directory / "model.safetensors", metadata={"format": "pt"})
         write_json(config.to_dict(), directory / VLKIT_CONFIG)
         return
-    from vlkit.data.transforms import preprocess_config_to_hf
-
     write_safetensors(to_hf_state_dict(state, config), directory / "model.safetensors",
                       metadata={"format": "pt"})  # fmt: skip
     write_json(config_to_hf(config), directory / "config.json")
@@ -159,3 +157,8 @@ def save_pretrained(model: CLIP, directory: str | Path, format: str = "auto") ->
         preprocess_config_to_hf(config.preprocess, config.model_type),
         directory / "preprocessor_config.json",
     )
+
+
+# `CLIP.save_pretrained` delegates to the function above: the models cannot import the format
+# layer, so the format layer plugs its writer in.
+CLIP.checkpoint_writer = save_pretrained

@@ -9,6 +9,7 @@ top-level `lm_head.weight` (absent when tied to the token embeddings).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ import torch
 
 from vlkit.errors import CheckpointError
 from vlkit.fusion.pixel_shuffle import PixelShuffleConnector
+from vlkit.hub.hf_llama import config_from_hf_llama
 from vlkit.hub.weights import find_weights, load_into, read_weights
-from vlkit.models.decoder import DecoderLM, config_from_hf_llama
+from vlkit.models.decoder import DecoderLM
 from vlkit.models.smolvlm import GenerativeVLM
 from vlkit.models.smolvlm_vision import SmolVLMVisionConfig, SmolVLMVisionTransformer
 
@@ -25,7 +27,20 @@ SMOLVLM_MODEL_TYPES = ("smolvlm", "idefics3")
 SMOLVLM_WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
 _PREFIXES = {"model.vision_model.": "vision.", "model.connector.": "connector."}
 
-__all__ = ["SMOLVLM_MODEL_TYPES", "build_smolvlm", "load_smolvlm", "smolvlm_state_dict"]
+__all__ = [
+    "SMOLVLM_MODEL_TYPES",
+    "build_smolvlm",
+    "load_smolvlm",
+    "smolvlm_state_dict",
+    "vision_config_from_hf",
+]
+
+
+def vision_config_from_hf(hf: Mapping[str, Any]) -> SmolVLMVisionConfig:
+    """The vision tower's config from a transformers `vision_config` dict (same field names;
+    unrelated keys are ignored)."""
+    names = SmolVLMVisionConfig.__dataclass_fields__.keys()
+    return SmolVLMVisionConfig(**{key: hf[key] for key in names if key in hf})
 
 
 def build_smolvlm(hf_config: dict[str, Any], source: str = "config.json") -> GenerativeVLM:
@@ -34,7 +49,7 @@ def build_smolvlm(hf_config: dict[str, Any], source: str = "config.json") -> Gen
     if model_type not in SMOLVLM_MODEL_TYPES:
         raise CheckpointError(f"{source}: model_type {model_type!r} is not smolvlm or idefics3")
     try:
-        vision_cfg = SmolVLMVisionConfig.from_hf(hf_config.get("vision_config") or {})
+        vision_cfg = vision_config_from_hf(hf_config.get("vision_config") or {})
         text = dict(hf_config["text_config"])
         text.setdefault("rms_norm_eps", 1e-5)  # transformers' default for the SmolVLM text model
         tied = hf_config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))

@@ -9,13 +9,16 @@ image -> image search. Scores are cosine similarities.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from vlkit.api import load_clip
+from vlkit.data.images import IMAGE_SUFFIXES, to_rgb
+from vlkit.evaluation.embeddings import encode_image_files
+from vlkit.evaluation.zero_shot import build_zero_shot_classifier, load_templates
+from vlkit.hub.clip_checkpoint import load_clip
 from vlkit.inference.index import KINDS, EmbeddingIndex, SearchHit
 
 __all__ = [
@@ -26,38 +29,9 @@ __all__ = [
     "list_image_files",
 ]
 
-# File suffixes (lower case) treated as images when a folder is indexed or embedded.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-
 
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-@torch.no_grad()
-def encode_image_files(
-    model: torch.nn.Module,
-    transform: Callable[[Image.Image], torch.Tensor],
-    paths: Sequence[str | os.PathLike[str]],
-    batch_size: int = 64,
-) -> torch.Tensor:
-    """Unit-length image embeddings (N, D) on the CPU, float32, in the order of `paths`.
-
-    Raises:
-        ImageLoadError: For the first file that cannot be read (the message names it).
-    """
-    from vlkit.data.images import load_image
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be at least 1")
-    device = _model_device(model)
-    chunks = []
-    for start in range(0, len(paths), batch_size):
-        pixels = torch.stack([transform(load_image(p)) for p in paths[start : start + batch_size]])
-        chunks.append(model.encode_image(pixels.to(device), normalize=True).float().cpu())
-    if not chunks:
-        return torch.empty(0, model.config.embed_dim)
-    return torch.cat(chunks)  # (N, D)
 
 
 def list_image_files(directory: str | os.PathLike[str]) -> list[str]:
@@ -152,8 +126,6 @@ class ImageSearcher:
         Args:
             templates: A template-set name or file for `vlkit.evaluation.load_templates`.
         """
-        from vlkit.evaluation.zero_shot import load_templates
-
         index = EmbeddingIndex.load(index_dir)
         if model_path is None:
             model_path = index.metadata.get("model")
@@ -171,8 +143,6 @@ class ImageSearcher:
     @torch.no_grad()
     def embed_text(self, text: str) -> torch.Tensor:
         """The unit-length query vector (D,) for `text` (a prompt ensemble over the templates)."""
-        from vlkit.evaluation.zero_shot import build_zero_shot_classifier
-
         if not text.strip():
             raise ValueError("the text query is empty")
         templates = self.templates if self.templates is not None else ["{}"]
@@ -181,8 +151,6 @@ class ImageSearcher:
     @torch.no_grad()
     def embed_image(self, image: Image.Image) -> torch.Tensor:
         """The unit-length query vector (D,) for a PIL image."""
-        from vlkit.data.images import to_rgb
-
         pixels = self.transform(to_rgb(image)).unsqueeze(0).to(_model_device(self.model))
         return self.model.encode_image(pixels, normalize=True).float()[0].cpu()
 

@@ -36,6 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlkit.hub.weights import atomic_write
+from vlkit.version import __version__
+
 __all__ = ["KINDS", "EmbeddingIndex", "SearchHit"]
 
 INDEX_FILE = "index.faiss"
@@ -248,9 +251,6 @@ class EmbeddingIndex:
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Writes `index.faiss` and `index.json` into `directory` (created if needed)."""
-        from vlkit import __version__
-        from vlkit.hub.weights import atomic_write
-
         faiss = _faiss()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

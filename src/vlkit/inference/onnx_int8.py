@@ -1,6 +1,6 @@
 """Dynamic INT8 quantization of exported ONNX towers with onnxruntime (`vlkit export --int8`).
 
-`quantize_onnx_int8` turns a float32 tower written by `vlkit.inference.export` into one whose
+`quantize_onnx_int8` turns a float32 tower written by `vlkit.inference.onnx_export` into one whose
 weights are int8. The choices, measured on the trained easy-VQA models with
 benchmarks/clip_int8.py:
 

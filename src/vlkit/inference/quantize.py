@@ -31,6 +31,8 @@ import warnings
 import torch
 from torch import nn
 
+from vlkit.layers.attention_pool import AttentionPoolingHead
+
 
 def quantize_int8(
     model: nn.Module, include_lm_head: bool = True, inplace: bool = False
@@ -89,8 +91,6 @@ def quantize_int8(
 
 def _raw_weight_linears(model: nn.Module) -> set[str]:
     """Qualified names of the linear layers whose parent reads `.weight` / `.bias` directly."""
-    from vlkit.layers.attention_pool import AttentionPoolingHead
-
     return {
         f"{name}.in_proj" if name else "in_proj"
         for name, module in model.named_modules()

@@ -1,5 +1,6 @@
 """Training losses: CLIP's InfoNCE, SigLIP's pairwise sigmoid, memory-bank InfoNCE, BLIP-2's
-stage-1 objectives, and multi-modality contrastive losses (CoMM, K-modality InfoNCE)."""
+stage-1 objectives, multi-modality contrastive losses (CoMM, K-modality InfoNCE) and the
+next-token (causal LM) cross-entropy of the generative VLMs."""
 
 from vlkit.losses.contrastive import ClipLoss, clip_loss
 from vlkit.losses.matching import (
@@ -11,9 +12,11 @@ from vlkit.losses.matching import (
 )
 from vlkit.losses.memory_bank import MemoryBankInfoNCE, MomentumEncoder
 from vlkit.losses.multimodal import comm_loss, info_nce, multimodal_infonce
+from vlkit.losses.next_token import IGNORE_INDEX, next_token_loss
 from vlkit.losses.sigmoid import SigLipLoss, sigmoid_loss
 
 __all__ = [
+    "IGNORE_INDEX",
     "ClipLoss",
     "MemoryBankInfoNCE",
     "MomentumEncoder",
@@ -25,6 +28,7 @@ __all__ = [
     "itg_loss",
     "itm_loss",
     "multimodal_infonce",
+    "next_token_loss",
     "qformer_itc_loss",
     "sample_hard_negatives",
     "sigmoid_loss",

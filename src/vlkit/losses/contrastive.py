@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
+
+from vlkit.distributed import gather_with_grad
+from vlkit.losses.pairwise import check_paired, pair_logits, symmetric_cross_entropy
 
 __all__ = ["ClipLoss", "clip_loss"]
 
@@ -51,20 +53,12 @@ def clip_loss(
     Returns:
         The scalar loss (mean of image->text and text->image cross-entropy).
     """
-    if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
-        raise ValueError(
-            f"expected two (N, D) tensors of one shape, got {tuple(image_emb.shape)} and "
-            f"{tuple(text_emb.shape)}"
-        )
-    logits_per_image = logit_scale * image_emb @ text_emb.T
-    if logit_bias is not None:
-        logits_per_image = logits_per_image + logit_bias
+    check_paired(image_emb, text_emb)
+    logits_per_image = pair_logits(image_emb, text_emb, logit_scale, logit_bias)
     # Text->image logits are the transpose: the same similarities, read by columns (Fig. 3's
     # axis=0 cross-entropy).
     labels = torch.arange(image_emb.shape[0], device=image_emb.device)
-    loss_i = F.cross_entropy(logits_per_image, labels, label_smoothing=label_smoothing)
-    loss_t = F.cross_entropy(logits_per_image.T, labels, label_smoothing=label_smoothing)
-    return (loss_i + loss_t) / 2
+    return symmetric_cross_entropy(logits_per_image, logits_per_image.T, labels, label_smoothing)
 
 
 def _distributed_clip_loss(
@@ -76,22 +70,15 @@ def _distributed_clip_loss(
     group: dist.ProcessGroup | None,
 ) -> torch.Tensor:
     """This rank's share of the global-batch loss (see the module docstring)."""
-    from vlkit.distributed import gather_with_grad
-
     # The autograd-aware all_gather sends each rank's gradient back to the embeddings' owner.
     all_images = gather_with_grad(image_emb, group)
     all_texts = gather_with_grad(text_emb, group)
-    logits_per_image = logit_scale * image_emb @ all_texts.T
-    logits_per_text = logit_scale * text_emb @ all_images.T
-    if logit_bias is not None:
-        logits_per_image = logits_per_image + logit_bias
-        logits_per_text = logits_per_text + logit_bias
+    logits_per_image = pair_logits(image_emb, all_texts, logit_scale, logit_bias)
+    logits_per_text = pair_logits(text_emb, all_images, logit_scale, logit_bias)
     batch = image_emb.shape[0]
     offset = dist.get_rank(group) * batch
     labels = torch.arange(offset, offset + batch, device=image_emb.device)
-    loss_i = F.cross_entropy(logits_per_image, labels, label_smoothing=label_smoothing)
-    loss_t = F.cross_entropy(logits_per_text, labels, label_smoothing=label_smoothing)
-    return (loss_i + loss_t) / 2
+    return symmetric_cross_entropy(logits_per_image, logits_per_text, labels, label_smoothing)
 
 
 class ClipLoss(nn.Module):

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vlkit.losses.pairwise import symmetric_cross_entropy
+
 __all__ = [
     "build_itm_batch",
     "itg_loss",
@@ -63,11 +65,7 @@ def qformer_itc_loss(
     sim = query_text_similarity(query_emb, text_emb)
     logits = sim * logit_scale
     labels = torch.arange(sim.shape[0], device=sim.device)
-    loss = (
-        F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        + F.cross_entropy(logits.t(), labels, label_smoothing=label_smoothing)
-    ) / 2
-    return loss, sim
+    return symmetric_cross_entropy(logits, logits.t(), labels, label_smoothing), sim
 
 
 def sample_hard_negatives(

@@ -13,8 +13,9 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from vlkit.losses.pairwise import pair_logits, symmetric_cross_entropy
 
 __all__ = ["MemoryBankInfoNCE", "MomentumEncoder"]
 
@@ -74,15 +75,10 @@ class MemoryBankInfoNCE(nn.Module):
         filled = int(self.filled)
         texts = torch.cat([keys_text, self.text_queue[:filled].to(keys_text.dtype)])
         images = torch.cat([keys_image, self.image_queue[:filled].to(keys_image.dtype)])
-        logits_i2t = logit_scale * image_emb @ texts.T  # (B, B + filled)
-        logits_t2i = logit_scale * text_emb @ images.T
-        if logit_bias is not None:
-            logits_i2t, logits_t2i = logits_i2t + logit_bias, logits_t2i + logit_bias
+        logits_i2t = pair_logits(image_emb, texts, logit_scale, logit_bias)  # (B, B + filled)
+        logits_t2i = pair_logits(text_emb, images, logit_scale, logit_bias)
         labels = torch.arange(image_emb.shape[0], device=image_emb.device)
-        loss = (
-            F.cross_entropy(logits_i2t, labels, label_smoothing=self.label_smoothing)
-            + F.cross_entropy(logits_t2i, labels, label_smoothing=self.label_smoothing)
-        ) / 2
+        loss = symmetric_cross_entropy(logits_i2t, logits_t2i, labels, self.label_smoothing)
         if self.training:
             self.enqueue(keys_image, keys_text)
         return loss

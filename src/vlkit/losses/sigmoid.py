@@ -18,6 +18,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from vlkit.distributed import all_gather_with_grad
+from vlkit.losses.pairwise import check_paired, pair_logits
+
 __all__ = ["SigLipLoss", "sigmoid_loss"]
 
 
@@ -29,9 +32,7 @@ def _pair_loss(
     positives: bool,
 ) -> torch.Tensor:
     """-sum log sigmoid(label * logit) over a block; the diagonal is positive when `positives`."""
-    logits = logit_scale * image_emb @ text_emb.T
-    if logit_bias is not None:
-        logits = logits + logit_bias
+    logits = pair_logits(image_emb, text_emb, logit_scale, logit_bias)
     labels = -torch.ones_like(logits)
     if positives:
         labels = labels + 2 * torch.eye(*logits.shape, device=logits.device, dtype=logits.dtype)
@@ -45,11 +46,7 @@ def sigmoid_loss(
     logit_bias: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """Single-process SigLIP loss, normalised by the number of images as in the paper."""
-    if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
-        raise ValueError(
-            f"expected two (N, D) tensors of one shape, got {tuple(image_emb.shape)} and "
-            f"{tuple(text_emb.shape)}"
-        )
+    check_paired(image_emb, text_emb)
     return _pair_loss(image_emb, text_emb, logit_scale, logit_bias, True) / image_emb.shape[0]
 
 
@@ -110,8 +107,6 @@ class SigLipLoss(nn.Module):
         world = dist.get_world_size(self.group)
         loss = _pair_loss(image_emb, text_emb, logit_scale, logit_bias, True)
         if self.exchange == "all_gather":
-            from vlkit.distributed import all_gather_with_grad
-
             rank = dist.get_rank(self.group)
             texts = all_gather_with_grad(text_emb, self.group)
             others = [t for r, t in enumerate(texts) if r != rank]

@@ -9,93 +9,25 @@ so it is not clamped.
 from __future__ import annotations
 
 import copy
-import json
-import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlkit.data.preprocess_config import PreprocessConfig
+from vlkit.models.clip_config import CLIPConfig
+from vlkit.models.presets import PRESETS
 from vlkit.models.resnet import ModifiedResNet, ResNetConfig
-from vlkit.models.text import TextConfig, TextTransformer
-from vlkit.models.vit import VisionTransformer, ViTConfig
+from vlkit.models.text import TextTransformer
+from vlkit.models.vit import VisionTransformer
 
+__all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "SigLIP", "create_model"]
 
-@dataclass
-class CLIPConfig:
-    """A CLIP-like model: its towers, embedding size, temperature and expected preprocessing.
-
-    Attributes:
-        model_type: "clip" or "siglip" (selects the class and the Hugging Face format).
-        vision_projection: A bias-free linear map from the image tower's width to `embed_dim`
-            (CLIP ViTs); SigLIP and ResNets output `embed_dim` directly.
-        text_projection_bias: SigLIP's text head has a bias; CLIP's projection does not.
-        init_logit_scale: log of the initial temperature multiplier (ln(1/0.07) for CLIP, ln 10
-            for SigLIP, Sec. 3.1 of the SigLIP paper).
-        init_logit_bias: Initial logit bias (-10 for SigLIP), or None for no bias.
-        max_logit_scale: Clamp for exp(logit_scale) (100 for CLIP), or None.
-    """
-
-    vision: ViTConfig | ResNetConfig = field(default_factory=ViTConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    embed_dim: int = 512
-    model_type: str = "clip"
-    vision_projection: bool = True
-    text_projection_bias: bool = False
-    init_logit_scale: float = math.log(1 / 0.07)
-    init_logit_bias: float | None = None
-    max_logit_scale: float | None = 100.0
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-
-    def __post_init__(self) -> None:
-        if self.model_type not in ("clip", "siglip"):
-            raise ValueError(f"model_type must be 'clip' or 'siglip', got {self.model_type!r}")
-        if isinstance(self.vision, ResNetConfig) and self.vision_projection:
-            raise ValueError("a ResNet image tower projects itself: set vision_projection=False")
-        vision_out = self.vision.output_dim if isinstance(self.vision, ResNetConfig) else None
-        if not self.vision_projection:
-            width = vision_out if vision_out is not None else self.vision.width
-            if width != self.embed_dim:
-                raise ValueError(
-                    f"without a vision projection the image tower's output size ({width}) must "
-                    f"equal embed_dim ({self.embed_dim})"
-                )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CLIPConfig:
-        """Inverse of `to_dict`; unknown keys raise an error that names them."""
-        data = dict(data)
-        vision = dict(data.pop("vision", {}))
-        vision_cls = ResNetConfig if vision.pop("type", "vit") == "resnet" else ViTConfig
-        sections = {
-            "vision": (vision_cls, vision),
-            "text": (TextConfig, data.pop("text", {})),
-            "preprocess": (PreprocessConfig, data.pop("preprocess", {})),
-        }
-        built = {name: _build(kind, values, name) for name, (kind, values) in sections.items()}
-        return _build(cls, {**data, **built}, "CLIPConfig")
-
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> CLIPConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-def _build(kind: type, values: dict[str, Any], where: str) -> Any:
-    known = {name for name, f in kind.__dataclass_fields__.items() if f.init}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown keys in {where} config: {unknown}")
-    return kind(**values)
+# Writes a checkpoint: (model, directory, format) -> None.
+CheckpointWriter = Callable[["CLIP", "str | Path", str], None]
 
 
 @dataclass
@@ -196,11 +128,16 @@ class CLIP(nn.Module):
         logits = self.logits(image, text) if image is not None and text is not None else None
         return CLIPOutput(image, text, self.temperature(), self.logit_bias, logits)
 
-    def save_pretrained(self, directory: str | Path, format: str = "auto") -> None:
-        """Writes the model to `directory`; see `vlkit.hub.save_pretrained`."""
-        from vlkit.hub import save_pretrained
+    # The format layer (`vlkit.hub`) sits above the models, so they cannot import it: vlkit.hub
+    # installs its `save_pretrained` here when it is imported (`import vlkit` imports it).
+    checkpoint_writer: ClassVar[CheckpointWriter | None] = None
 
-        save_pretrained(self, directory, format=format)
+    def save_pretrained(self, directory: str | Path, format: str = "auto") -> None:
+        """Writes the model to `directory`; see `vlkit.hub.save_pretrained` (which does it)."""
+        writer = CLIP.checkpoint_writer
+        if writer is None:
+            raise RuntimeError("saving checkpoints needs vlkit.hub: `import vlkit.hub` first")
+        writer(self, directory, format)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -222,8 +159,6 @@ class SigLIP(CLIP):
 
 def create_model(preset_or_config: str | CLIPConfig | dict[str, Any]) -> CLIP:
     """Builds a randomly initialised model from a preset name, a config or a config dict."""
-    from vlkit.models.presets import PRESETS
-
     if isinstance(preset_or_config, str):
         if preset_or_config not in PRESETS:
             raise ValueError(

@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlkit.models.decoder import (
@@ -33,16 +32,8 @@ from vlkit.models.decoder import (
     DecoderOutput,
     KVCache,
     apply_rotary,
-    mask_and_positions,
 )
-from vlkit.models.generation import generate as _generate
-from vlkit.models.smolvlm import VLMOutput
-from vlkit.models.spliced_lm import (
-    SplicingVLM,
-    attention_mask_4d,
-    attention_probs,
-    position_ids_from_mask,
-)
+from vlkit.models.splicing_vlm import SplicingVLM
 
 __all__ = ["CogVLM", "CogVLMDecoder", "VisualExpertDecoderLayer", "route"]
 
@@ -90,7 +81,7 @@ class VisualExpertDecoderLayer(DecoderLayer):
         h: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        image_mask: torch.Tensor | None,
+        image_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Routed, rotated q (B, H, L, Dh) and k, v (B, H_kv, L, Dh) of normed states (B, L, D)."""
         text, expert = self.self_attn, self.vision_expert_attn
@@ -112,18 +103,8 @@ class VisualExpertDecoderLayer(DecoderLayer):
         image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, L, D) -> (B, L, D); `image_mask` (B, L) routes positions to the expert."""
-        b, n, _ = x.shape
         q, k, v = self.project(self.input_layernorm(x), cos, sin, image_mask)
-        if cache is not None:
-            k, v = cache.update(self.self_attn.layer_idx, k, v)  # (B, H_kv, T, Dh)
-        groups = self.self_attn.num_heads // self.self_attn.num_kv_heads
-        if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)  # (B, H, T, Dh)
-            v = v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and n > 1
-        )  # (B, H, L, Dh)
-        out = out.transpose(1, 2).reshape(b, n, -1)  # (B, L, H*Dh)
+        out = self.self_attn.attend(q, k, v, mask, cache)  # (B, L, H*Dh), shared by both
         x = x + route(out, image_mask, self.self_attn.o_proj, self.vision_expert_attn.o_proj)
         h = self.post_attention_layernorm(x)
         return x + route(h, image_mask, self.mlp, self.vision_expert_mlp)
@@ -154,129 +135,67 @@ class CogVLMDecoder(DecoderLM):
         image_mask: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """As `DecoderLM.forward`, plus `image_mask` (B, L) bool for the new positions."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.model.embed_tokens(input_ids)
-        if cache is None and use_cache:
-            cache = KVCache()
-        mask, position_ids = mask_and_positions(
-            inputs_embeds, cache, attention_mask, position_ids, None
+        x, cos, sin, mask, cache = self.prepare_inputs(
+            input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache
         )
-        x = inputs_embeds
-        cos, sin = self.model.rotary_emb(position_ids, x.dtype)  # (B, 1, L, Dh)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, cache, image_mask)
-        logits = self.lm_head(self.model.norm(x)).float()  # (B, L, V)
-        return DecoderOutput(logits=logits, cache=cache)
-
-    @torch.no_grad()
-    def attention_probs(
-        self,
-        inputs_embeds: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        image_mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """(B, L, L) head-averaged last-layer self-attention (expert-routed queries and keys)."""
-        b, n, _ = inputs_embeds.shape
-        device = inputs_embeds.device
-        keep = attention_mask if attention_mask is not None else torch.ones(b, n, device=device)
-        mask = attention_mask_4d(keep, b, n, 0, device)  # (B, 1, L, L)
-        positions = position_ids_from_mask(attention_mask, b, n, 0, device)
-        x = inputs_embeds
-        cos, sin = self.model.rotary_emb(positions, x.dtype)
-        for layer in self.model.layers[:-1]:
-            x = layer(x, cos, sin, mask, None, image_mask)
-        last = self.model.layers[-1]
-        q, k, _ = last.project(last.input_layernorm(x), cos, sin, image_mask)
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # (B, H, L, Dh)
-        return attention_probs(q, k, mask)
-
-
-class _PrefillImageMask(nn.Module):
-    """Adapts `CogVLMDecoder` to `generation.generate`: the prefill call gets the image mask."""
-
-    def __init__(self, decoder: CogVLMDecoder, image_mask: torch.Tensor) -> None:
-        super().__init__()
-        self.decoder = decoder
-        self.image_mask = image_mask  # (B, P)
-
-    def forward(self, **kwargs: Any) -> DecoderOutput:
-        embeds = kwargs.get("inputs_embeds")
-        if embeds is None:  # a decode step: new tokens are text
-            return self.decoder(**kwargs)
-        image_mask = self.image_mask
-        if image_mask.shape[0] != embeds.shape[0]:  # beam search repeats each row k times
-            image_mask = image_mask.repeat_interleave(embeds.shape[0] // image_mask.shape[0], 0)
-        return self.decoder(**kwargs, image_mask=image_mask)
+        return self.output(x, cache)
 
 
 class CogVLM(SplicingVLM):
     """Vision tokens -> projector -> spliced at placeholders -> `CogVLMDecoder` (visual expert).
 
-    Args: as `SplicingVLM`, with a `CogVLMDecoder`.
+    Args: as `SplicingVLM`, with a `CogVLMDecoder`. The token types (`image_mask`) reach the
+    decoder through `decoder_inputs`, so `forward`, `generate` and `attention_maps` are
+    `SplicingVLM`'s.
     """
 
     decoder: CogVLMDecoder
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        pixel_values: torch.Tensor | None = None,
-        pixel_attention_mask: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        use_cache: bool = False,
-    ) -> VLMOutput:
-        """Logits (B, L, V) for ids (B, L) with placeholders; see `GenerativeVLM.forward`."""
-        embeds, features = self.embed(input_ids, pixel_values, pixel_attention_mask)
-        image_mask = input_ids == self.image_token_id  # (B, L) token types
-        out = self.decoder(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            use_cache=use_cache,
-            image_mask=image_mask,
-        )
-        return VLMOutput(logits=out.logits, cache=out.cache, image_features=features)
+    def decoder_inputs(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The (B, L) token types: True at `<image>` positions (routed to the visual expert)."""
+        return {"image_mask": input_ids == self.image_token_id}
 
     @torch.no_grad()
     def generate(
         self,
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
-        pixel_attention_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        *,
+        pixel_attention_mask: torch.Tensor | None = None,
         max_new_tokens: int = 20,
         do_sample: bool = False,
         eos_token_id: int | Sequence[int] | None = None,
         streamer: Callable[[torch.Tensor], None] | None = None,
+        cache_implementation: str = "dynamic",
         **kwargs: Any,
     ) -> torch.Tensor:
         """KV-cached decoding, as `GenerativeVLM.generate`; returns (B, P + N) ids.
 
-        Greedy, sampling and beam search (the prefill routes the prompt's image positions to the
-        expert); `cache_implementation="static"` is not supported (raises NotImplementedError).
+        Greedy, sampling and beam search (the prompt call routes the prompt's image positions to
+        the expert; new tokens are text).
+
+        Args:
+            input_ids, pixel_values, attention_mask, pixel_attention_mask, max_new_tokens,
+                do_sample, eos_token_id, streamer, **kwargs: As `GenerativeVLM.generate`.
+            cache_implementation: Only "dynamic": the static cache / CUDA-graph decoding has no
+                token-type routing.
+
+        Raises:
+            NotImplementedError: For any other `cache_implementation`.
         """
-        if kwargs.get("cache_implementation", "dynamic") != "dynamic":
+        if cache_implementation != "dynamic":
             raise NotImplementedError("CogVLM generates with the dynamic KV cache only")
-        embeds, _ = self.embed(input_ids, pixel_values, pixel_attention_mask)
-        stepper = _PrefillImageMask(self.decoder, input_ids == self.image_token_id)
-        return _generate(
-            stepper,  # type: ignore[arg-type]
+        return super().generate(
             input_ids,
-            max_new_tokens,
+            pixel_values,
+            attention_mask,
+            pixel_attention_mask=pixel_attention_mask,
+            max_new_tokens=max_new_tokens,
             do_sample=do_sample,
             eos_token_id=eos_token_id,
-            attention_mask=attention_mask,
-            inputs_embeds=embeds,
             streamer=streamer,
             **kwargs,
         )
-
-    def _lm_attention(
-        self,
-        input_ids: torch.Tensor,
-        inputs_embeds: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        image_mask = input_ids == self.image_token_id
-        return self.decoder.attention_probs(inputs_embeds, attention_mask, image_mask)

@@ -36,23 +36,13 @@ from vlkit.fusion.gated_cross_attention import (
     media_time_index,
 )
 from vlkit.fusion.perceiver_resampler import PerceiverResampler
-from vlkit.models.decoder import (
-    DecoderConfig,
-    DecoderLM,
-    DecoderOutput,
-    KVCache,
-    StaticKVCache,
-    mask_and_positions,
-)
+from vlkit.models.attention_maps import attention_probs, image_slots, image_token_distribution
+from vlkit.losses.next_token import next_token_loss
+from vlkit.models.decoder import DecoderConfig, DecoderLM, DecoderOutput, KVCache, StaticKVCache
+from vlkit.models.decoder import generate as _generate
 from vlkit.models.flamingo_cache import FlamingoKVCache, MediaCache
-from vlkit.models.generation import generate as _generate
+from vlkit.models.frozen_vision import keep_frozen_in_eval
 from vlkit.models.smolvlm import VLMOutput
-from vlkit.models.spliced_lm import (
-    KeepFrozenVisionEval,
-    attention_probs,
-    image_slots,
-    image_token_distribution,
-)
 
 if TYPE_CHECKING:
     from vlkit.models.fusion_vlm import FusionVLMConfig
@@ -98,39 +88,46 @@ class FlamingoDecoder(DecoderLM):
             inputs_embeds: (B, L, D) embeddings used instead of embedding `input_ids`.
             attention_mask, position_ids, cache, use_cache, cache_position: As
                 `DecoderLM.forward`; `use_cache` creates a `FlamingoKVCache`.
-            media: The batch's `MediaCache`; None = the one of a `FlamingoKVCache` `cache`.
-                Without a cache each token's media time counts the markers in `input_ids`;
-                with one it continues from `media.time` (which then advances).
+            media: The batch's `MediaCache`; None = the one of a `FlamingoKVCache` `cache`, or
+                text only when there is none (every token is then a token before any image: no
+                cross-attention, the gated FFWs still run). Without a cache each token's media
+                time counts the markers in `input_ids`; with one it continues from `media.time`
+                (which then advances).
 
         Returns:
             `DecoderOutput` with (B, L, V) logits and the cache.
         """
-        if input_ids is None:
-            raise ValueError("FlamingoDecoder needs input_ids (its <image> markers place media)")
         if media is None:
             media = getattr(cache, "media", None)
-        if media is None:
-            raise ValueError("FlamingoDecoder needs a MediaCache (media=...)")
-        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        if cache is None and use_cache:
-            cache = FlamingoKVCache(media)
-        mask, position_ids = mask_and_positions(
-            x, cache, attention_mask, position_ids, cache_position
+        if media is not None and input_ids is None:
+            raise ValueError("FlamingoDecoder needs input_ids (its <image> markers place media)")
+        x, cos, sin, mask, cache = self.prepare_inputs(
+            input_ids if inputs_embeds is None else None,
+            inputs_embeds,
+            attention_mask,
+            position_ids,
+            cache,
+            use_cache,
+            cache_position,
+            new_cache=KVCache if media is None else lambda: FlamingoKVCache(media),
         )  # mask (B, 1, L, T) or None
-        # Media time (B, L): the most recent <image> at or before each token (Sec. 2.3).
-        if cache is None:
-            time = media_time_index(input_ids == media.image_token_id)
-        else:
-            time = media.advance(input_ids)
-        cos, sin = self.model.rotary_emb(position_ids, x.dtype)  # (B, 1, L, Dh)
-        m, k = media.num_media, media.tokens_per_media
+        time = None
+        if media is not None:
+            # Media time (B, L): the most recent <image> at or before each token (Sec. 2.3).
+            if cache is None:
+                time = media_time_index(input_ids == media.image_token_id)
+            else:
+                time = media.advance(input_ids)
         for i, layer in enumerate(self.model.layers):
             if str(i) in self.gated_cross_attention:  # GATED XATTN-DENSE, then the layer (Fig. 4)
                 block = self.gated_cross_attention[str(i)]
-                allowed = block.media_time_mask(time, m, k)  # (B, L, M*K)
-                x = block.forward_projected(x, media.keys_values[str(i)], allowed)
+                if media is None or time is None:
+                    x = block.forward_without_media(x)
+                else:
+                    allowed = block.media_time_mask(time, media.num_media, media.tokens_per_media)
+                    x = block.forward_projected(x, media.keys_values[str(i)], allowed)
             x = layer(x, cos, sin, mask, cache)
-        return DecoderOutput(logits=self.lm_head(self.model.norm(x)).float(), cache=cache)
+        return self.output(x, cache)
 
 
 class _WithMedia(nn.Module):
@@ -157,7 +154,7 @@ class _WithMedia(nn.Module):
         return self.decoder(**kwargs, media=self.media)
 
 
-class FlamingoVLM(KeepFrozenVisionEval, nn.Module):
+class FlamingoVLM(nn.Module):
     """Vision tokens -> linear -> Perceiver Resampler -> gated cross-attention in the decoder.
 
     Args:
@@ -194,6 +191,13 @@ class FlamingoVLM(KeepFrozenVisionEval, nn.Module):
         self.num_image_tokens = 1
         self.config = config
 
+    def train(self, mode: bool = True) -> FlamingoVLM:
+        """As `nn.Module.train`, but a fully frozen vision encoder stays in eval mode."""
+        super().train(mode)
+        if mode:
+            keep_frozen_in_eval(self.vision)
+        return self
+
     def encode_media(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, M, C, H, W) or (B, C, H, W) images -> (B, M, K, D) resampled latents."""
         if pixel_values.dim() == 4:
@@ -204,11 +208,19 @@ class FlamingoVLM(KeepFrozenVisionEval, nn.Module):
         latents = self.perceiver(self.media_projection(tokens))  # (B*M, K, D)
         return latents.view(b, m, *latents.shape[1:])
 
+    def media_cache(self, pixel_values: torch.Tensor | None) -> MediaCache | None:
+        """The images' `MediaCache` (resampled and projected once), or None without images."""
+        if pixel_values is None:
+            return None
+        return MediaCache(self.decoder, self.encode_media(pixel_values), self.image_token_id)
+
     def forward(
         self,
         input_ids: torch.Tensor,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
         use_cache: bool = False,
     ) -> VLMOutput:
         """Logits (B, L, V) for ids (B, L) with one `<image>` marker per image.
@@ -216,23 +228,33 @@ class FlamingoVLM(KeepFrozenVisionEval, nn.Module):
         Args:
             input_ids: (B, L).
             pixel_values: (B, M, C, H, W) or (B, C, H, W); image i of a row belongs to its i-th
-                `<image>` marker (rows with fewer markers never read the extra images).
+                `<image>` marker (rows with fewer markers never read the extra images). None =
+                text only (as a row whose tokens all precede its first image).
             attention_mask: (B, L) padding mask, or None.
+            labels: (B, L) targets, -100 = not a target; the loss is the shifted next-token
+                cross-entropy (`vlkit.losses.next_token_loss`, as transformers' causal LMs).
             use_cache: Also return a `FlamingoKVCache` (with the images' `MediaCache`) that
                 `decoder(input_ids=new_ids, attention_mask=..., cache=cache)` continues.
+
+        Returns:
+            `VLMOutput` with (B, L, V) logits and `loss` (None without labels).
         """
-        media = MediaCache(self.decoder, self.encode_media(pixel_values), self.image_token_id)
         out = self.decoder(
-            input_ids, attention_mask=attention_mask, use_cache=use_cache, media=media
+            input_ids,
+            attention_mask=attention_mask,
+            use_cache=use_cache,
+            media=self.media_cache(pixel_values),
         )
-        return VLMOutput(logits=out.logits, cache=out.cache)
+        loss = next_token_loss(out.logits, labels) if labels is not None else None
+        return VLMOutput(logits=out.logits, cache=out.cache, loss=loss)
 
     @torch.no_grad()
     def generate(
         self,
         input_ids: torch.Tensor,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        *,
         max_new_tokens: int = 20,
         do_sample: bool = False,
         eos_token_id: int | Sequence[int] | None = None,
@@ -244,7 +266,7 @@ class FlamingoVLM(KeepFrozenVisionEval, nn.Module):
 
         Args:
             input_ids: (B, P) prompts, left padded with `attention_mask`.
-            pixel_values: As `forward`.
+            pixel_values: As `forward` (None = text only).
             attention_mask: (B, P) padding mask, or None.
             max_new_tokens, do_sample, eos_token_id, streamer: See `generation.generate`.
             use_cache: False runs the reference greedy loop that re-runs the whole sequence per
@@ -256,14 +278,15 @@ class FlamingoVLM(KeepFrozenVisionEval, nn.Module):
         Returns:
             (B, P + N) ids.
         """
-        media = MediaCache(self.decoder, self.encode_media(pixel_values), self.image_token_id)
+        media = self.media_cache(pixel_values)
         if not use_cache:
             return self._generate_without_cache(
                 input_ids, media, attention_mask, max_new_tokens, do_sample, eos_token_id,
                 streamer, **kwargs,
             )  # fmt: skip
+        decoder = self.decoder if media is None else _WithMedia(self.decoder, media)
         return _generate(
-            _WithMedia(self.decoder, media),  # type: ignore[arg-type]
+            decoder,  # type: ignore[arg-type]
             input_ids,
             max_new_tokens,
             do_sample=do_sample,
@@ -276,7 +299,7 @@ class FlamingoVLM(KeepFrozenVisionEval, nn.Module):
     def _generate_without_cache(
         self,
         input_ids: torch.Tensor,
-        media: MediaCache,
+        media: MediaCache | None,
         attention_mask: torch.Tensor | None,
         max_new_tokens: int,
         do_sample: bool,

@@ -17,13 +17,17 @@ early      pixels -> linear patch embedding -> spliced, no       (image_size / p
            vision encoder (Chameleon Team 2024, Sec. 2)
 =========  ===================================================  ==========================
 
-All five share the `DecoderConfig`, so the language model is the same size; the connector,
+One file and class each: `llava.LlavaVLM`, `qformer_vlm.QFormerVLM`, `flamingo.FlamingoVLM`,
+`cogvlm.CogVLM`, `early_fusion_vlm.EarlyFusionVLM`; all but Flamingo splice image features into
+the token sequence (`splicing_vlm.SplicingVLM`). All five share the `DecoderConfig`, so the language model is the same size; the connector,
 resampler, cross-attention and expert weights are the fusion cost. Every model has
 `image_token_id`, `num_image_tokens`, `config`,
-`forward(input_ids (B, L), pixel_values=(B, 1, 3, H, W) | (B, 3, H, W), attention_mask=None,
-use_cache=False).logits` (B, L, V), `generate(input_ids, pixel_values=..., attention_mask=None,
-max_new_tokens=20, eos_token_id=None, streamer=None)` -> (B, P + N) ids for left-padded prompts
-whose placeholders follow the padding, and `attention_maps(input_ids, pixel_values,
+`forward(input_ids (B, L), pixel_values=(B, 1, 3, H, W) | (B, 3, H, W) | None,
+attention_mask=None, labels=None, *, use_cache=False)` -> `.logits` (B, L, V) and `.loss` (the
+shifted next-token cross-entropy of `labels`, -100 ignored, as transformers' causal LMs),
+`generate(input_ids, pixel_values=None, attention_mask=None, *, max_new_tokens=20,
+eos_token_id=None, streamer=None, ...)` -> (B, P + N) ids for left-padded prompts whose
+placeholders follow the padding, and `attention_maps(input_ids, pixel_values,
 attention_mask=None)` -> (B, L, T) (for "early", T is the number of patches).
 
 Generation uses the KV cache for every kind (`generation.generate`); llava, qformer and early go
@@ -32,7 +36,8 @@ once, cross-attention keys/values cached), so they also accept `cache_implementa
 cogvlm decodes with the dynamic cache only.
 
 Frozen vision towers: `freeze_vision(model)` sets `requires_grad=False` on `model.vision` and puts
-it in eval mode; the models' `train()` keeps a fully frozen tower in eval mode, so BatchNorm
+it in eval mode; the models' `train()` keeps a fully frozen tower in eval mode
+(`frozen_vision.keep_frozen_in_eval`), so BatchNorm
 statistics of a pretrained encoder are never updated. A tower that is frozen before it is passed
 to `build_fusion_vlm` is treated the same way. The builder's dry run (to count vision tokens) runs
 in eval mode under `no_grad` and restores the tower's mode.
@@ -51,14 +56,20 @@ from torch import nn
 from vlkit.fusion.projector import LlavaProjector
 from vlkit.models.cogvlm import CogVLM, CogVLMDecoder
 from vlkit.models.decoder import DecoderConfig, DecoderLM
+from vlkit.models.early_fusion_vlm import EarlyFusionVLM, PatchEmbedding
 from vlkit.models.flamingo import FlamingoVLM
-from vlkit.models.spliced_lm import PatchEmbedding, QFormerConnector, SplicingVLM
+from vlkit.models.llava import LlavaVLM
+from vlkit.models.qformer_vlm import QFormerConnector, QFormerVLM
+from vlkit.models.splicing_vlm import SplicingVLM
 
 __all__ = [
     "FUSION_KINDS",
     "CogVLM",
+    "EarlyFusionVLM",
     "FlamingoVLM",
     "FusionVLMConfig",
+    "LlavaVLM",
+    "QFormerVLM",
     "SplicingVLM",
     "build_fusion_vlm",
     "freeze_vision",
@@ -157,8 +168,9 @@ def build_fusion_vlm(config: FusionVLMConfig, vision: nn.Module | None) -> nn.Mo
         vision: Module (N, 3, H, W) -> (N, T, Dv) tokens; ignored (may be None) for "early".
 
     Returns:
-        `SplicingVLM` ("llava", "qformer", "early"), `FlamingoVLM` or `CogVLM`, with `config` set
-        to the resolved config (measured `vision_dim`).
+        `LlavaVLM`, `QFormerVLM`, `FlamingoVLM`, `CogVLM` or `EarlyFusionVLM` (all but
+        Flamingo are `SplicingVLM`s), with `config` set to the resolved config (measured
+        `vision_dim`).
 
     Raises:
         ValueError: When `vision` is missing or its width contradicts `config.vision_dim`.
@@ -166,7 +178,7 @@ def build_fusion_vlm(config: FusionVLMConfig, vision: nn.Module | None) -> nn.Mo
     dec = config.decoder
     if config.kind == "early":
         patches = PatchEmbedding(config.image_size, config.patch_size, dec.hidden_size)
-        return SplicingVLM(
+        return EarlyFusionVLM(
             patches, nn.Identity(), DecoderLM(dec), config.image_token_id,
             patches.num_patches, config,
         )  # fmt: skip
@@ -185,13 +197,13 @@ def build_fusion_vlm(config: FusionVLMConfig, vision: nn.Module | None) -> nn.Mo
         connector = QFormerConnector(
             width, dec.hidden_size, config.num_queries, config.qformer_layers, dec.num_heads
         )
-        return SplicingVLM(
+        return QFormerVLM(
             vision, connector, DecoderLM(dec), config.image_token_id, config.num_queries, config
         )
     projector = LlavaProjector(width, dec.hidden_size, config.projector)
     if config.kind == "cogvlm":
         return CogVLM(vision, projector, CogVLMDecoder(dec), config.image_token_id, count, config)
-    return SplicingVLM(vision, projector, DecoderLM(dec), config.image_token_id, count, config)
+    return LlavaVLM(vision, projector, DecoderLM(dec), config.image_token_id, count, config)
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from vlkit.data.preprocess_config import SIGLIP_MEAN, SIGLIP_STD, PreprocessConfig
-from vlkit.models.clip import CLIPConfig
+from vlkit.models.clip_config import CLIPConfig
 from vlkit.models.resnet import ResNetConfig
 from vlkit.models.text import TextConfig
 from vlkit.models.vit import ViTConfig

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from vlkit.models.decoder import DecoderLM, KVCache
-from vlkit.models.generation import generate as _generate
+from vlkit.losses.next_token import next_token_loss
+from vlkit.models.decoder import DecoderLM, DecoderOutput, KVCache
+from vlkit.models.decoder import generate as _generate
+from vlkit.models.frozen_vision import keep_frozen_in_eval
 
 
 @dataclass
@@ -29,11 +32,14 @@ class VLMOutput:
         logits: (B, L, V) next-token logits.
         cache: The decoder's `KVCache` when `use_cache`, else None.
         image_features: (I, D) features spliced into the prompt (I = image tokens), or None.
+        loss: The shifted next-token cross-entropy (`vlkit.losses.next_token_loss`) when
+            `labels` were given, else None.
     """
 
     logits: torch.Tensor
     cache: KVCache | None = None
     image_features: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
 
 
 class GenerativeVLM(nn.Module):
@@ -58,6 +64,21 @@ class GenerativeVLM(nn.Module):
         # Stop token(s) `generate` uses when none is passed (set from a checkpoint's
         # generation_config.json by the loaders, as transformers does).
         self.eos_token_id: int | list[int] | None = None
+
+    def train(self, mode: bool = True) -> GenerativeVLM:
+        """As `nn.Module.train`, but a fully frozen vision encoder stays in eval mode."""
+        super().train(mode)
+        if mode:
+            keep_frozen_in_eval(self.vision)
+        return self
+
+    def decoder_inputs(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra per-position decoder arguments for prompt `input_ids` (B, L); none here.
+
+        The hook of decoders that need more than embeddings (CogVLM's (B, L) `image_mask`):
+        `forward`, `generate` (its prompt call) and `attention_maps` pass them on.
+        """
+        return {}
 
     def encode_images(
         self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None
@@ -118,45 +139,57 @@ class GenerativeVLM(nn.Module):
         self,
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
-        pixel_attention_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        pixel_attention_mask: torch.Tensor | None = None,
         use_cache: bool = False,
     ) -> VLMOutput:
-        """Logits for a prompt with images.
+        """Logits (and the loss, given labels) for a prompt with images.
 
         Args:
             input_ids: (B, L) token ids containing `<image>` placeholders.
             pixel_values: (B, M, C, H, W) images (see `encode_images`), or None for text only.
-            pixel_attention_mask: (B, M, H, W) real-pixel mask, or None.
             attention_mask: (B, L) padding mask, 1 = keep.
+            labels: (B, L) targets, -100 = not a target; the loss is the shifted next-token
+                cross-entropy (`vlkit.losses.next_token_loss`, as transformers' causal LMs).
+            pixel_attention_mask: (B, M, H, W) real-pixel mask, or None.
             use_cache: Return the decoder's KV cache.
 
         Returns:
-            `VLMOutput` with (B, L, V) logits.
+            `VLMOutput` with (B, L, V) logits and `loss` (None without labels).
         """
         embeds, features = self.embed(input_ids, pixel_values, pixel_attention_mask)
-        out = self.decoder(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=use_cache)
-        return VLMOutput(logits=out.logits, cache=out.cache, image_features=features)
+        out = self.decoder(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            use_cache=use_cache,
+            **self.decoder_inputs(input_ids),
+        )
+        loss = next_token_loss(out.logits, labels) if labels is not None else None
+        return VLMOutput(logits=out.logits, cache=out.cache, image_features=features, loss=loss)
 
     @torch.no_grad()
     def generate(
         self,
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
-        pixel_attention_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        *,
+        pixel_attention_mask: torch.Tensor | None = None,
         max_new_tokens: int = 20,
         do_sample: bool = False,
         eos_token_id: int | Sequence[int] | None = None,
         streamer: Callable[[torch.Tensor], None] | None = None,
-        **kwargs: object,
+        **kwargs: Any,
     ) -> torch.Tensor:
         """Continue prompts with images; the images are encoded once, then the KV cache is used.
 
         Args:
             input_ids: (B, P) prompt ids (left-padded with `attention_mask` for batches).
-            pixel_values, pixel_attention_mask: As in `forward`.
+            pixel_values: As in `forward`.
             attention_mask: (B, P) prompt padding mask.
+            pixel_attention_mask: As in `forward`.
             max_new_tokens, do_sample, eos_token_id, streamer: See `generation.generate`;
                 `eos_token_id=None` uses `self.eos_token_id` (the checkpoint's default).
             **kwargs: Further `generation.generate` options (temperature, top_k, top_p,
@@ -168,8 +201,10 @@ class GenerativeVLM(nn.Module):
         embeds, _ = self.embed(input_ids, pixel_values, pixel_attention_mask)
         if eos_token_id is None:
             eos_token_id = self.eos_token_id
+        prompt_inputs = self.decoder_inputs(input_ids)
+        decoder = _WithPromptInputs(self.decoder, prompt_inputs) if prompt_inputs else self.decoder
         return _generate(
-            self.decoder,
+            decoder,  # type: ignore[arg-type]
             input_ids,
             max_new_tokens,
             do_sample=do_sample,
@@ -179,3 +214,27 @@ class GenerativeVLM(nn.Module):
             streamer=streamer,
             **kwargs,
         )
+
+
+class _WithPromptInputs(nn.Module):
+    """Adapts a decoder to `generation.generate` when the prompt call needs `decoder_inputs`.
+
+    The prompt (prefill) call, the one with `inputs_embeds`, gets the (B, P, ...) extra inputs;
+    decode steps get none (generated tokens are text).
+    """
+
+    def __init__(self, decoder: DecoderLM, prompt_inputs: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.prompt_inputs = prompt_inputs
+
+    def forward(self, **kwargs: Any) -> DecoderOutput:
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None:  # a decode step
+            return self.decoder(**kwargs)
+        extra = {}
+        for name, value in self.prompt_inputs.items():
+            if value.shape[0] != embeds.shape[0]:  # beam search repeats each row k times
+                value = value.repeat_interleave(embeds.shape[0] // value.shape[0], 0)
+            extra[name] = value
+        return self.decoder(**kwargs, **extra)

@@ -12,9 +12,7 @@ q_proj.weight`, ..., `post_layernorm.weight`), so loading is an identity mapping
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,12 +44,6 @@ class SmolVLMVisionConfig:
             raise ValueError("hidden_size must be divisible by num_attention_heads")
         if self.hidden_act not in _ACTIVATIONS:
             raise NotImplementedError(f"vision activation {self.hidden_act!r} is not supported")
-
-    @classmethod
-    def from_hf(cls, hf: Mapping[str, Any]) -> SmolVLMVisionConfig:
-        """Build from a transformers `vision_config` dict, ignoring unrelated keys."""
-        names = cls.__dataclass_fields__.keys()
-        return cls(**{key: hf[key] for key in names if key in hf})
 
 
 class SmolVLMVisionEmbeddings(nn.Module):

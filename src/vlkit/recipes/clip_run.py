@@ -10,11 +10,16 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from vlkit.api import get_tokenizer
 from vlkit.data.collate import collate_image_text
+from vlkit.data.datasets.easy_vqa import EasyVQACaptions
+from vlkit.data.datasets.image_text import ImageTextDataset
+from vlkit.data.datasets.shapes import ShapesDataset
 from vlkit.data.transforms import ImageTransform
-from vlkit.distributed import DistributedInfo, init_distributed
+from vlkit.distributed import DistributedInfo, init_distributed, resolve_device
 from vlkit.hub import from_pretrained
+from vlkit.hub.clip_checkpoint import get_tokenizer
+from vlkit.losses.contrastive import ClipLoss
+from vlkit.losses.sigmoid import SigLipLoss
 from vlkit.models.clip import CLIP, create_model
 from vlkit.models.presets import PRESETS
 from vlkit.training.callbacks import CurvePlotter, JsonlLogger, ProgressBar, TensorBoardLogger
@@ -22,7 +27,7 @@ from vlkit.training.config import TrainConfig
 from vlkit.training.data import ShardData
 from vlkit.training.freeze import lock_image_tower
 from vlkit.training.tasks import ContrastiveTask
-from vlkit.training.trainer import Trainer, resolve_device
+from vlkit.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -38,44 +43,39 @@ def build_model(config: TrainConfig) -> CLIP:
 def build_dataset(
     config: TrainConfig, model: CLIP, distributed: DistributedInfo | None = None
 ) -> Dataset | ShardData:
-    """The training data named by `config.data`: a map-style dataset following the (index, seed)
-    contract, or WebDataset shards streamed per process and worker."""
-    transform = ImageTransform(model.config.preprocess, train=config.augment)
+    """The training data named by `config.data.source`: a map-style dataset following the
+    (index, seed) contract, or WebDataset shards streamed per process and worker."""
+    data = config.data
+    transform = ImageTransform(model.config.preprocess, train=data.augment)
     tokenizer = get_tokenizer(model)
-    if config.data == "webdataset":
-        if not config.shards:
-            raise ValueError("data='webdataset' needs shards=DIR_OR_PATTERN")
+    if data.source == "webdataset":
+        if not data.shards:
+            raise ValueError("data.source=webdataset needs data.shards=DIR_OR_PATTERN")
         distributed = distributed or DistributedInfo()
-        return ShardData(config.shards, transform, tokenizer, config.batch_size, config.seed,
-                         config.num_workers, distributed.rank, distributed.world_size,
-                         config.shuffle_buffer)  # fmt: skip
-    if config.data == "easy_vqa":
-        from vlkit.data.datasets.easy_vqa import EasyVQACaptions
-
+        return ShardData(data.shards, transform, tokenizer, config.optim.batch_size, config.seed,
+                         data.num_workers, distributed.rank, distributed.world_size,
+                         data.shuffle_buffer)  # fmt: skip
+    if data.source == "easy_vqa":
         return EasyVQACaptions("train", transform=transform, tokenizer=tokenizer, seed=config.seed)
-    if config.data == "shapes":
-        from vlkit.data.datasets.shapes import ShapesDataset
-
-        return ShapesDataset(config.num_samples, model.config.preprocess.image_size, config.seed,
+    if data.source == "shapes":
+        return ShapesDataset(data.num_samples, model.config.preprocess.image_size, config.seed,
                              transform=transform, tokenizer=tokenizer)  # fmt: skip
-    if not config.data_root or not config.annotations:
-        raise ValueError("data='folder' needs data_root=DIR and annotations=FILE.csv|.jsonl")
-    from vlkit.data.datasets.image_text import ImageTextDataset
-
-    return ImageTextDataset(config.data_root, config.annotations, transform, tokenizer,
-                            image_column=config.image_column,
-                            caption_column=config.caption_column)  # fmt: skip
+    if not data.root or not data.annotations:
+        raise ValueError(
+            "data.source=folder needs data.root=DIR and data.annotations=FILE.csv|.jsonl"
+        )
+    return ImageTextDataset(data.root, data.annotations, transform, tokenizer,
+                            image_column=data.image_column,
+                            caption_column=data.caption_column)  # fmt: skip
 
 
 def build_loss(config: TrainConfig, distributed: DistributedInfo) -> torch.nn.Module:
-    from vlkit.losses.contrastive import ClipLoss
-    from vlkit.losses.sigmoid import SigLipLoss
-
-    if config.loss == "siglip":
+    """The contrastive loss of `config.loss`, gathering across processes when distributed."""
+    if config.loss.kind == "siglip":
         return SigLipLoss(distributed=distributed.enabled)
     if distributed.enabled:
-        return ClipLoss(label_smoothing=config.label_smoothing, distributed=True)
-    return ClipLoss(label_smoothing=config.label_smoothing)
+        return ClipLoss(label_smoothing=config.loss.label_smoothing, distributed=True)
+    return ClipLoss(label_smoothing=config.loss.label_smoothing)
 
 
 def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
@@ -83,15 +83,15 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
     distributed = init_distributed(resolve_device(config.device).type)
     out = Path(config.out_dir)
     model = build_model(config)
-    if config.loss == "siglip" and model.logit_bias is None:
-        raise ValueError("loss='siglip' needs a model with a logit bias (a SigLIP config)")
-    if config.lock_image:
-        lock_image_tower(model, config.lock_image_unlocked_groups)
+    if config.loss.kind == "siglip" and model.logit_bias is None:
+        raise ValueError("loss.kind=siglip needs a model with a logit bias (a SigLIP config)")
+    if config.optim.lock_image:
+        lock_image_tower(model, config.optim.lock_image_unlocked_groups)
     dataset = build_dataset(config, model, distributed)
     callbacks = []
     if distributed.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        config.save(out / "train_config.json")
+        config.to_json(out / "train_config.json")
         if config.progress:
             callbacks.append(ProgressBar())
         callbacks += [
@@ -99,7 +99,7 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
             TensorBoardLogger(out / "tensorboard", config.log_every),
             CurvePlotter(out / "metrics.jsonl", out / "training_curves.png"),
         ]
-    task = ContrastiveTask(build_loss(config, distributed), config.micro_batch_size)
+    task = ContrastiveTask(build_loss(config, distributed), config.optim.micro_batch_size)
     trainer = Trainer(config, model, task, dataset, collate_image_text, callbacks, distributed)
     summary = trainer.fit(resume=resume)
     if distributed.is_main:

@@ -29,7 +29,7 @@ from dataclasses import asdict
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
@@ -44,9 +44,9 @@ from vlkit.evaluation.zero_shot import (
     label_probabilities,
     load_templates,
 )
-
-if TYPE_CHECKING:
-    from vlkit.serve.generative import VLM
+from vlkit.inference.image_search import ImageSearcher
+from vlkit.inference.index import EmbeddingIndex
+from vlkit.serve.generative import VLM, load_vlm, stream_events
 
 MAX_LABELS = 1000
 MAX_HITS = 100
@@ -89,17 +89,12 @@ def create_app(
         raise ValueError("an image index needs the CLIP model that embedded it: add --model")
     vlm = None
     if vlm_path is not None:
-        from vlkit.serve.generative import load_vlm
-
         vlm = load_vlm(vlm_path)
     if model_path is None:
         return _build_app(None, None, None, search_templates, vlm)
     model, tokenizer, transform = load_clip(model_path)
     searcher = None
     if index_dir is not None:
-        from vlkit.inference.image_search import ImageSearcher
-        from vlkit.inference.index import EmbeddingIndex
-
         searcher = ImageSearcher(
             EmbeddingIndex.load(index_dir), model, tokenizer, transform,
             templates=load_templates(search_templates),
@@ -242,8 +237,6 @@ def _build_app(
         prompt: str = Form(""),
         max_new_tokens: str = Form("32"),
     ) -> StreamingResponse:
-        from vlkit.serve.generative import stream_events
-
         pictures, prompt, budget = generate_input(image, prompt, max_new_tokens)
         return StreamingResponse(
             stream_events(vlm, pictures, prompt, budget), media_type="text/event-stream",

@@ -1,6 +1,8 @@
-"""Generative VLMs for the web app: a `vlkit train-vlm` fusion run or a SmolVLM directory.
+"""Generative VLMs for the web app: the HTTP-facing limits and streaming around a `VLMPipeline`.
 
-`load_vlm(path)` loads either once; `VLM.answer(images, prompt, max_new_tokens)` decodes greedily
+`load_vlm(path)` loads a `vlkit train-vlm` fusion run or a SmolVLM directory once (through
+`vlkit.inference.load_vlm`, the one generative path the CLI uses too); `VLM.answer(images,
+prompt, max_new_tokens)` checks the request against the server's limits, decodes greedily
 (deterministic) and returns the text, the prompt's words outside a fusion run's vocabulary and
 the number of generated tokens. `stream_events` runs an answer in a thread and yields it as
 server-sent events (`token` pieces as they are decoded, then `done` or `error`).
@@ -19,14 +21,15 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from vlkit.cli.generate import TextStreamer, smolvlm_answer_ids
+from vlkit.inference.text_streamer import TextStreamer
+from vlkit.inference.vlm_loading import load_vlm as load_pipeline
+from vlkit.inference.vlm_pipeline import VLMPipeline
 
 MAX_NEW_TOKENS = 256
 MAX_PROMPT_CHARS = 2000
-MAX_SMOLVLM_IMAGES = 4
+MAX_IMAGES = 4  # per request, for models that take several (SmolVLM)
 
 __all__ = ["Answer", "VLM", "load_vlm", "stream_events"]
 
@@ -53,19 +56,24 @@ class _Pieces:
 
 
 class VLM:
-    """A loaded generative VLM. Subclasses set `kind`, `max_images`, `needs_prompt`, `_stops`."""
+    """A loaded generative VLM behind the server's limits (images, prompt length, tokens).
 
-    kind = ""
-    max_images = 1
-    needs_prompt = True
-    _stops: frozenset[int] = frozenset()  # the stop tokens (not counted as generated tokens)
+    Args:
+        pipeline: The model (`vlkit.inference.load_vlm`).
+        path: Its directory, as the server reports it.
+    """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, pipeline: VLMPipeline, path: str) -> None:
+        self.pipeline = pipeline
         self.path = path
+        self.kind = pipeline.kind
+        self.max_images = min(pipeline.max_images or MAX_IMAGES, MAX_IMAGES)
+        self.needs_prompt = pipeline.needs_prompt
 
     def info(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": self.path, "max_images": self.max_images,
-                "needs_prompt": self.needs_prompt, "max_new_tokens": MAX_NEW_TOKENS}  # fmt: skip
+                "needs_prompt": self.needs_prompt, "max_new_tokens": MAX_NEW_TOKENS,
+                **self.pipeline.details()}  # fmt: skip
 
     def check(self, images: Sequence[Any], prompt: str, max_new_tokens: int) -> None:
         """Raises ValueError (one line) for input this model cannot answer."""
@@ -89,72 +97,15 @@ class VLM:
         """Greedy answer about RGB PIL images; `on_text` gets the text as it is decoded (if it
         raises, generation stops with that exception)."""
         self.check(images, prompt, max_new_tokens)
-        streamer = TextStreamer(self._decode, _Pieces(on_text))  # type: ignore[arg-type]
-        text, unknown = self._answer(images, prompt, max_new_tokens, streamer)
-        new = streamer.tokens
-        stops = [i for i, token in enumerate(new) if token in self._stops]
-        return Answer(text=text, unknown_words=unknown, tokens=stops[0] if stops else len(new))
-
-    def _decode(self, ids: list[int]) -> str:
-        raise NotImplementedError
-
-    def _answer(
-        self, images: Sequence[Any], prompt: str, max_new_tokens: int, streamer: TextStreamer
-    ) -> tuple[str, list[str]]:
-        raise NotImplementedError
-
-
-class FusionRunVLM(VLM):
-    """A `vlkit train-vlm` run directory (`VLMRun`): one image, a word-level vocabulary."""
-
-    max_images = 1
-
-    def __init__(self, path: str) -> None:
-        from vlkit.recipes.vlm_run import load_vlm_run
-
-        super().__init__(path)
-        self.run = load_vlm_run(path)
-        self.kind = f"fusion ({self.run.recipe.kind})"
-        self.needs_prompt = "captions" not in self.run.recipe.task  # captioners take no prompt
-        self._stops = frozenset([self.run.tokenizer.eot_token_id])
-
-    def info(self) -> dict[str, Any]:
-        return {**super().info(), "task": self.run.recipe.task}
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.run.tokenizer.decode(ids)
-
-    def _answer(
-        self, images: Sequence[Any], prompt: str, max_new_tokens: int, streamer: TextStreamer
-    ) -> tuple[str, list[str]]:
-        _, unknown = self.run.prompt_ids(prompt)
-        return self.run.answer(images[0], prompt, max_new_tokens, streamer=streamer), unknown
-
-
-class SmolVLM(VLM):
-    """A Hugging Face SmolVLM / SmolVLM2 / Idefics3 directory (its processor builds the chat)."""
-
-    kind = "smolvlm"
-    max_images = MAX_SMOLVLM_IMAGES
-
-    def __init__(self, path: str) -> None:
-        from vlkit.data.smolvlm.processor import SmolVLMProcessor
-        from vlkit.hub import from_pretrained
-
-        super().__init__(path)
-        self.processor = SmolVLMProcessor.from_pretrained(path)
-        self.model = from_pretrained(path).eval()
-        self._stops = frozenset(self.processor.stop_token_ids)
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.processor.decode(ids, skip_special_tokens=True)
-
-    def _answer(
-        self, images: Sequence[Any], prompt: str, max_new_tokens: int, streamer: TextStreamer
-    ) -> tuple[str, list[str]]:
-        ids = smolvlm_answer_ids(self.model, self.processor, images, prompt,
-                                 max_new_tokens=max_new_tokens, streamer=streamer)  # fmt: skip
-        return self._decode(ids), []
+        streamer = TextStreamer(self.pipeline.decode, _Pieces(on_text))  # type: ignore[arg-type]
+        inputs = self.pipeline.prepare(images, prompt)
+        new = self.pipeline.generate(inputs, max_new_tokens, streamer=streamer)
+        stops = [i for i, token in enumerate(new) if token in self.pipeline.stop_token_ids]
+        return Answer(
+            text=self.pipeline.decode(new),
+            unknown_words=inputs.unknown_words,
+            tokens=stops[0] if stops else len(new),  # the stop token is not counted
+        )
 
 
 def load_vlm(path: str) -> VLM:
@@ -163,21 +114,7 @@ def load_vlm(path: str) -> VLM:
     Raises:
         FileNotFoundError, ValueError, CheckpointError: Not a VLM directory, named in one line.
     """
-    from vlkit.hub import _hf_model_type
-    from vlkit.hub.hf_smolvlm import SMOLVLM_MODEL_TYPES
-    from vlkit.recipes.vlm_run import RUN_CONFIG
-
-    directory = Path(path)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{path}: no such VLM directory")
-    if (directory / RUN_CONFIG).is_file():
-        return FusionRunVLM(str(path))
-    if (directory / "config.json").is_file() and _hf_model_type(directory) in SMOLVLM_MODEL_TYPES:
-        return SmolVLM(str(path))
-    raise ValueError(
-        f"{path}: neither a `vlkit train-vlm` run ({RUN_CONFIG}) nor a SmolVLM / Idefics3 "
-        "directory (config.json)"
-    )
+    return VLM(load_pipeline(path), str(path))
 
 
 class _Cancelled(Exception):

@@ -1,11 +1,13 @@
-"""Seeing the run: progress bar, JSONL and TensorBoard metrics, PNG curves at the end."""
+"""Seeing the run: progress bar, JSONL and TensorBoard metrics, periodic evaluation, PNG curves."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vlkit.evaluation.evaluator import Evaluator
 from vlkit.training.trainer import Callback, Trainer
 
 
@@ -75,6 +77,47 @@ class TensorBoardLogger(Callback):
     def on_train_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class EvaluatorCallback(Callback):
+    """Periodic evaluation: runs evaluators through `Evaluator.evaluate(model, data)`.
+
+    Every `every` steps, and once more when training ends (unless that step was just evaluated),
+    each evaluator runs on the trainer's model (the evaluators switch it to eval mode and back).
+    Its metrics join the step's metrics as "eval/<name>/<metric>", so loggers listed after this
+    callback (JsonlLogger, TensorBoardLogger) record them; the last ones are added to the run
+    summary and every evaluation is kept in `history`.
+
+    Args:
+        evaluators: {name: (evaluator, data)}, e.g.
+            {"zero_shot": (ZeroShotClassification(tokenizer, classes), (images, labels))}.
+        every: Evaluate every N optimizer steps; None: only at the end of training.
+    """
+
+    def __init__(self, evaluators: Mapping[str, tuple[Evaluator, Any]], every: int | None = None):
+        self.evaluators = dict(evaluators)
+        self.every = every
+        self.history: list[dict[str, float]] = []
+        self._evaluated_step = -1
+
+    def evaluate(self, trainer: Trainer) -> dict[str, float]:
+        """Runs every evaluator now; returns {"eval/<name>/<metric>": value}."""
+        metrics: dict[str, float] = {}
+        for name, (evaluator, data) in self.evaluators.items():
+            for key, value in evaluator.evaluate(trainer.model, data).items():
+                metrics[f"eval/{name}/{key}"] = value
+        self.history.append({"step": trainer.step, **metrics})
+        self._evaluated_step = trainer.step
+        return metrics
+
+    def on_step_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if self.every and trainer.step % self.every == 0:
+            metrics.update(self.evaluate(trainer))
+
+    def on_train_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
+        if self._evaluated_step != trainer.step:
+            self.evaluate(trainer)
+        summary.update({k: v for k, v in self.history[-1].items() if k != "step"})
 
 
 def plot_training_curves(metrics_file: str | Path, out_file: str | Path) -> Path:

@@ -1,47 +1,73 @@
-"""The training run's configuration: one typed dataclass, written next to the checkpoints."""
+"""The training run's configuration: typed, nested dataclasses written next to the checkpoints.
+
+    TrainConfig(model="tiny", data=DataConfig(source="shapes"), optim=OptimConfig(lr=1e-3))
+    vlkit train model=tiny data.source=shapes optim.lr=1e-3 out_dir=runs/x
+
+`TrainConfig` holds what the run is (model, seed, device, precision, where it writes) and four
+groups: `data` (the data source and how it is read), `optim` (batch, schedule, AdamW, what
+trains), `loss` and `checkpoint`. The flat keys of earlier versions (`batch_size=8`,
+`data=shapes`, `checkpoint_every=100`) still work everywhere, through `FLAT_KEYS`.
+"""
 
 from __future__ import annotations
 
-import ast
 import json
 import runpy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from vlkit.overrides import ConfigError, apply_overrides, check_fields, from_dict, to_dict, update
+
+DataSource = Literal["easy_vqa", "shapes", "folder", "webdataset"]
+Precision = Literal["fp32", "bf16", "fp16"]
 
 
 @dataclass
-class TrainConfig:
-    """Everything a contrastive training run needs.
+class DataConfig:
+    """Where the image-caption pairs come from.
 
     Attributes:
-        model: A preset name (random init) or a checkpoint directory to start from.
-        data: "easy_vqa", "shapes" (synthetic scenes, `num_samples`), "folder"
-            (`data_root` + `annotations` CSV/JSONL with `image_column` / `caption_column`) or
-            "webdataset" (`shards`: a directory of .tar shards or a brace pattern, as written
-            by `vlkit data shard`).
-        loss: "clip" (InfoNCE) or "siglip" (pairwise sigmoid).
-        batch_size: Global batch (all processes together).
-        micro_batch_size: When set, exact GradCache accumulation in micro-batches of this size.
-        max_steps: Stop after this many optimizer steps (else `epochs` full epochs).
-        max_seconds: Also stop when training has run this long (the demo's time budget).
-        precision: "fp32", "bf16" (autocast, CPU or CUDA) or "fp16" (CUDA, with a grad scaler).
-        lock_image: LiT: freeze the image tower except its last `lock_image_unlocked_groups`.
-        checkpoint_every: Save every N steps (0: only at the end); keep the newest `keep_last`.
-        max_nonfinite_steps: Stop with an error after this many non-finite steps in a row.
+        source: "easy_vqa", "shapes" (synthetic scenes, `num_samples` of them), "folder" (`root`
+            + `annotations` CSV/JSONL with `image_column` / `caption_column`) or "webdataset"
+            (`shards`: a directory of .tar shards or a brace pattern, as written by
+            `vlkit data shard`, shuffled through a `shuffle_buffer`).
+        augment: Random training augmentation of the images.
+        num_workers: DataLoader worker processes.
     """
 
-    model: str = "small-64"
-    data: str = "easy_vqa"
-    data_root: str | None = None
+    source: DataSource = "easy_vqa"
+    root: str | None = None
     annotations: str | None = None
     image_column: str = "image"
     caption_column: str = "caption"
     shards: str | None = None
     shuffle_buffer: int = 1000
     num_samples: int = 4000
-    loss: str = "clip"
-    label_smoothing: float = 0.0
+    augment: bool = True
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class OptimConfig:
+    """How the weights are optimised: batch, length, AdamW, warm-up + cosine, what is trained.
+
+    Attributes:
+        batch_size: Global batch (all processes together).
+        micro_batch_size: When set, exact GradCache accumulation in micro-batches of this size.
+        epochs: Full epochs to train when `max_steps` is None.
+        max_steps: Stop after this many optimizer steps (else `epochs` full epochs).
+        max_seconds: Also stop when training has run this long (the demo's time budget).
+        lr, weight_decay, betas, eps: AdamW (decay only on weight matrices).
+        warmup_steps, min_lr_ratio: Linear warm-up, then cosine decay to `lr * min_lr_ratio`.
+        grad_clip: Max global gradient norm, or None.
+        max_nonfinite_steps: Stop with an error after this many non-finite steps in a row.
+        lock_image: LiT: freeze the image tower except its last `lock_image_unlocked_groups`.
+    """
+
     batch_size: int = 128
     micro_batch_size: int | None = None
     epochs: int = 1
@@ -54,56 +80,183 @@ class TrainConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.0
     grad_clip: float | None = 1.0
-    precision: str = "fp32"
-    gradient_checkpointing: bool = False
+    max_nonfinite_steps: int = 5
     lock_image: bool = False
     lock_image_unlocked_groups: int = 0
-    augment: bool = True
-    seed: int = 0
-    num_workers: int = 0
-    checkpoint_every: int = 0
-    keep_last: int = 2
-    log_every: int = 10
-    max_nonfinite_steps: int = 5
-    device: str = "auto"
-    out_dir: str = "runs/train"
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
-        checks = {
-            "loss": (self.loss, ("clip", "siglip")),
-            "precision": (self.precision, ("fp32", "bf16", "fp16")),
-            "data": (self.data, ("easy_vqa", "shapes", "folder", "webdataset")),
-        }
-        for name, (value, allowed) in checks.items():
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if self.batch_size < 2:
-            raise ValueError("contrastive training needs batch_size >= 2")
+        check_fields(self)
+
+
+@dataclass
+class LossConfig:
+    """The contrastive loss.
+
+    Attributes:
+        kind: "clip" (InfoNCE) or "siglip" (pairwise sigmoid; needs a model with a logit bias).
+        label_smoothing: For the "clip" loss.
+    """
+
+    kind: Literal["clip", "siglip"] = "clip"
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class CheckpointConfig:
+    """When checkpoints are written and how many stay.
+
+    Attributes:
+        every: Save every N steps (0: only at the end).
+        keep_last: Keep the newest N checkpoints.
+    """
+
+    every: int = 0
+    keep_last: int = 2
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+# The flat keys of earlier versions -> where they live now. `vlkit train batch_size=8`, a
+# `CONFIG = dict(batch_size=8)` file, an old run's train_config.json and `TrainConfig(batch_size=8)`
+# all go through this one table.
+FLAT_KEYS: dict[str, str] = {
+    "data": "data.source",
+    "data_root": "data.root",
+    "annotations": "data.annotations",
+    "image_column": "data.image_column",
+    "caption_column": "data.caption_column",
+    "shards": "data.shards",
+    "shuffle_buffer": "data.shuffle_buffer",
+    "num_samples": "data.num_samples",
+    "augment": "data.augment",
+    "num_workers": "data.num_workers",
+    "batch_size": "optim.batch_size",
+    "micro_batch_size": "optim.micro_batch_size",
+    "epochs": "optim.epochs",
+    "max_steps": "optim.max_steps",
+    "max_seconds": "optim.max_seconds",
+    "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay",
+    "betas": "optim.betas",
+    "eps": "optim.eps",
+    "warmup_steps": "optim.warmup_steps",
+    "min_lr_ratio": "optim.min_lr_ratio",
+    "grad_clip": "optim.grad_clip",
+    "max_nonfinite_steps": "optim.max_nonfinite_steps",
+    "lock_image": "optim.lock_image",
+    "lock_image_unlocked_groups": "optim.lock_image_unlocked_groups",
+    "loss": "loss.kind",
+    "label_smoothing": "loss.label_smoothing",
+    "checkpoint_every": "checkpoint.every",
+    "keep_last": "checkpoint.keep_last",
+}
+
+
+@dataclass(init=False)
+class TrainConfig:
+    """Everything a contrastive training run needs.
+
+    Attributes:
+        model: A preset name (random init) or a checkpoint directory to start from.
+        seed: Initial weights, data order and augmentation draws.
+        device: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+        precision: "fp32", "bf16" (autocast, CPU or CUDA) or "fp16" (CUDA, with a grad scaler).
+        gradient_checkpointing: Recompute tower activations in the backward pass.
+        out_dir: Run directory (config, metrics, TensorBoard logs, curves, checkpoints).
+        progress: Show a progress bar.
+        log_every: Log metrics every N steps.
+        data: The data source (`DataConfig`).
+        optim: Batch, schedule and optimizer (`OptimConfig`).
+        loss: The contrastive loss (`LossConfig`).
+        checkpoint: Checkpoint frequency and retention (`CheckpointConfig`).
+    """
+
+    model: str
+    seed: int
+    device: str
+    precision: Precision
+    gradient_checkpointing: bool
+    out_dir: str
+    progress: bool
+    log_every: int
+    data: DataConfig
+    optim: OptimConfig
+    loss: LossConfig
+    checkpoint: CheckpointConfig
+
+    # Written by hand (not generated) only to accept the flat keys of `FLAT_KEYS` as well.
+    def __init__(
+        self,
+        *,
+        model: str = "small-64",
+        seed: int = 0,
+        device: str = "auto",
+        precision: Precision = "fp32",
+        gradient_checkpointing: bool = False,
+        out_dir: str = "runs/train",
+        progress: bool = True,
+        log_every: int = 10,
+        data: DataConfig | DataSource | None = None,
+        optim: OptimConfig | None = None,
+        loss: LossConfig | Literal["clip", "siglip"] | None = None,
+        checkpoint: CheckpointConfig | None = None,
+        **flat_keys: Any,
+    ) -> None:
+        """Keyword arguments are the attributes, or flat keys of `FLAT_KEYS` (`batch_size=8`
+        sets `optim.batch_size`; `data="shapes"` sets `data.source`)."""
+        self.model, self.seed, self.device, self.precision = model, seed, device, precision
+        self.gradient_checkpointing, self.out_dir = gradient_checkpointing, out_dir
+        self.progress, self.log_every = progress, log_every
+        self.data = data if isinstance(data, DataConfig) else DataConfig()
+        self.optim = optim or OptimConfig()
+        self.loss = loss if isinstance(loss, LossConfig) else LossConfig()
+        self.checkpoint = checkpoint or CheckpointConfig()
+        for name, value in (("data", data), ("loss", loss)):
+            if isinstance(value, str):
+                flat_keys[name] = value
+        if flat_keys:
+            self.__dict__.update(vars(update(self, flat_keys, FLAT_KEYS)))
+        self.__post_init__()
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.optim.batch_size < 2:
+            raise ConfigError("optim.batch_size: contrastive training needs a batch of >= 2")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The nested settings as JSON-ready values."""
+        return to_dict(self)
 
-    def save(self, path: str | Path) -> None:
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Nested (`{"optim": {"lr": ...}}`), dotted or old flat (`{"lr": ...}`) settings."""
+        return from_dict(cls, values, FLAT_KEYS)
+
+    def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        """Reads `to_json` output, including a flat train_config.json of an older run."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
-def _parse_value(text: str) -> Any:
-    """`key=value` values: Python/JSON literals where they parse, else the string itself."""
-    lowered = {"true": True, "false": False, "null": None, "none": None}
-    if text.lower() in lowered:
-        return lowered[text.lower()]
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+    save = to_json  # the name earlier versions wrote runs with
 
 
 def load_train_config(source: str | None, overrides: list[str] | None = None) -> TrainConfig:
     """A TrainConfig from a JSON file, a Python file defining `CONFIG` (a dict or TrainConfig),
-    a named config in vlkit/configs/, or defaults; then `key=value` overrides."""
-    values: dict[str, Any] = {}
+    a named config in vlkit/configs/, or defaults; then `key=value` overrides (dotted such as
+    `optim.lr=1e-3`, or the flat keys of `FLAT_KEYS`).
+
+    Raises:
+        ConfigError: An unknown key or a value of the wrong type (a one-line message naming it).
+        ValueError: No such config file or built-in config.
+    """
+    config = TrainConfig()
     if source:
         path = Path(source)
         if not path.is_file():
@@ -112,19 +265,21 @@ def load_train_config(source: str | None, overrides: list[str] | None = None) ->
                 raise ValueError(f"config {source!r}: no such file or built-in config")
             path = builtin
         if path.suffix == ".json":
-            values = json.loads(path.read_text())
+            config = TrainConfig.from_json(path)
         else:
             loaded = runpy.run_path(str(path)).get("CONFIG")
             if loaded is None:
                 raise ValueError(f"{path} defines no CONFIG")
-            values = loaded.to_dict() if isinstance(loaded, TrainConfig) else dict(loaded)
-    known = {f.name for f in fields(TrainConfig)}
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
-        values[key.strip()] = _parse_value(raw.strip())
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown training config keys: {unknown}")
-    return TrainConfig(**values)
+            config = loaded if isinstance(loaded, TrainConfig) else TrainConfig.from_dict(loaded)
+    return apply_overrides(config, overrides or [], FLAT_KEYS)
+
+
+__all__ = [
+    "FLAT_KEYS",
+    "CheckpointConfig",
+    "DataConfig",
+    "LossConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "load_train_config",
+]

@@ -12,6 +12,7 @@ from typing import Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vlkit.data.shards import WebDatasetImageText, webdataset_loader
 from vlkit.training.sampler import ResumableBatchSampler
 
 
@@ -81,9 +82,7 @@ class ShardData:
         self.rank, self.world_size = rank, world_size
         self._counts: dict[int, int] = {}
 
-    def _dataset(self, epoch: int, resume_samples: int = 0):
-        from vlkit.data.shards import WebDatasetImageText
-
+    def _dataset(self, epoch: int, resume_samples: int = 0) -> WebDatasetImageText:
         return WebDatasetImageText(
             self.urls, self.transform, self.tokenizer, self.local_batch, seed=self.seed,
             shuffle_buffer=self.shuffle_buffer, rank=self.rank, world_size=self.world_size,
@@ -101,11 +100,5 @@ class ShardData:
         return self._counts[epoch]
 
     def loader(self, epoch: int, start_batch: int) -> DataLoader:
-        from vlkit.data.shards import webdataset_loader
-
-        return webdataset_loader(
-            self.urls, self.transform, self.tokenizer, self.local_batch, seed=self.seed,
-            shuffle_buffer=self.shuffle_buffer, num_workers=self.num_workers, rank=self.rank,
-            world_size=self.world_size, epoch=epoch,
-            resume_samples=start_batch * self.local_batch, drop_last=True,
-        )  # fmt: skip
+        dataset = self._dataset(epoch, resume_samples=start_batch * self.local_batch)
+        return webdataset_loader(dataset, self.num_workers)

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from vlkit.distributed import DistributedInfo
+from vlkit.distributed import DistributedInfo, resolve_device
 from vlkit.hub.weights import load_into
 from vlkit.training.checkpoint import (
     capture_rng_state,
@@ -66,12 +66,6 @@ class Callback:
     def on_train_end(self, trainer: Trainer, summary: dict[str, Any]) -> None: ...
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class Trainer:
     def __init__(
         self,
@@ -94,17 +88,18 @@ class Trainer:
         self.model = model.to(self.device)
         self.task = task
         if not hasattr(data, "loader"):  # a map-style dataset: batch it with the resumable sampler
-            data = MapStyleData(data, collate, config.batch_size, config.seed, config.num_workers,
+            data = MapStyleData(data, collate, config.optim.batch_size, config.seed,
+                                config.data.num_workers,
                                 self.distributed.rank, self.distributed.world_size,
                                 pin_memory=self.device.type == "cuda")  # fmt: skip
         self.data = data
         self.callbacks = list(callbacks)
         self.checkpoint_dir = checkpoint_dir or f"{config.out_dir}/checkpoints"
         self.optimizer = create_optimizer(
-            model, config.lr, config.weight_decay, config.betas, config.eps
+            model, config.optim.lr, config.optim.weight_decay, config.optim.betas, config.optim.eps
         )
         self.scheduler = create_scheduler(
-            self.optimizer, config.warmup_steps, self.total_steps, config.min_lr_ratio
+            self.optimizer, config.optim.warmup_steps, self.total_steps, config.optim.min_lr_ratio
         )
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
         if config.gradient_checkpointing:
@@ -124,9 +119,9 @@ class Trainer:
 
     @property
     def total_steps(self) -> int:
-        if self.config.max_steps is not None:
-            return self.config.max_steps
-        return sum(self.data.batches_in_epoch(epoch) for epoch in range(self.config.epochs))
+        if self.config.optim.max_steps is not None:
+            return self.config.optim.max_steps
+        return sum(self.data.batches_in_epoch(epoch) for epoch in range(self.config.optim.epochs))
 
     # ----------------------------------------------------------------- state
     def training_state(self) -> dict[str, Any]:
@@ -151,7 +146,7 @@ class Trainer:
         self._saved_step = self.step
         if self.distributed.is_main:
             save_checkpoint(self.checkpoint_dir, self.step, self.model, self.training_state(),
-                            self.config.keep_last)  # fmt: skip
+                            self.config.checkpoint.keep_last)  # fmt: skip
         if self.distributed.enabled:
             dist.barrier()
 
@@ -214,7 +209,7 @@ class Trainer:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in model.parameters() if p.grad is not None]
-        max_norm = config.grad_clip if config.grad_clip else math.inf
+        max_norm = config.optim.grad_clip if config.optim.grad_clip else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
         if not finite and not (self.scaler and torch.isfinite(loss)):
@@ -223,11 +218,11 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite_steps += 1
             self.nonfinite_in_a_row += 1
-            if self.nonfinite_in_a_row >= config.max_nonfinite_steps:
+            if self.nonfinite_in_a_row >= config.optim.max_nonfinite_steps:
                 raise TrainingDiverged(
                     f"{self.nonfinite_in_a_row} consecutive steps with a non-finite loss or "
                     f"gradient (last at step {self.step}); lower the learning rate, enable "
-                    "grad_clip, or use bf16 instead of fp16"
+                    "optim.grad_clip, or use bf16 instead of fp16"
                 )
             return None
         self.nonfinite_in_a_row = 0
@@ -274,7 +269,7 @@ class Trainer:
         batches = self.data.batches_in_epoch(self.epoch)
         if batches == 0:
             raise ValueError(
-                f"epoch {self.epoch} has no complete batch of {self.config.batch_size}"
+                f"epoch {self.epoch} has no complete batch of {self.config.optim.batch_size}"
             )
         for batch in self.data.loader(self.epoch, self.batch_in_epoch):
             count = batch["images"].shape[0] * self.distributed.world_size
@@ -296,11 +291,11 @@ class Trainer:
                 metrics.update(step=self.step, epoch=self.epoch, samples_per_second=rate)
                 self.last_metrics = metrics
             self._notify("on_step_end", metrics or {"step": self.step, "skipped_step": 1.0})
-            if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
+            if self.config.checkpoint.every and self.step % self.config.checkpoint.every == 0:
                 self.save()
             out_of_time = (
-                self.config.max_seconds is not None
-                and self.train_seconds >= self.config.max_seconds
+                self.config.optim.max_seconds is not None
+                and self.train_seconds >= self.config.optim.max_seconds
             )
             if self.step >= self.total_steps or out_of_time:
                 return True

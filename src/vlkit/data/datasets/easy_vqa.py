@@ -47,6 +47,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vlkit.data.datasets.image_text import parse_key
+from vlkit.data.images import ImageLoadError, load_image
 
 __all__ = [
     "CAPTION_TEMPLATES",
@@ -213,8 +214,6 @@ def pixel_label(image: str | os.PathLike[str] | np.ndarray) -> tuple[str, str]:
     if isinstance(image, np.ndarray):
         pixels = image
     else:
-        from vlkit.data.images import load_image
-
         pixels = np.asarray(load_image(image), dtype=np.uint8)
     masks = {
         c: (pixels == np.array(rgb, dtype=np.uint8)).all(axis=-1) for c, rgb in PALETTE.items()
@@ -429,8 +428,6 @@ class EasyVQACaptions(Dataset):
         return len(self.examples)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        from vlkit.data.images import ImageLoadError, load_image
-
         index, sample_seed = parse_key(key, len(self))
         example = self.examples[index]
         generator = None if sample_seed is None else torch.Generator().manual_seed(sample_seed)

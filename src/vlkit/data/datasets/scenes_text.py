@@ -1,11 +1,11 @@
-"""The synthetic scenes (`shapes.py`) as next-token captioning and VQA data for generative VLMs.
+"""The synthetic scenes (`shape_scenes.py`) as next-token captioning and VQA data for generative VLMs.
 
 - `SceneCaptions`: one item per scene; the text is `[sot] + caption + [eos]` and every caption
   token (not `[sot]`, not padding) is a target. Keyed items `(index, seed)` draw the phrasing
-  from the seed (list, count, relation, position; see `shapes.caption`), plain indices use the
+  from the seed (list, count, relation, position; see `shape_scenes.caption`), plain indices use the
   canonical list caption. `references(i)` gives five distinct captions of scene `i` for
   CIDEr-D, the canonical one first.
-- `SceneQuestions`: one item per (scene, question) from `shapes.questions` (counting, colour,
+- `SceneQuestions`: one item per (scene, question) from `shape_scenes.questions` (counting, colour,
   shape, size, existence, left-of / above), in the format of `vqa_text.QuestionAnswerText`.
 
 Both yield the keys of `vqa_text.collate_vqa_text`: `image`, `input_ids`, `labels`,
@@ -22,7 +22,8 @@ import torch
 from torch.utils.data import Dataset
 
 from vlkit.data.datasets.image_text import parse_key
-from vlkit.data.datasets.shapes import ShapesDataset, caption
+from vlkit.data.datasets.shape_scenes import caption
+from vlkit.data.datasets.shapes import ShapesDataset
 from vlkit.data.datasets.vqa_text import IGNORE_INDEX, QuestionAnswerText
 
 __all__ = ["SceneCaptions", "SceneQuestions", "scene_corpus"]

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from vlkit.data.datasets.easy_vqa import read_easy_vqa
 from vlkit.data.datasets.image_text import parse_key
+from vlkit.data.images import ImageLoadError, load_image
 
 __all__ = [
     "IGNORE_INDEX",
@@ -137,8 +138,6 @@ class QuestionAnswerText(Dataset):
         return self.transform(image, generator=torch.Generator().manual_seed(sample_seed))
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        from vlkit.data.images import ImageLoadError
-
         index, _ = parse_key(key, len(self))
         try:
             pixels = self.load_image(key)  # (3, S, S)
@@ -196,8 +195,6 @@ class EasyVQAQuestions(QuestionAnswerText):
         super().__init__([(q, a, int(i)) for q, a, i in samples], transform, tokenizer, max_length)
 
     def load_pil(self, image_key: Any) -> Any:
-        from vlkit.data.images import load_image
-
         return load_image(self.image_paths[image_key])
 
 

@@ -11,7 +11,7 @@ torchvision-only, so video frames differ by 1 level there.
 
 An image of `size.longest_edge` is cut into `rows x cols` tiles of `max_image_size.longest_edge`
 (the vision encoder's input) and followed by a global view of the whole image squeezed to one
-tile; the text side (`smolvlm_processor.py`) gives each tile its `<row_r_col_c>` marker.
+tile; the text side (`processor.py`, `prompts.py`) gives each tile its `<row_r_col_c>` marker.
 """
 
 from __future__ import annotations

@@ -1,33 +1,20 @@
 """`SmolVLMProcessor`: prompts, images and videos -> the inputs of a SmolVLM / SmolVLM2 model.
 
 Reproduces transformers' `models/smolvlm/processing_smolvlm.py` exactly (token ids, attention
-mask, pixel values and pixel mask; pixels match its PIL backend, see `smolvlm_image_processor`)
+mask, pixel values and pixel mask; pixels match its PIL backend, see `image_processor.py`)
 from the files of a Hugging Face processor directory, with `tokenizers`, Pillow and `jinja2`.
-
-Each `<image>` in a prompt becomes, for an image split into `rows x cols` tiles,
-
-    <fake_token_around_image><row_1_col_1><image>*seq ... <fake_token_around_image><row_1_col_C><image>*seq\\n
-    ...  (one line per row)
-    \\n<fake_token_around_image><global-img><image>*seq<fake_token_around_image>
-
-and for an unsplit image only the last line, without its leading newline (`seq` is
-`image_seq_len`, the number of vision tokens per tile after pixel shuffle). Each `<video>`
-becomes an intro naming the frame count in words and the duration, then one
-`\\nFrame from MM:SS:` plus an unsplit-image block per frame, then `\\n\\n`.
+The strings that replace `<image>` / `<video>` and the chat-template rendering are in
+`prompts.py`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import numpy as np
 import torch
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from PIL import Image
 from tokenizers import Tokenizer
 
@@ -40,125 +27,16 @@ from vlkit.data.smolvlm.image_processor import (
     preprocess_video,
     sample_frame_indices,
 )
+from vlkit.data.smolvlm.processor_files import read_processor_directory
+from vlkit.data.smolvlm.prompts import (
+    VIDEO_CHAT_TEMPLATE,
+    image_prompt,
+    render_chat_template,
+    video_prompt,
+)
 from vlkit.errors import CheckpointError
 
-__all__ = ["SmolVLMProcessor", "Video", "image_prompt", "number_to_words", "video_prompt"]
-
-# processing_smolvlm.py: DEFAULT_VIDEO_INTRO, FRAME_TIMESTAMP_MESSAGE, DEFAULT_MEDIA_OUTTRO.
-VIDEO_INTRO = (
-    "You are provided the following series of {frame_count} frames from a {video_duration} "
-    "[H:MM:SS] video.\n"
-)
-FRAME_TIMESTAMP = "\nFrame from {timestamp}:"
-MEDIA_OUTTRO = "\n\n"
-
-# processing_smolvlm.py's DEFAULT_CHAT_TEMPLATE: transformers renders any conversation holding a
-# video with this template instead of the checkpoint's (whose video handling predates #38105).
-VIDEO_CHAT_TEMPLATE = (
-    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
-    "{% if message['content'] is string %}{{': ' + message['content']}}{% else %}"
-    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
-    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
-    "{% elif line['type'] == 'image' %}{{ '<image>' }}"
-    "{% elif line['type'] == 'video' %}{{ '<video>' }}{% endif %}{% endfor %}{% endif %}"
-    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-)
-
-_ONES = [
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-    "nineteen",
-]  # fmt: skip
-_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
-# Boolean image settings, defaulting (when absent) to SmolVLMImageProcessor's class attributes.
-_IMAGE_FLAGS = ("do_resize", "do_image_splitting", "do_rescale", "do_normalize", "do_pad")
-_SCALES = ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred"))
-
-
-def number_to_words(n: int) -> str:
-    """English cardinal as `num2words(n)` writes it: 64 -> "sixty-four", 101 -> "one hundred and
-    one", 1100 -> "one thousand, one hundred" (transformers names the video frame count so)."""
-    if n < 0:
-        return "minus " + number_to_words(-n)
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("-" + _ONES[n % 10] if n % 10 else "")
-    for value, name in _SCALES:
-        if n >= value:
-            head, rest = divmod(n, value)
-            words = f"{number_to_words(head)} {name}"
-            if not rest:
-                return words
-            # num2words joins a sub-hundred remainder with "and", a larger one with a comma.
-            joiner = " and " if rest < 100 else ", "
-            return words + joiner + number_to_words(rest)
-    raise AssertionError("unreachable")
-
-
-def image_prompt(
-    rows: int,
-    cols: int,
-    image_seq_len: int,
-    fake_token: str = "<fake_token_around_image>",
-    image_token: str = "<image>",
-    global_token: str = "<global-img>",
-) -> str:
-    """The text that replaces one `<image>`: `rows x cols` tile blocks then the global block.
-
-    `rows == cols == 0` means unsplit: only the global block (`get_image_prompt_string`).
-    """
-    global_block = f"{fake_token}{global_token}{image_token * image_seq_len}{fake_token}"
-    if rows == 0 and cols == 0:
-        return global_block
-    tile = image_token * image_seq_len
-    lines = [
-        "".join(f"{fake_token}<row_{r + 1}_col_{c + 1}>{tile}" for c in range(cols)) + "\n"
-        for r in range(rows)
-    ]
-    return "".join(lines) + "\n" + global_block
-
-
-def video_prompt(
-    num_frames: int, timestamps: Sequence[float], duration: int, image_seq_len: int, **tokens: str
-) -> str:
-    """The text that replaces one `<video>` (`SmolVLMProcessor.replace_video_token`).
-
-    Args:
-        num_frames: Frame count named in the intro, in words.
-        timestamps: Seconds of each frame; one `Frame from MM:SS:` block each.
-        duration: Whole seconds, written `H:MM:SS`.
-        image_seq_len: `<image>` tokens per frame.
-        **tokens: `fake_token`, `image_token`, `global_token` overrides for `image_prompt`.
-    """
-    duration_text = str(timedelta(seconds=int(duration)))
-    text = VIDEO_INTRO.format(frame_count=number_to_words(num_frames), video_duration=duration_text)
-    frame_block = image_prompt(0, 0, image_seq_len, **tokens)
-    for second in timestamps:
-        minutes, seconds = int(second // 60), int(second % 60)
-        text += FRAME_TIMESTAMP.format(timestamp=f"{minutes:02d}:{seconds:02d}") + frame_block
-    return text + MEDIA_OUTTRO
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error})") from error
-
-
-def _token_text(value: Any) -> str | None:
-    # Special tokens are stored either as plain strings or as AddedToken dicts {"content": ...}.
-    return value.get("content") if isinstance(value, dict) else value
-
-
-def _require(config: dict[str, Any], path: Path, *keys: str) -> Any:
-    value: Any = config
-    for depth, key in enumerate(keys):
-        if not isinstance(value, dict) or key not in value:
-            raise CheckpointError(f"{path}: missing key {'.'.join(keys[: depth + 1])!r}")
-        value = value[key]
-    return value
+__all__ = ["SmolVLMProcessor"]
 
 
 class SmolVLMProcessor:
@@ -207,100 +85,21 @@ class SmolVLMProcessor:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> SmolVLMProcessor:
-        """Reads a Hugging Face SmolVLM processor directory.
-
-        Needs `tokenizer.json`; `preprocessor_config.json` with `size.longest_edge`,
-        `max_image_size.longest_edge`, `image_mean`, `image_std` (other image keys default as in
-        transformers); `image_seq_len` in `processor_config.json` (or `preprocessor_config.json`).
-        Special tokens come from `tokenizer_config.json` / `special_tokens_map.json`; the chat
-        template from `chat_template.jinja`, `chat_template.json` or `tokenizer_config.json`.
+        """Reads a Hugging Face SmolVLM processor directory (see `read_processor_directory`).
 
         Raises:
             CheckpointError: A file or key is missing, naming which.
         """
-        root = Path(directory)
-        if not root.is_dir():
-            raise CheckpointError(f"{root}: not a directory")
-        tokenizer_path = root / "tokenizer.json"
-        if not tokenizer_path.is_file():
-            raise CheckpointError(
-                f"{root}: missing tokenizer.json (SmolVLM needs a fast tokenizer)"
-            )
-        tokenizer = Tokenizer.from_file(str(tokenizer_path))
-
-        tokenizer_config: dict[str, Any] = {}
-        special_tokens: dict[str, str] = {}
-        for name in ("special_tokens_map.json", "tokenizer_config.json"):
-            if (root / name).is_file():
-                config = _read_json(root / name)
-                tokenizer_config.update(config if name == "tokenizer_config.json" else {})
-                for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
-                    if _token_text(config.get(key)) is not None:
-                        special_tokens[key] = _token_text(config[key])
-
-        image_path = root / "preprocessor_config.json"
-        if not image_path.is_file():
-            raise CheckpointError(f"{root}: missing preprocessor_config.json (image settings)")
-        image = _read_json(image_path)
-        defaults = SmolVLMImageConfig(0, 0, (0.0,) * 3, (0.0,) * 3)
-        image_config = SmolVLMImageConfig(
-            longest_edge=int(_require(image, image_path, "size", "longest_edge")),
-            tile_size=int(_require(image, image_path, "max_image_size", "longest_edge")),
-            image_mean=tuple(_require(image, image_path, "image_mean")),
-            image_std=tuple(_require(image, image_path, "image_std")),
-            rescale_factor=float(image.get("rescale_factor", defaults.rescale_factor)),
-            resample=int(image.get("resample", defaults.resample)),
-            **{key: bool(image.get(key, getattr(defaults, key))) for key in _IMAGE_FLAGS},
-        )
-        video_config = cls._video_config(root, image)
-
-        processor_path = root / "processor_config.json"
-        processor = _read_json(processor_path) if processor_path.is_file() else {}
-        image_seq_len = processor.get("image_seq_len", image.get("image_seq_len"))
-        if image_seq_len is None:
-            raise CheckpointError(f"{processor_path}: missing key 'image_seq_len'")
-
+        files = read_processor_directory(directory)
         return cls(
-            tokenizer=tokenizer,
-            image_config=image_config,
-            image_seq_len=int(image_seq_len),
-            video_config=video_config,
-            chat_template=cls._chat_template(root, processor, tokenizer_config),
-            special_tokens=special_tokens,
-            padding_side=tokenizer_config.get("padding_side", "right"),
+            tokenizer=files.tokenizer,
+            image_config=files.image_config,
+            image_seq_len=files.image_seq_len,
+            video_config=files.video_config,
+            chat_template=files.chat_template,
+            special_tokens=files.special_tokens,
+            padding_side=files.padding_side,
         )
-
-    @staticmethod
-    def _video_config(root: Path, image: dict[str, Any]) -> SmolVLMVideoConfig | None:
-        # SmolVLM2 keeps `video_sampling` in preprocessor_config.json; newer saves may add a
-        # video_preprocessor_config.json, which wins (as transformers' AutoVideoProcessor).
-        video_path = root / "video_preprocessor_config.json"
-        video = _read_json(video_path) if video_path.is_file() else image
-        sampling = video.get("video_sampling")
-        if sampling is None:
-            return None
-        path = video_path if video is not image else root / "preprocessor_config.json"
-        # SmolVLMVideoProcessor.__init__ overwrites `video_sampling.video_size` with `size` when
-        # the config has both, so frames are first resized like images are; mirrored here.
-        size = video.get("size", sampling.get("video_size"))
-        return SmolVLMVideoConfig(
-            longest_edge=int(_require({"size": size}, path, "size", "longest_edge")),
-            max_frames=int(_require(sampling, path, "max_frames")),
-            fps=float(_require(sampling, path, "fps")),
-            do_sample_frames=bool(video.get("do_sample_frames", False)),
-        )
-
-    @staticmethod
-    def _chat_template(
-        root: Path, processor: dict[str, Any], tokenizer_config: dict[str, Any]
-    ) -> str | None:
-        # transformers' precedence: chat_template.jinja, chat_template.json, then the configs.
-        if (root / "chat_template.jinja").is_file():
-            return (root / "chat_template.jinja").read_text()
-        if (root / "chat_template.json").is_file():
-            path = root / "chat_template.json"
-            return _require(_read_json(path), path, "chat_template")
-        return processor.get("chat_template") or tokenizer_config.get("chat_template")
 
     # ----------------------------------------------------------------------------------------
     # Chat template
@@ -341,20 +140,10 @@ class SmolVLMProcessor:
                 "no chat template: the directory has no chat_template.jinja, chat_template.json, "
                 "nor a 'chat_template' key in processor_config.json / tokenizer_config.json"
             )
-        # transformers' `_compile_jinja_template` environment (chat_template_utils.py).
-        environment = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-        )
-        environment.filters["tojson"] = _tojson
-        environment.globals["raise_exception"] = _raise_template_error
-        template = environment.from_string(chat_template)
         variables = {**self.special_tokens, **template_kwargs}
-        rendered = [
-            template.render(
-                messages=conversation, add_generation_prompt=add_generation_prompt, **variables
-            )
-            for conversation in conversations
-        ]
+        rendered = render_chat_template(
+            chat_template, conversations, add_generation_prompt, variables
+        )
         return rendered if batched else rendered[0]
 
     # ----------------------------------------------------------------------------------------
@@ -546,12 +335,3 @@ class SmolVLMProcessor:
             ids = ids.tolist()
         rows = [list(row) for row in ids]
         return self.tokenizer.decode_batch(rows, skip_special_tokens=skip_special_tokens)
-
-
-def _tojson(value: Any, indent: int | None = None) -> str:
-    # transformers' `tojson` filter: no HTML escaping, unlike Jinja's built-in one.
-    return json.dumps(value, ensure_ascii=False, indent=indent)
-
-
-def _raise_template_error(message: str) -> None:
-    raise jinja2.exceptions.TemplateError(message)

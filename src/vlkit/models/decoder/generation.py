@@ -18,8 +18,9 @@ from typing import Literal
 
 import torch
 
-from vlkit.models.decoder import DecoderLM, KVCache
-from vlkit.models.fast_decode import decode_step_for
+from vlkit.models.decoder.fast_decode import decode_step_for
+from vlkit.models.decoder.kv_cache import KVCache
+from vlkit.models.decoder.llama import DecoderLM
 
 
 def _warp(

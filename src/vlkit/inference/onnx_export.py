@@ -1,4 +1,4 @@
-"""ONNX export of a CLIP / SigLIP model's two towers, and an onnxruntime-backed `OnnxCLIP`.
+"""ONNX export of a CLIP / SigLIP model's two towers (run them with `onnx_runtime.OnnxCLIP`).
 
 `export_onnx(model, out_dir)` writes three files:
 
@@ -52,15 +52,20 @@ from torch import nn
 
 from vlkit.hub.weights import atomic_write
 from vlkit.inference.onnx_int8 import INT8_OP_TYPES, PER_CHANNEL, quantize_onnx_int8
+from vlkit.inference.onnx_runtime import (
+    CONFIG_FILE,
+    IMAGE_FILE,
+    INT8_IMAGE_FILE,
+    INT8_TEXT_FILE,
+    TEXT_FILE,
+    l2_normalize,
+    onnx_session,
+)
 from vlkit.models.clip import CLIP
+from vlkit.version import __version__
 
-__all__ = ["ExportReport", "OnnxCLIP", "export_onnx", "quantize_onnx_int8"]
+__all__ = ["DEFAULT_INT8_MIN_COSINE", "MIN_OPSET", "ExportReport", "export_onnx"]
 
-IMAGE_FILE = "image_encoder.onnx"
-TEXT_FILE = "text_encoder.onnx"
-CONFIG_FILE = "onnx_config.json"
-INT8_IMAGE_FILE = "image_encoder.int8.onnx"
-INT8_TEXT_FILE = "text_encoder.int8.onnx"
 DEFAULT_ATOL = 1e-4
 # Smallest accepted cosine similarity between an INT8 tower's embeddings and torch float32's on
 # the verification batches (see the module docstring for the measurements behind it).
@@ -68,8 +73,6 @@ DEFAULT_INT8_MIN_COSINE = 0.99
 # The dynamo exporter has no translations below opset 18: asked for less, it tries a version
 # conversion and silently keeps 18 when that fails, so a lower opset is refused up front.
 MIN_OPSET = 18
-_CONFIG_KEYS = ("embed_dim", "image_size", "context_length", "normalize", "temperature",
-                "logit_bias", "image_inputs", "text_inputs")  # fmt: skip
 
 
 @dataclass
@@ -160,17 +163,6 @@ def _opset_of(model_bytes: bytes) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _session(model: bytes | str | Path, providers: list[str] | None, threads: int | None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
-
-
 def _check(
     name: str,
     model_bytes: bytes,
@@ -179,7 +171,7 @@ def _check(
     atol: float,
 ) -> dict[str, float]:
     """Max |onnxruntime - torch| for each batch; raises when one exceeds `atol`."""
-    session = _session(model_bytes, None, 1)  # batches of 2-3: one thread, no spinning
+    session = onnx_session(model_bytes, None, 1)  # batches of 2-3: one thread, no spinning
     diffs = {}
     for inputs in batches:
         with torch.no_grad():
@@ -202,7 +194,7 @@ def _check(
 
 
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (_l2_normalize(a) * _l2_normalize(b)).sum(axis=-1)
+    return (l2_normalize(a) * l2_normalize(b)).sum(axis=-1)
 
 
 def _check_int8(
@@ -214,7 +206,7 @@ def _check_int8(
 ) -> float:
     """Smallest cosine similarity between onnxruntime INT8 and torch fp32 embeddings over the
     rows of `batches`; raises when it is below `min_cosine`."""
-    session = _session(model_bytes, None, 1)  # batches of 2-3: one thread, no spinning
+    session = onnx_session(model_bytes, None, 1)  # batches of 2-3: one thread, no spinning
     worst = 1.0
     for inputs in batches:
         with torch.no_grad():
@@ -328,8 +320,6 @@ def export_onnx(
     finally:
         model.train(was_training)
 
-    from vlkit import __version__
-
     used_opset = _opset_of(image_bytes)
     int8_config = None
     if int8:
@@ -380,130 +370,6 @@ def export_onnx(
     return ExportReport(str(out), used_opset, normalize, text_inputs, sizes, diffs, cosines)
 
 
-class OnnxCLIP:
-    """A CLIP / SigLIP model exported by `export_onnx`, run with onnxruntime. Inputs may be numpy
-    arrays or torch tensors; outputs are numpy arrays."""
-
-    def __init__(self, config: dict[str, Any], image_session: Any, text_session: Any) -> None:
-        self.config = config
-        self.image_session = image_session
-        self.text_session = text_session
-        self.embed_dim = int(config["embed_dim"])
-        self.image_size = int(config["image_size"])
-        self.num_channels = int(config.get("num_channels", 3))
-        self.context_length = int(config["context_length"])
-        self.normalize = bool(config["normalize"])
-        self.temperature = float(config["temperature"])
-        self.logit_bias = None if config["logit_bias"] is None else float(config["logit_bias"])
-        self.text_inputs = list(config["text_inputs"])
-
-    @classmethod
-    def load(
-        cls,
-        directory: str | Path,
-        providers: list[str] | None = None,
-        num_threads: int | None = None,
-        int8: bool = False,
-    ) -> OnnxCLIP:
-        """Loads an `export_onnx` directory.
-
-        Args:
-            providers: onnxruntime execution providers; None: CPU.
-            num_threads: onnxruntime intra-op threads; None: onnxruntime's default.
-            int8: Run the dynamically quantized towers (`export_onnx(..., int8=True)`).
-
-        Raises:
-            FileNotFoundError: A file of the export is missing (its path is named), or `int8`
-                for an export without INT8 towers.
-            ValueError: `onnx_config.json` is not valid JSON or lacks a key (named).
-        """
-        directory = Path(directory)
-        config_path = directory / CONFIG_FILE
-        names = [INT8_IMAGE_FILE, INT8_TEXT_FILE] if int8 else [IMAGE_FILE, TEXT_FILE]
-        for path in [config_path, *(directory / name for name in names)]:
-            if not path.is_file():
-                hint = "vlkit export --int8" if int8 else "vlkit export"
-                raise FileNotFoundError(f"{path}: no such file (write it with {hint})")
-        try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{config_path}: not valid JSON ({error})") from error
-        missing = [key for key in _CONFIG_KEYS if key not in config]
-        if missing:
-            raise ValueError(f"{config_path}: missing keys {missing}")
-        if int8 and not config.get("int8"):
-            raise FileNotFoundError(
-                f"{config_path}: this export has no INT8 towers (the INT8 files beside it are "
-                "not from it); export again with vlkit export --int8"
-            )
-        sessions = [_session(directory / name, providers, num_threads) for name in names]
-        return cls(config, *sessions)
-
-    def encode_image(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Preprocessed images (B, C, S, S) -> embeddings (B, embed_dim), float32."""
-        pixels = _numpy(pixels, np.float32)
-        expected = (self.num_channels, self.image_size, self.image_size)
-        if pixels.ndim != 4 or pixels.shape[1:] != expected:
-            raise ValueError(
-                f"image_encoder.onnx expects pixel_values of shape (batch, "
-                f"{', '.join(map(str, expected))}), got {pixels.shape}"
-            )
-        return self.image_session.run(None, {"pixel_values": pixels})[0]
-
-    def encode_text(
-        self,
-        input_ids: np.ndarray | torch.Tensor,
-        attention_mask: np.ndarray | torch.Tensor | None = None,
-    ) -> np.ndarray:
-        """Token ids (B, L) padded to the context length -> embeddings (B, embed_dim), float32.
-
-        Raises:
-            ValueError: Wrong shape, or a mask with padding for a text encoder exported without
-                an `attention_mask` input (export again with `text_attention_mask=True`).
-        """
-        ids = _numpy(input_ids, np.int64)
-        if ids.ndim != 2 or ids.shape[1] != self.context_length:
-            raise ValueError(
-                f"text_encoder.onnx expects input_ids of shape (batch, {self.context_length}), "
-                f"got {ids.shape}"
-            )
-        mask = None if attention_mask is None else _numpy(attention_mask, np.int64)
-        if mask is not None and mask.shape != ids.shape:
-            raise ValueError(
-                f"attention_mask must have the shape of input_ids {ids.shape}, got {mask.shape}"
-            )
-        feeds = {"input_ids": ids}
-        if "attention_mask" in self.text_inputs:
-            feeds["attention_mask"] = mask if mask is not None else np.ones_like(ids)
-        elif mask is not None and not mask.all():
-            raise ValueError(
-                "text_encoder.onnx was exported without an attention_mask input; export with "
-                "text_attention_mask=True to use padding masks"
-            )
-        return self.text_session.run(None, feeds)[0]
-
-    def logits(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
-        """Scaled cosine similarities (N_images, N_texts), plus the bias (SigLIP), as
-        `CLIP.logits`."""
-        image = _l2_normalize(_numpy(image_embeds, np.float32))
-        text = _l2_normalize(_numpy(text_embeds, np.float32))
-        logits = self.temperature * (image @ text.T)
-        if self.logit_bias is not None:
-            logits = logits + self.logit_bias
-        return logits.astype(np.float32)
-
-
 def _write_bytes(path: Path, data: bytes) -> None:
     path.write_bytes(data)
     os.chmod(path, 0o644)  # mkstemp creates 0600; an exported model is meant to be shared
-
-
-def _numpy(array: np.ndarray | torch.Tensor, dtype: type) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    return np.ascontiguousarray(array, dtype=dtype)
-
-
-def _l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """x / max(||x||, eps) along the last axis, as `torch.nn.functional.normalize`."""
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)

@@ -21,7 +21,8 @@ import weakref
 
 import torch
 
-from vlkit.models.decoder import DecoderLM, StaticKVCache
+from vlkit.models.decoder.kv_cache import StaticKVCache
+from vlkit.models.decoder.llama import DecoderLM
 
 
 class DecodeStep:

@@ -1,0 +1,90 @@
+"""What a CLIP-like checkpoint needs for inference: its config, its tokenizer, `load_clip`.
+
+Tokenizers: a checkpoint with tokenizer files (`vocab.json`, `spiece.model`, `tokenizer.json`)
+uses them; CLIP checkpoints without any (open_clip directories, vlkit's own format) use the
+standard CLIP vocabulary shipped with vlkit, with the model's context length.
+
+`vlkit.get_tokenizer` and `vlkit.load_clip` are these functions; they live here, below the
+`vlkit.api` facade, so that inference (image search, embedding) can load checkpoints without
+importing the facade.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vlkit.data import tokenizers
+from vlkit.data.transforms import get_transform
+from vlkit.errors import CheckpointError
+from vlkit.hub import VLKIT_CONFIG, from_pretrained, resolve_checkpoint
+from vlkit.hub.hf_clip import config_from_hf
+from vlkit.hub.open_clip import config_from_open_clip, read_open_clip_config
+from vlkit.models.clip import CLIP, CLIPConfig
+from vlkit.models.presets import PRESETS
+
+__all__ = ["checkpoint_config", "get_tokenizer", "load_clip"]
+
+_TOKENIZER_FILES = ("vocab.json", "spiece.model", "tokenizer.json")
+
+
+def checkpoint_config(directory: Path) -> CLIPConfig | None:
+    """The CLIPConfig a checkpoint directory describes, or None if it has no model config."""
+    if (directory / VLKIT_CONFIG).is_file():
+        return CLIPConfig.from_json(directory / VLKIT_CONFIG)
+    if (directory / "open_clip_config.json").is_file():
+        return config_from_open_clip(*read_open_clip_config(directory / "open_clip_config.json"))
+    if (directory / "config.json").is_file():
+        return config_from_hf(json.loads((directory / "config.json").read_text()), str(directory))
+    return None
+
+
+def get_tokenizer(name_or_path: str | Path | CLIP, context_length: int | None = None) -> Any:
+    """The tokenizer for a preset name, checkpoint directory, hub id or model.
+
+    CLIP checkpoints without tokenizer files (open_clip directories, vlkit's own format) use the
+    standard CLIP vocabulary shipped with vlkit, with the model's context length.
+    """
+    if isinstance(name_or_path, CLIP):
+        config = name_or_path.config
+        return _tokenizer_for_config(config, context_length, "the given model")
+    name = str(name_or_path)
+    if name in PRESETS:
+        return _tokenizer_for_config(PRESETS[name], context_length, f"preset {name!r}")
+    if name == "clip" or not (Path(name).exists() or name.count("/") == 1):
+        return tokenizers.get_tokenizer(name, context_length=context_length)
+    directory = resolve_checkpoint(name)
+    if directory.is_dir() and not any((directory / f).is_file() for f in _TOKENIZER_FILES):
+        config = checkpoint_config(directory)
+        if config is not None:
+            return _tokenizer_for_config(config, context_length, str(directory))
+    return tokenizers.get_tokenizer(str(directory), context_length=context_length)
+
+
+def _tokenizer_for_config(config: CLIPConfig, context_length: int | None, source: str) -> Any:
+    if config.model_type != "clip" or config.text.vocab_size != 49408:
+        raise CheckpointError(
+            f"{source}: no tokenizer files, and the model does not use CLIP's 49,408-token "
+            "vocabulary; pass the checkpoint directory that holds its tokenizer"
+        )
+    return tokenizers.get_tokenizer(
+        "clip", context_length=context_length or config.text.context_length
+    )
+
+
+def load_clip(model_path: str | Path) -> tuple[CLIP, Any, Any]:
+    """A CLIP-like checkpoint, ready for inference: (model in eval mode, tokenizer, transform).
+
+    Raises:
+        CheckpointError: The path holds no checkpoint, or one that is not CLIP-like (e.g. a
+            generative VLM).
+    """
+    model = from_pretrained(str(model_path))
+    if not isinstance(model, CLIP):
+        raise CheckpointError(
+            f"{model_path}: a {type(model).__name__}, not a CLIP-like model "
+            "(this needs encode_image / encode_text)"
+        )
+    tokenizer = get_tokenizer(str(model_path), context_length=model.config.text.context_length)
+    return model.eval(), tokenizer, get_transform(model.config.preprocess, train=False)

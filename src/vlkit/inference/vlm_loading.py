@@ -1,0 +1,52 @@
+"""`load_vlm`: any generative model vlkit has, from its directory, as a `VLMPipeline`.
+
+The kinds are tried in `PIPELINES` order; each recognises its directory by its files
+(`accepts`) before anything is loaded. A new kind (LLaVA or BLIP-2 composed from Hugging Face
+checkpoints, ...) is a `VLMPipeline` subclass added to this tuple.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlkit.inference.smolvlm_pipeline import SmolVLMPipeline
+from vlkit.inference.vlm_pipeline import VLMPipeline
+from vlkit.inference.vlm_run_directory import VLMRun
+
+__all__ = ["PIPELINES", "load_vlm", "vlm_pipeline_class"]
+
+PIPELINES: tuple[type[VLMPipeline], ...] = (VLMRun, SmolVLMPipeline)
+
+
+def vlm_pipeline_class(path: str | Path) -> type[VLMPipeline]:
+    """The `VLMPipeline` kind of a model directory, decided by its files (nothing is loaded).
+
+    Raises:
+        FileNotFoundError: No such directory.
+        ValueError: A directory no kind accepts.
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{path}: no such VLM directory")
+    for pipeline in PIPELINES:
+        if pipeline.accepts(directory):
+            return pipeline
+    raise ValueError(f"{path}: neither {' nor '.join(p.directory_hint for p in PIPELINES)}")
+
+
+def load_vlm(path: str | Path, device: str = "cpu", int8: bool = False) -> VLMPipeline:
+    """Loads a generative VLM directory (weights only, never code) for answering.
+
+    Args:
+        path: A `vlkit train-vlm` run or a SmolVLM / SmolVLM2 / Idefics3 directory.
+        device: Where the model runs.
+        int8: Dynamic INT8 linear layers (`inference.quantize`; CPU only).
+
+    Raises:
+        FileNotFoundError, ValueError, vlkit.errors.CheckpointError: Not a VLM directory, or
+            broken files, named in one line.
+    """
+    pipeline = vlm_pipeline_class(path).load(path, device)
+    if int8:
+        pipeline.quantize_int8()
+    return pipeline

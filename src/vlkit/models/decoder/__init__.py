@@ -1,0 +1,44 @@
+"""The Llama-style decoder of vlkit's generative VLMs, and how it generates.
+
+`config` (shape, output), `llama` (RMSNorm, RoPE, grouped-query attention, SwiGLU, the LM),
+`kv_cache` (dynamic and static caches), `masks` (padding/causal masks and RoPE positions),
+`generation` (greedy, sampling, beam search) and `fast_decode` (the static-cache decode step,
+replayed from a CUDA graph on GPUs). Converting Hugging Face Llama checkpoints is the format
+layer's job: `vlkit.hub.hf_llama`.
+"""
+
+from vlkit.models.decoder.config import DecoderConfig, DecoderOutput
+from vlkit.models.decoder.generation import generate
+from vlkit.models.decoder.kv_cache import KVCache, StaticKVCache
+from vlkit.models.decoder.llama import (
+    MLP,
+    Attention,
+    DecoderLayer,
+    DecoderLM,
+    DecoderModel,
+    RMSNorm,
+    RotaryEmbedding,
+    apply_rotary,
+    rotate_half,
+)
+from vlkit.models.decoder.masks import attention_mask_4d, mask_and_positions, position_ids_from_mask
+
+__all__ = [
+    "MLP",
+    "Attention",
+    "DecoderConfig",
+    "DecoderLM",
+    "DecoderLayer",
+    "DecoderModel",
+    "DecoderOutput",
+    "KVCache",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "StaticKVCache",
+    "apply_rotary",
+    "attention_mask_4d",
+    "generate",
+    "mask_and_positions",
+    "position_ids_from_mask",
+    "rotate_half",
+]

@@ -1,0 +1,59 @@
+"""Shape of a Llama-style decoder and the result of its forward pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from vlkit.models.decoder.kv_cache import KVCache, StaticKVCache
+
+__all__ = ["DecoderConfig", "DecoderOutput"]
+
+
+@dataclass
+class DecoderConfig:
+    """Shape of a Llama-style decoder.
+
+    Attributes:
+        num_kv_heads: Key/value heads (GQA); `num_heads % num_kv_heads == 0`. Equal to `num_heads`
+            gives multi-head attention, 1 gives multi-query attention.
+        head_dim: Per-head width; `hidden_size // num_heads` when None.
+    """
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    head_dim: int | None = None
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_heads
+
+
+@dataclass
+class DecoderOutput:
+    """Result of `DecoderLM.forward`.
+
+    Attributes:
+        logits: (B, L, V) next-token logits.
+        cache: The updated `KVCache` when `use_cache` (or a cache was passed), else None.
+    """
+
+    logits: torch.Tensor
+    cache: KVCache | StaticKVCache | None = None

@@ -1,0 +1,69 @@
+"""The one override parser: typed `key=value` / `group.key=value` settings for nested dataclasses."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from vlkit.overrides import ConfigError, apply_overrides, from_dict, parse_value, to_dict, update
+
+
+@dataclass
+class Inner:
+    lr: float = 0.1
+    steps: int | None = None
+    betas: tuple[float, float] = (0.9, 0.98)
+
+
+@dataclass
+class Outer:
+    name: str = "run"
+    mode: Literal["fast", "slow"] = "fast"
+    verbose: bool = False
+    tags: tuple[str, ...] = ()
+    sizes: list[int] = field(default_factory=list)
+    inner: Inner = field(default_factory=Inner)
+
+    def __post_init__(self) -> None:
+        if self.inner.lr < 0:
+            raise ConfigError("inner.lr: must be >= 0")
+
+
+def test_values_are_parsed_by_the_field_annotation():
+    config = apply_overrides(Outer(), ["name=8", "mode=slow", "verbose=true", "tags=a,b",
+                                       "sizes=[1, 2]", "inner.lr=1e-3", "inner.steps=none",
+                                       "inner.betas=(0.5, 0.6)"])  # fmt: skip
+    assert config == Outer("8", "slow", True, ("a", "b"), [1, 2], Inner(1e-3, None, (0.5, 0.6)))
+    assert apply_overrides(config, ["inner.steps=7"]).inner == Inner(1e-3, 7, (0.5, 0.6))
+    assert parse_value("0.9,0.98", tuple[float, float]) == (0.9, 0.98)
+    assert parse_value("null", int | None) is None
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("inner.lrr=1", r"^unknown key 'inner.lrr' \(allowed: lr, steps, betas\); did you mean 'inner.lr'\?$"),
+        ("nme=x", r"^unknown key 'nme' \(allowed: name, mode, verbose, tags, sizes, inner.\*\); did you mean 'name'\?$"),
+        ("inner.steps=abc", r"^inner.steps: expected an int or none, got 'abc'$"),
+        ("mode=medium", r"^mode: expected one of fast, slow, got 'medium'$"),
+        ("verbose=maybe", r"^verbose: expected true or false, got 'maybe'$"),
+        ("inner.betas=1,2,3", r"^inner.betas: expected comma-separated float, float, got '1,2,3'$"),
+        ("inner=3", r"^inner is a group of settings, not a value \(set one of: inner.lr, "),
+        ("name", r"^override 'name' is not key=value$"),
+        ("inner.lr=-1", r"^inner.lr: must be >= 0$"),  # the dataclass's own checks run again
+    ],
+)  # fmt: skip
+def test_bad_settings_raise_one_line_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(Outer(), [override])
+
+
+def test_dicts_round_trip_and_aliases_map_old_keys():
+    config = Outer(tags=("x",), inner=Inner(steps=3))
+    assert from_dict(Outer, to_dict(config)) == config  # JSON lists come back as tuples
+    aliases = {"lr": "inner.lr", "inner": "inner.steps"}
+    assert update(Outer(), {"lr": 0.5, "inner": 4}, aliases).inner == Inner(0.5, 4)
+    assert update(Outer(), {"inner": {"lr": 0.5}}, aliases).inner == Inner(0.5)  # a group
+    assert apply_overrides(Outer(), ["lr=2", "inner=5"], aliases).inner == Inner(2.0, 5)
+    with pytest.raises(ConfigError, match=r"^inner.lr: expected a float, got 'fast'$"):
+        update(Outer(), {"inner.lr": "fast"})
