@@ -46,7 +46,7 @@ parser.add_argument("--preset", default="small-rn-64")
 parser.add_argument("--steps", type=int, default=300)
 parser.add_argument("--quick", action="store_true", help="20 steps on a subset (smoke test)")
 args = parser.parse_args()
-torch.set_num_threads(1)  # see vlkit/demo.py: one thread is the safe choice on 2 busy cores
+torch.set_num_threads(1)  # see vlkit/recipes/demo.py: one thread is the safe choice on 2 busy cores
 steps, batch, train_limit, test_limit = args.steps, 64, None, None
 if args.quick:
     steps, batch, train_limit, test_limit = 20, 32, 512, 200

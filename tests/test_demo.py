@@ -3,6 +3,7 @@
 import collections
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,7 +23,9 @@ from vlkit.data.datasets import (  # noqa: E402
     load_easy_vqa,
 )
 from vlkit.data.datasets.easy_vqa import pixel_label  # noqa: E402
-from vlkit.recipes.demo import SUMMARY_KEYS, run_demo  # noqa: E402
+from vlkit.overrides import from_dict  # noqa: E402
+from vlkit.recipes.demo import SUMMARY_KEYS, DemoConfig, run_demo  # noqa: E402
+from vlkit.training.config import DataConfig, LossConfig  # noqa: E402
 
 TINY = dict(
     steps=20,
@@ -106,6 +109,23 @@ def test_time_budget_stops_training(tmp_path):
 def test_run_demo_rejects_unknown_options(tmp_path):
     with pytest.raises(TypeError, match="unknown options"):
         run_demo(tmp_path, stepz=3)
+
+
+def test_demo_config_reuses_the_training_groups_and_keeps_its_flat_keywords(tiny_run):
+    flat = DemoConfig(steps=20, seconds_budget=60, batch_size=32, label_smoothing=0.1,
+                      augment=False)  # fmt: skip
+    assert flat == DemoConfig(
+        optim=replace(DemoConfig().optim, max_steps=20, max_seconds=60.0, batch_size=32),
+        loss=LossConfig(label_smoothing=0.1), data=DataConfig(augment=False),
+    )  # fmt: skip
+    assert flat.optim.lr == 1e-3 and flat.optim.warmup_steps == 30  # the demo's tuned defaults
+    assert DemoConfig(optim={"lr": 0.01}).optim.max_steps == 300  # a mapping merges
+    with pytest.raises(ValueError, match="optim.max_steps"):
+        DemoConfig(steps=0)
+    # The summary's config block reads back into the run's DemoConfig.
+    _, summary = tiny_run
+    config = from_dict(DemoConfig, {**summary["config"], "progress": False})  # not written
+    assert config == DemoConfig(**TINY, threads=config.threads)
 
 
 # --- labels derived from the questions ---------------------------------------------------

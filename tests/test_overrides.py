@@ -5,7 +5,15 @@ from typing import Literal
 
 import pytest
 
-from vlkit.overrides import ConfigError, apply_overrides, from_dict, parse_value, to_dict, update
+from vlkit.overrides import (
+    ConfigError,
+    accepts_aliases,
+    apply_overrides,
+    from_dict,
+    parse_value,
+    to_dict,
+    update,
+)
 
 
 @dataclass
@@ -67,3 +75,18 @@ def test_dicts_round_trip_and_aliases_map_old_keys():
     assert apply_overrides(Outer(), ["lr=2", "inner=5"], aliases).inner == Inner(2.0, 5)
     with pytest.raises(ConfigError, match=r"^inner.lr: expected a float, got 'fast'$"):
         update(Outer(), {"inner.lr": "fast"})
+
+
+def test_accepts_aliases_lets_the_constructor_take_old_and_dotted_keys():
+    @accepts_aliases({"lr": "inner.lr", "inner": "inner.steps"})
+    @dataclass
+    class Recipe:
+        name: str = "run"
+        inner: Inner = field(default_factory=lambda: Inner(lr=0.5))
+
+    assert Recipe(lr=2) == Recipe(inner=Inner(lr=2.0))  # int -> float through the field type
+    assert Recipe(inner=4).inner == Inner(0.5, 4)  # a value for a group's name: the alias
+    assert Recipe(inner={"steps": 4}).inner == Inner(0.5, 4)  # a mapping merges into the default
+    assert Recipe(**{"inner.betas": [1, 2]}, name="x") == Recipe("x", Inner(0.5, None, (1.0, 2.0)))
+    with pytest.raises(ConfigError, match=r"^unknown key 'lrr'"):
+        Recipe(lrr=1)

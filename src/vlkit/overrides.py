@@ -328,9 +328,9 @@ def accepts_aliases(aliases: Mapping[str, str]) -> Callable[[type[Config]], type
         generated = cls.__init__
 
         @functools.wraps(generated)
-        def __init__(self: Any, **values: Any) -> None:
+        def __init__(self: Any, *args: Any, **values: Any) -> None:
             direct = {k: v for k, v in values.items() if _is_field_value(cls, k, v)}
-            generated(self, **direct)
+            generated(self, *args, **direct)
             rest = {k: v for k, v in values.items() if k not in direct}
             # `update` rebuilds through `dataclasses.replace`, which passes every field with a
             # config object for each group: all direct, so this does not recurse.

@@ -14,7 +14,7 @@ import re
 
 from torch import Tensor, nn
 
-IGNORE_INDEX = -100
+from vlkit.losses.next_token import IGNORE_INDEX
 
 
 def build_projector(projector_type: str, vision_dim: int, text_dim: int) -> nn.Module:

@@ -30,7 +30,7 @@ from vlkit.hub.hf_preprocess import (
     preprocess_config_from_hf,
     preprocess_config_to_hf,
 )
-from vlkit.hub.hf_smolvlm import SMOLVLM_MODEL_TYPES, load_smolvlm
+from vlkit.hub.hf_smolvlm import is_smolvlm_directory, load_smolvlm
 from vlkit.hub.open_clip import (
     OPEN_CLIP_WEIGHT_FILES,
     config_from_open_clip,
@@ -88,21 +88,13 @@ def from_pretrained(
         load_into(model, read_weights(find_weights(path, ["model.safetensors"])), str(path))
         return model.eval()
     if (path / "config.json").is_file():
-        if _hf_model_type(path) in SMOLVLM_MODEL_TYPES:
+        if is_smolvlm_directory(path):
             return load_smolvlm(path)
         return _load_hf(path)
     raise CheckpointError(
         f"{path} is not a checkpoint directory: expected config.json (Hugging Face), "
         f"open_clip_config.json (open_clip) or {VLKIT_CONFIG} (vlkit)"
     )
-
-
-def _hf_model_type(path: Path) -> str | None:
-    """The `model_type` of a Hugging Face `config.json`, or None when unreadable."""
-    try:
-        return json.loads((path / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def _load_hf(path: Path) -> CLIP:

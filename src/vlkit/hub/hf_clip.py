@@ -15,6 +15,7 @@ import torch
 
 from vlkit.data.preprocess_config import SIGLIP_MEAN, SIGLIP_STD, PreprocessConfig
 from vlkit.errors import CheckpointError
+from vlkit.hub.weights import state_dict_problems
 from vlkit.models.clip import CLIP, CLIPConfig
 from vlkit.models.resnet import ResNetConfig
 from vlkit.models.text import TextConfig
@@ -91,22 +92,7 @@ def from_hf_state_dict(
     ours = model.state_dict()
     expected = to_hf_state_dict(ours, model.config)
     present = {k: v for k, v in hf_state.items() if not _IGNORED_HF_KEYS.match(k)}
-    missing = sorted(set(expected) - set(present))
-    unexpected = sorted(set(present) - set(expected))
-    mis_shaped = [
-        f"{k}: checkpoint {tuple(present[k].shape)} vs config {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(present))
-        if present[k].shape != expected[k].shape
-    ]
-    problems = [
-        f"{label} {items}"
-        for label, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("mis-shaped keys", mis_shaped),
-        )  # fmt: skip
-        if items
-    ]
+    problems = state_dict_problems(expected, present, "config")
     if problems:
         raise CheckpointError(f"{source} does not match its config: " + "; ".join(problems))
     state = {}
@@ -143,6 +129,30 @@ _HF_DEFAULTS = {
 }  # fmt: skip
 
 
+# The transformer-encoder keys both towers' Hugging Face configs share: HF key -> vlkit field of
+# `TextConfig` / `ViTConfig`. Read by `config_from_hf`, written by `config_to_hf`.
+_HF_ENCODER_FIELDS = {
+    "hidden_size": "width",
+    "intermediate_size": "mlp_dim",
+    "num_hidden_layers": "layers",
+    "num_attention_heads": "heads",
+    "hidden_act": "activation",
+    "layer_norm_eps": "layer_norm_eps",
+}
+
+
+def _encoder_from_hf(tower: dict[str, Any]) -> dict[str, Any]:
+    """vlkit encoder fields of a Hugging Face `text_config` / `vision_config` (defaults filled)."""
+    fields = {ours: tower[theirs] for theirs, ours in _HF_ENCODER_FIELDS.items()}
+    return {**fields, "attention_dropout": float(tower.get("attention_dropout", 0.0))}
+
+
+def _encoder_to_hf(tower: TextConfig | ViTConfig) -> dict[str, Any]:
+    """The Hugging Face encoder keys of a vlkit text or vision tower config."""
+    fields = {theirs: getattr(tower, ours) for theirs, ours in _HF_ENCODER_FIELDS.items()}
+    return {**fields, "attention_dropout": tower.attention_dropout}
+
+
 def config_from_hf(hf: dict[str, Any], source: str) -> CLIPConfig:
     """Translates a Hugging Face `config.json` (model_type clip or siglip) into a CLIPConfig."""
     model_type = hf.get("model_type")
@@ -164,34 +174,22 @@ def config_from_hf(hf: dict[str, Any], source: str) -> CLIPConfig:
     text_config = TextConfig(
         vocab_size=text["vocab_size"],
         context_length=text["max_position_embeddings"],
-        width=text["hidden_size"],
-        layers=text["num_hidden_layers"],
-        heads=text["num_attention_heads"],
-        mlp_dim=text["intermediate_size"],
-        activation=text["hidden_act"],
-        layer_norm_eps=text["layer_norm_eps"],
+        **_encoder_from_hf(text),
         causal=not siglip,
         pooling=pooling,
         # Argmax pooling relies on end-of-text being the largest id (49407 in CLIP's vocabulary).
         eos_token_id=text["vocab_size"] - 1 if pooling == "argmax" else text["eos_token_id"],
         pad_token_id=text["pad_token_id"] if text["pad_token_id"] is not None else 0,
-        attention_dropout=float(text.get("attention_dropout", 0.0)),
     )
     vision_config = ViTConfig(
         image_size=vision["image_size"],
         patch_size=vision["patch_size"],
-        width=vision["hidden_size"],
-        layers=vision["num_hidden_layers"],
-        heads=vision["num_attention_heads"],
-        mlp_dim=vision["intermediate_size"],
-        activation=vision["hidden_act"],
-        layer_norm_eps=vision["layer_norm_eps"],
+        **_encoder_from_hf(vision),
         class_token=not siglip,
         patch_bias=siglip,
         pre_norm=not siglip,
         pool="map" if siglip else "cls",
         num_channels=vision["num_channels"],
-        attention_dropout=float(vision.get("attention_dropout", 0.0)),
     )
     if siglip:
         embed_dim = text.get("projection_size") or text["hidden_size"]
@@ -246,31 +244,19 @@ def config_to_hf(config: CLIPConfig) -> dict[str, Any]:
     siglip = config.model_type == "siglip"
     text_hf = {
         "vocab_size": text.vocab_size,
-        "hidden_size": text.width,
-        "intermediate_size": text.mlp_dim,
-        "num_hidden_layers": text.layers,
-        "num_attention_heads": text.heads,
+        **_encoder_to_hf(text),
         "max_position_embeddings": text.context_length,
-        "hidden_act": text.activation,
-        "layer_norm_eps": text.layer_norm_eps,
         "pad_token_id": text.pad_token_id,
         "bos_token_id": 49406,
         # HF CLIP pools at argmax(input_ids) exactly when eos_token_id == 2.
         "eos_token_id": 2 if text.pooling == "argmax" else text.eos_token_id,
-        "attention_dropout": text.attention_dropout,
         "model_type": "siglip_text_model" if siglip else "clip_text_model",
     }
     vision_hf = {
-        "hidden_size": vision.width,
-        "intermediate_size": vision.mlp_dim,
-        "num_hidden_layers": vision.layers,
-        "num_attention_heads": vision.heads,
+        **_encoder_to_hf(vision),
         "num_channels": vision.num_channels,
         "image_size": vision.image_size,
         "patch_size": vision.patch_size,
-        "hidden_act": vision.activation,
-        "layer_norm_eps": vision.layer_norm_eps,
-        "attention_dropout": vision.attention_dropout,
         "model_type": "siglip_vision_model" if siglip else "clip_vision_model",
     }
     if siglip:

@@ -30,10 +30,21 @@ _PREFIXES = {"model.vision_model.": "vision.", "model.connector.": "connector."}
 __all__ = [
     "SMOLVLM_MODEL_TYPES",
     "build_smolvlm",
+    "is_smolvlm_directory",
     "load_smolvlm",
     "smolvlm_state_dict",
     "vision_config_from_hf",
 ]
+
+
+def is_smolvlm_directory(directory: str | Path) -> bool:
+    """Whether `directory` holds a Hugging Face SmolVLM / Idefics3 checkpoint: a `config.json`
+    whose `model_type` is one of `SMOLVLM_MODEL_TYPES` (False when it is missing or unreadable)."""
+    try:
+        model_type = json.loads((Path(directory) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return model_type in SMOLVLM_MODEL_TYPES
 
 
 def vision_config_from_hf(hf: Mapping[str, Any]) -> SmolVLMVisionConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -81,16 +81,26 @@ def write_json(data: dict, path: Path) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
-def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copies `state` into `model`, raising one error that names every missing, unexpected or
-    mis-shaped key (instead of PyTorch's first-failure traceback)."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+def state_dict_problems(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], against: str
+) -> list[str]:
+    """Every way `found` (a checkpoint) differs from `expected` in keys and shapes.
+
+    Args:
+        expected: The state dict the checkpoint must match.
+        found: The checkpoint's state dict.
+        against: What `expected` comes from ("model", "config"), named in shape problems.
+
+    Returns:
+        One entry each for missing, unexpected and mis-shaped keys (only those that occur);
+        empty when the two match.
+    """
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
     mis_shaped = [
-        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in sorted(set(state) & set(expected))
-        if state[key].shape != expected[key].shape
+        f"{key}: checkpoint {tuple(found[key].shape)} vs {against} {tuple(expected[key].shape)}"
+        for key in sorted(set(found) & set(expected))
+        if found[key].shape != expected[key].shape
     ]
     problems = []
     if missing:
@@ -99,6 +109,13 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
         problems.append(f"unexpected keys {unexpected}")
     if mis_shaped:
         problems.append(f"mis-shaped keys [{'; '.join(mis_shaped)}]")
+    return problems
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copies `state` into `model`, raising one error that names every missing, unexpected or
+    mis-shaped key (instead of PyTorch's first-failure traceback)."""
+    problems = state_dict_problems(model.state_dict(), state, "model")
     if problems:
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from vlkit.data.smolvlm.processor import SmolVLMProcessor
-from vlkit.hub import _hf_model_type, from_pretrained
-from vlkit.hub.hf_smolvlm import SMOLVLM_MODEL_TYPES
+from vlkit.hub import from_pretrained
+from vlkit.hub.hf_smolvlm import is_smolvlm_directory
 from vlkit.inference.vlm_pipeline import VLMInputs, VLMPipeline
 
 __all__ = ["SmolVLMPipeline"]
@@ -41,10 +41,7 @@ class SmolVLMPipeline(VLMPipeline):
 
     @classmethod
     def accepts(cls, directory: Path) -> bool:
-        directory = Path(directory)
-        return (directory / "config.json").is_file() and (
-            _hf_model_type(directory) in SMOLVLM_MODEL_TYPES
-        )
+        return is_smolvlm_directory(directory)
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> SmolVLMPipeline:

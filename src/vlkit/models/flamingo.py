@@ -36,8 +36,8 @@ from vlkit.fusion.gated_cross_attention import (
     media_time_index,
 )
 from vlkit.fusion.perceiver_resampler import PerceiverResampler
-from vlkit.models.attention_maps import attention_probs, image_slots, image_token_distribution
 from vlkit.losses.next_token import next_token_loss
+from vlkit.models.attention_maps import attention_probs, image_slots, image_token_distribution
 from vlkit.models.decoder import DecoderConfig, DecoderLM, DecoderOutput, KVCache, StaticKVCache
 from vlkit.models.decoder import generate as _generate
 from vlkit.models.flamingo_cache import FlamingoKVCache, MediaCache

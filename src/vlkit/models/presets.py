@@ -24,6 +24,10 @@ def _clip_vit(patch: int, width: int, layers: int, heads: int, size: int = 224) 
                      mlp_dim=4 * width)  # fmt: skip
 
 
+# google/siglip-base-patch16-224: both towers are the same B-size encoder.
+_SIGLIP_B_ENCODER = dict(width=768, layers=12, heads=12, mlp_dim=3072,
+                         activation="gelu_pytorch_tanh", layer_norm_eps=1e-6)  # fmt: skip
+
 PRESETS: dict[str, CLIPConfig] = {
     # For tests and quick experiments: every code path, seconds on a CPU.
     "tiny": CLIPConfig(
@@ -69,12 +73,7 @@ PRESETS: dict[str, CLIPConfig] = {
         vision=ViTConfig(
             image_size=224,
             patch_size=16,
-            width=768,
-            layers=12,
-            heads=12,
-            mlp_dim=3072,
-            activation="gelu_pytorch_tanh",
-            layer_norm_eps=1e-6,
+            **_SIGLIP_B_ENCODER,
             class_token=False,
             patch_bias=True,
             pre_norm=False,
@@ -83,12 +82,7 @@ PRESETS: dict[str, CLIPConfig] = {
         text=TextConfig(
             vocab_size=32000,
             context_length=64,
-            width=768,
-            layers=12,
-            heads=12,
-            mlp_dim=3072,
-            activation="gelu_pytorch_tanh",
-            layer_norm_eps=1e-6,
+            **_SIGLIP_B_ENCODER,
             causal=False,
             pooling="last",
             eos_token_id=1,

@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import json
 import runpy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vlkit.overrides import ConfigError, apply_overrides, check_fields, from_dict, to_dict, update
+from vlkit.overrides import (
+    ConfigError,
+    accepts_aliases,
+    apply_overrides,
+    check_fields,
+    from_dict,
+    to_dict,
+)
 
 DataSource = Literal["easy_vqa", "shapes", "folder", "webdataset"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -156,7 +163,8 @@ FLAT_KEYS: dict[str, str] = {
 }
 
 
-@dataclass(init=False)
+@accepts_aliases(FLAT_KEYS)
+@dataclass
 class TrainConfig:
     """Everything a contrastive training run needs.
 
@@ -173,54 +181,23 @@ class TrainConfig:
         optim: Batch, schedule and optimizer (`OptimConfig`).
         loss: The contrastive loss (`LossConfig`).
         checkpoint: Checkpoint frequency and retention (`CheckpointConfig`).
+
+    The constructor also takes the flat keys of `FLAT_KEYS` (`batch_size=8` sets
+    `optim.batch_size`; `data="shapes"` sets `data.source`), as config files and old runs use.
     """
 
-    model: str
-    seed: int
-    device: str
-    precision: Precision
-    gradient_checkpointing: bool
-    out_dir: str
-    progress: bool
-    log_every: int
-    data: DataConfig
-    optim: OptimConfig
-    loss: LossConfig
-    checkpoint: CheckpointConfig
-
-    # Written by hand (not generated) only to accept the flat keys of `FLAT_KEYS` as well.
-    def __init__(
-        self,
-        *,
-        model: str = "small-64",
-        seed: int = 0,
-        device: str = "auto",
-        precision: Precision = "fp32",
-        gradient_checkpointing: bool = False,
-        out_dir: str = "runs/train",
-        progress: bool = True,
-        log_every: int = 10,
-        data: DataConfig | DataSource | None = None,
-        optim: OptimConfig | None = None,
-        loss: LossConfig | Literal["clip", "siglip"] | None = None,
-        checkpoint: CheckpointConfig | None = None,
-        **flat_keys: Any,
-    ) -> None:
-        """Keyword arguments are the attributes, or flat keys of `FLAT_KEYS` (`batch_size=8`
-        sets `optim.batch_size`; `data="shapes"` sets `data.source`)."""
-        self.model, self.seed, self.device, self.precision = model, seed, device, precision
-        self.gradient_checkpointing, self.out_dir = gradient_checkpointing, out_dir
-        self.progress, self.log_every = progress, log_every
-        self.data = data if isinstance(data, DataConfig) else DataConfig()
-        self.optim = optim or OptimConfig()
-        self.loss = loss if isinstance(loss, LossConfig) else LossConfig()
-        self.checkpoint = checkpoint or CheckpointConfig()
-        for name, value in (("data", data), ("loss", loss)):
-            if isinstance(value, str):
-                flat_keys[name] = value
-        if flat_keys:
-            self.__dict__.update(vars(update(self, flat_keys, FLAT_KEYS)))
-        self.__post_init__()
+    model: str = "small-64"
+    seed: int = 0
+    device: str = "auto"
+    precision: Precision = "fp32"
+    gradient_checkpointing: bool = False
+    out_dir: str = "runs/train"
+    progress: bool = True
+    log_every: int = 10
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
         check_fields(self)

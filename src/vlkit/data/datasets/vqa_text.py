@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from vlkit.data.datasets.easy_vqa import read_easy_vqa
 from vlkit.data.datasets.image_text import parse_key
 from vlkit.data.images import ImageLoadError, load_image
+from vlkit.losses.next_token import IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",
@@ -32,8 +33,6 @@ __all__ = [
     "collate_vqa_text",
     "load_easy_vqa_questions",
 ]
-
-IGNORE_INDEX = -100
 
 
 def load_easy_vqa_questions(split: str = "train") -> tuple[list[tuple[str, str, int]], dict]:
