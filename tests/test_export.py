@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from vlkit.cli.export import export_command
-from vlkit.cli.main import _parser, main
+from vlkit.cli.main import build_parser, main
 from vlkit.inference import OnnxCLIP, export_onnx
 from vlkit.models.clip import CLIP, create_model
 from vlkit.models.presets import PRESETS
@@ -150,7 +150,7 @@ def test_missing_file_or_key_is_named(exported, tmp_path: Path) -> None:
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    return _parser().parse_args(argv)  # the `vlkit` command's own parser
+    return build_parser().parse_args(argv)  # the `vlkit` command's own parser
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from skimage import data as skdata
 
 import vlkit
 from vlkit.cli.index import index_command, search_command
-from vlkit.cli.main import _parser, main
+from vlkit.cli.main import build_parser, main
 from vlkit.data.images import load_image
 from vlkit.evaluation import build_zero_shot_classifier, load_templates
 from vlkit.inference import EmbeddingIndex, ImageSearcher, SearchHit, build_image_index
@@ -250,7 +250,7 @@ def test_searcher_rejects_a_wrong_or_missing_model(image_index, tmp_path):
 
 
 def _cli(argv: list[str]) -> argparse.Namespace:
-    return _parser().parse_args(argv)  # the `vlkit` command's own parser
+    return build_parser().parse_args(argv)  # the `vlkit` command's own parser
 
 
 def test_cli_index_and_search_match_the_library(checkpoint, photos, tmp_path, capsys):

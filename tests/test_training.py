@@ -280,3 +280,68 @@ def test_webdataset_shards_train_and_resume_mid_epoch_exactly(tmp_path):
     got = load_file(tmp_path / "b" / "checkpoints" / "step_00000006" / "model.safetensors")
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
+
+
+def _eval_run(out, *extra, resume=None):
+    from vlkit.recipes.clip_run import train
+
+    overrides = ["model=tiny", "data=shapes", "num_samples=64", "batch_size=16", "max_steps=4",
+                 "warmup_steps=1", "progress=false", "log_every=1", "checkpoint_every=2",
+                 f"out_dir={out}", *extra]  # fmt: skip
+    summary = train(load_train_config(None, overrides), resume=resume)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return summary, rows
+
+
+def test_periodic_evaluation_is_logged_and_changes_no_training_number(tmp_path):
+    """eval.every=2: held-out retrieval metrics at steps 2 and 4 and in the summary; the losses
+    and weights are those of the run without evaluation, also after resuming mid-run."""
+    plain, plain_rows = _eval_run(tmp_path / "plain")
+    evaluated, rows = _eval_run(tmp_path / "eval", "eval.every=2", "eval.limit=20")
+    eval_steps = [row["step"] for row in rows if "eval/retrieval/t2i_r1" in row]
+    assert eval_steps == [2, 4]
+    final = {key: value for key, value in rows[-1].items() if key.startswith("eval/")}
+    assert final and all(evaluated[key] == value for key, value in final.items())
+    assert not any(key.startswith("eval/") for key in plain)
+    assert [row["loss"] for row in rows] == [row["loss"] for row in plain_rows]
+
+    middle = tmp_path / "eval" / "checkpoints" / "step_00000002"
+    _eval_run(tmp_path / "resumed", "eval.every=2", "eval.limit=20", resume=str(middle))
+    expected = load_file(tmp_path / "plain" / "checkpoints" / "step_00000004" / "model.safetensors")
+    for run in ("eval", "resumed"):
+        got = load_file(tmp_path / run / "checkpoints" / "step_00000004" / "model.safetensors")
+        for key in expected:
+            assert torch.equal(expected[key], got[key]), (run, key)
+
+
+def test_evaluation_runs_on_a_forked_rng_without_autograd():
+    from vlkit.recipes.clip_run import IsolatedEvaluator
+
+    class Draws:
+        def evaluate(self, model, data):
+            return {"draw": float(torch.rand(())), "grad": float(torch.is_grad_enabled())}
+
+    model = torch.nn.Linear(2, 2)
+    before = torch.get_rng_state()
+    metrics = IsolatedEvaluator(Draws()).evaluate(model, None)
+    assert metrics["grad"] == 0.0
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("eval.every=0", "vlkit: error: eval.every: must be >= 1, got 0"),
+        ("eval.every=5", "vlkit: error: eval.every: must be a multiple of log_every=10 "),
+        ("data=folder", "vlkit: error: eval.every: data.source=folder has no held-out split "
+                        "(eval.every works with data.source easy_vqa or shapes)"),
+    ],
+)  # fmt: skip
+def test_bad_eval_settings_stop_vlkit_train_with_one_line(tmp_path, capsys, override, message):
+    from vlkit.cli import main
+
+    args = ["train", "model=tiny", "data=shapes", "eval.every=10", override, f"out_dir={tmp_path}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    assert not (tmp_path / "train_config.json").exists()

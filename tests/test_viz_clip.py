@@ -12,7 +12,7 @@ from PIL import Image
 
 import vlkit
 import vlkit.api
-from vlkit.cli.main import _parser, main
+from vlkit.cli.main import build_parser, main
 from vlkit.cli.viz import explain_command, similarity_command
 from vlkit.models.clip import CLIPConfig
 from vlkit.models.resnet import ResNetConfig
@@ -198,7 +198,7 @@ def checkpoints(tmp_path_factory):
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    return _parser().parse_args(argv)  # the `vlkit` command's own parser
+    return build_parser().parse_args(argv)  # the `vlkit` command's own parser
 
 
 def test_explain_and_similarity_commands_end_to_end(checkpoints):

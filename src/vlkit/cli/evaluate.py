@@ -8,18 +8,20 @@
 * captions: COCO captions references and a COCO results list ``[{"image_id", "caption"}]``
   (`caption_scores`).
 
-This module reads the files (`vlkit.evaluation.benchmark_files`), runs the evaluators and writes
-the outputs. Malformed input raises a ValueError whose first line names the file and the key,
-which the CLI prints as one line.
+This module defines the `eval` subcommands' parsers, reads the files
+(`vlkit.evaluation.benchmark_files`), runs the evaluators and writes the outputs. Malformed input
+raises a ValueError whose first line names the file and the key, which the CLI prints as one line.
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from vlkit.api import load_clip
+from vlkit.cli.errors import UsageError
 from vlkit.distributed import resolve_device
 from vlkit.evaluation import report
 from vlkit.evaluation.benchmark_files import (
@@ -36,6 +38,57 @@ from vlkit.evaluation.zero_shot import ZeroShotClassification, load_templates
 
 DEFAULT_CAPTION_METRICS = ("bleu", "rouge_l", "cider_d")
 _RECALL = "per_class_recall/"
+
+
+def add_eval_parser(commands: argparse._SubParsersAction) -> None:
+    """Registers `eval` (zeroshot, retrieval, vqa, captions) on the `vlkit` command's subparsers."""
+    ev = commands.add_parser("eval", help="evaluate on standard benchmark files, write a report")
+    kinds = ev.add_subparsers(dest="eval_command", required=True)
+
+    zs = kinds.add_parser("zeroshot", help="zero-shot classification of an ImageFolder tree")
+    zs.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    zs.add_argument("--images", required=True, help="ROOT with one subfolder per class")
+    zs.add_argument("--templates", default="openai-imagenet", help="openai-imagenet, cifar, FILE")
+
+    rt = kinds.add_parser("retrieval", help="image-text retrieval on COCO-style captions")
+    rt.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    rt.add_argument("--captions", required=True, help="COCO captions JSON (images + annotations)")
+    rt.add_argument("--images", required=True, help="folder holding the images' file_name")
+    rt.add_argument("--max-k", type=int, default=10, help="Recall@K curve up to this K")
+
+    vq = kinds.add_parser("vqa", help="official VQAv2 accuracy of a results file")
+    vq.add_argument("--annotations", required=True, help="VQAv2 annotations JSON")
+    vq.add_argument("--questions", required=True, help="VQAv2 questions JSON")
+    vq.add_argument("--results", required=True, help="[{question_id, answer}, ...] JSON")
+
+    cp = kinds.add_parser("captions", help="BLEU / ROUGE-L / CIDEr-D of COCO caption results")
+    cp.add_argument("--references", required=True, help="COCO captions JSON")
+    cp.add_argument("--results", required=True, help="[{image_id, caption}, ...] JSON")
+    cp.add_argument("--metrics", default="bleu,rouge_l,cider_d", help="comma-separated")
+    cp.add_argument("--tokenizer", default="ptb", choices=["ptb", "ptb-java", "none"])
+
+    for sub in (zs, rt):
+        sub.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+        sub.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    for sub in (zs, rt, vq, cp):
+        sub.add_argument("--out", required=True, help="output directory")
+
+
+def eval_command(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs `vlkit eval KIND`; returns the metrics, NaN/inf as None (printed as strict JSON)."""
+    if args.eval_command == "zeroshot":
+        metrics = eval_zeroshot(args.model, args.images, args.out, args.templates,
+                                args.batch_size, args.device)  # fmt: skip
+    elif args.eval_command == "retrieval":
+        metrics = eval_retrieval(args.model, args.captions, args.images, args.out, args.max_k,
+                                 args.batch_size, args.device)  # fmt: skip
+    elif args.eval_command == "vqa":
+        metrics = eval_vqa(args.annotations, args.questions, args.results, args.out)
+    else:
+        tokenizer = None if args.tokenizer == "none" else args.tokenizer
+        metric_names = parse_metric_list(args.metrics)
+        metrics = eval_captions(args.references, args.results, args.out, metric_names, tokenizer)
+    return report.json_safe(metrics)
 
 
 def load_model(model_dir: str, device: str | None = None) -> tuple[Any, Any, Any]:
@@ -101,7 +154,7 @@ def eval_retrieval(
         "num_texts".
     """
     if max_k < 1:
-        raise ValueError(f"--max-k must be at least 1, got {max_k}")
+        raise UsageError(f"--max-k must be at least 1, got {max_k}")
     files, captions, ids = read_coco_retrieval(captions_file, "--captions")
     model, tokenizer, transform = load_model(model_dir, device)
     evaluator = ImageTextRetrieval(tokenizer, batch_size=batch_size)
@@ -130,7 +183,12 @@ def eval_vqa(
         {"overall", "per_answer_type", "per_question_type", "num_questions"}: fractions in [0, 1]
         as `vqa_corpus_accuracy` returns them (the official report is 100x, 2 decimals).
     """
-    predictions, annotations, qids = read_vqa(annotations_file, questions_file, results_file)
+    predictions, annotations, qids = read_vqa(
+        annotations_file,
+        questions_file,
+        results_file,
+        ("--annotations", "--questions", "--results"),
+    )
     scores = vqa_corpus_accuracy(predictions, annotations, question_ids=qids)
     metrics = {k: scores[k] for k in ("overall", "per_answer_type", "per_question_type")}
     metrics["num_questions"] = scores["num_questions"]
@@ -159,7 +217,9 @@ def eval_captions(
     Returns:
         caption_scores' corpus scores, plus "num_images".
     """
-    references, candidates = read_caption_results(references_file, results_file)
+    references, candidates = read_caption_results(
+        references_file, results_file, ("--references", "--results")
+    )
     scores = caption_scores(references, candidates, metrics, tokenizer=tokenizer, per_item=True)
     per_item = scores.pop("per_item")
     result: dict[str, Any] = {**scores, "num_images": len(candidates)}
@@ -178,12 +238,14 @@ def parse_metric_list(text: str) -> list[str]:
     """ "bleu,rouge_l" -> ["bleu", "rouge_l"]; empty items are dropped."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
-        raise ValueError("--metrics is empty: give comma-separated metric names")
+        raise UsageError("--metrics is empty: give comma-separated metric names")
     return names
 
 
 __all__ = [
+    "add_eval_parser",
     "eval_captions",
+    "eval_command",
     "eval_retrieval",
     "eval_vqa",
     "eval_zeroshot",

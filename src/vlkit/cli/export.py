@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from vlkit.cli.errors import UsageError
 from vlkit.hub import from_pretrained
 from vlkit.inference.onnx_export import MIN_OPSET, export_onnx
 from vlkit.models.clip import CLIP
@@ -47,10 +48,10 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
 def export_command(args: argparse.Namespace) -> dict[str, Any]:
     """Runs `vlkit export`; returns the export report as a dict."""
     if args.opset is not None and args.opset < MIN_OPSET:
-        raise ValueError(f"--opset {args.opset}: the ONNX exporter supports {MIN_OPSET} or later")
+        raise UsageError(f"--opset {args.opset}: the ONNX exporter supports {MIN_OPSET} or later")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {args.out}: exists and is not a directory")
+        raise UsageError(f"--out {args.out}: exists and is not a directory")
     model = from_pretrained(args.model)
     if not isinstance(model, CLIP):
         raise ValueError(

@@ -1,6 +1,5 @@
-"""`vlkit generate` and `vlkit train-vlm`: answer prompts about images with a generative VLM.
+"""`vlkit generate`: answer prompts about images with a generative VLM.
 
-    vlkit train-vlm kind=llava task=easy_vqa vision=RUN/checkpoints/step_00000300 out_dir=runs/vlm
     vlkit generate --model runs/vlm --image shape.png --prompt "what color is the shape?"
     vlkit generate --model SMOLVLM_DIR --image a.jpg --image b.jpg --prompt "Compare them." --int8
     vlkit generate --model SMOLVLM_DIR --video FRAMES_DIR --prompt "What happens?"
@@ -16,27 +15,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import torch
 
+from vlkit.cli.errors import UsageError
 from vlkit.data.images import load_image
 from vlkit.data.smolvlm.image_processor import Video
 from vlkit.inference.text_streamer import TextStreamer
-from vlkit.inference.vlm_loading import vlm_pipeline_class
+from vlkit.inference.vlm_loading import load_vlm, vlm_pipeline_class
 from vlkit.inference.vlm_pipeline import sampling_options
-from vlkit.overrides import apply_overrides
-from vlkit.recipes.vlm_run import VLMRecipe, train_vlm
-from vlkit.training.vlm_recipe import VLM_FLAT_KEYS
 from vlkit.viz.attention import save_attention_overlays
 
-__all__ = ["TextStreamer", "add_generate_parsers", "generate_command", "train_vlm_command"]
+__all__ = ["TextStreamer", "add_generate_parser", "generate_command"]
 
 
-def add_generate_parsers(commands: argparse._SubParsersAction) -> None:
-    """Registers `generate` and `train-vlm` on the `vlkit` command's subparsers."""
+def add_generate_parser(commands: argparse._SubParsersAction) -> None:
+    """Registers `generate` on the `vlkit` command's subparsers."""
     gen = commands.add_parser("generate", help="answer a prompt about images (streams tokens)")
     gen.add_argument("--model", required=True, help="train-vlm run dir or SmolVLM/Idefics3 dir")
     gen.add_argument("--image", action="append", default=[], help="an image (repeatable)")
@@ -52,9 +48,6 @@ def add_generate_parsers(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--attention-map", default=None, help="PNG: answer attention (fusion runs)")
     gen.add_argument("--device", default="cpu")
 
-    tv = commands.add_parser("train-vlm", help="train a small generative VLM (fusion recipe)")
-    tv.add_argument("overrides", nargs="*", help="VLMRecipe key=value settings, and out_dir=DIR")
-
 
 def generate_command(args: argparse.Namespace, out: TextIO | None = None) -> str:
     """Runs `vlkit generate`; returns the generated text (also streamed to `out`, default stdout)."""
@@ -64,17 +57,15 @@ def generate_command(args: argparse.Namespace, out: TextIO | None = None) -> str
     for path in [*args.image, *([args.video] if args.video else [])]:
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no such file or directory")
-    kind = vlm_pipeline_class(args.model)
+    kind = vlm_pipeline_class(args.model)  # checks the flags against the kind before loading
     if args.attention_map and not kind.draws_attention:
-        raise ValueError("--attention-map needs a fusion VLM run directory (vlm_config.json)")
+        raise UsageError("--attention-map needs a fusion VLM run directory (vlm_config.json)")
     if kind.max_images == 1 and (len(args.image) != 1 or args.video):
-        raise ValueError(f"{args.model}: a {kind.description} answers about exactly one --image")
+        raise UsageError(f"{args.model}: a {kind.description} answers about exactly one --image")
     if args.int8 and args.device != "cpu":
-        raise ValueError("--int8 runs on the CPU: drop --device or --int8")
+        raise UsageError("--int8 runs on the CPU: drop --device or --int8")
     torch.manual_seed(args.seed)
-    pipeline = kind.load(args.model, device=args.device)
-    if args.int8:
-        pipeline.quantize_int8()
+    pipeline = load_vlm(args.model, device=args.device, int8=args.int8)
     images = [load_image(path) for path in args.image]
     video = Video.from_directory(args.video, fps=args.fps) if args.video else None
     inputs = pipeline.prepare(images, args.prompt, video=video)
@@ -96,17 +87,3 @@ def generate_command(args: argparse.Namespace, out: TextIO | None = None) -> str
         )
         print(f"vlkit: wrote attention overlays to {path}", file=sys.stderr)
     return text
-
-
-def train_vlm_command(overrides: Sequence[str]) -> dict[str, Any]:
-    """`vlkit train-vlm key=value ...`: `VLMRecipe` settings (`optim.lr=1e-3`, or the flat keys of
-    `VLM_FLAT_KEYS` such as `lr=1e-3`) plus `out_dir` (default runs/vlm)."""
-    out_dir = "runs/vlm"
-    settings = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if sep and key.strip() == "out_dir":
-            out_dir = value
-        else:
-            settings.append(item)
-    return train_vlm(apply_overrides(VLMRecipe(), settings, VLM_FLAT_KEYS), out_dir)

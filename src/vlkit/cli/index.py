@@ -14,10 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 
+from vlkit.cli.errors import UsageError
 from vlkit.data.images import load_image
 from vlkit.inference.image_search import ImageSearcher, build_image_index
 
-__all__ = ["add_index_parsers", "format_search_results", "index_command", "search_command"]
+__all__ = [
+    "add_index_parsers",
+    "format_search_results",
+    "index_command",
+    "print_search",
+    "search_command",
+]
 
 
 def add_index_parsers(commands: argparse._SubParsersAction) -> None:
@@ -44,7 +51,7 @@ def add_index_parsers(commands: argparse._SubParsersAction) -> None:
 def index_command(args: argparse.Namespace) -> dict:
     """Runs `vlkit index`; returns a summary (index directory, size, dim, kind, model)."""
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
+        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
     index = build_image_index(args.model, args.images, args.out, args.kind, args.batch_size)
     return {"index": str(args.out), "images": len(index), "dim": index.dim, "kind": index.kind,
             "model": index.metadata["model"]}  # fmt: skip
@@ -53,9 +60,9 @@ def index_command(args: argparse.Namespace) -> dict:
 def search_command(args: argparse.Namespace) -> list[dict]:
     """Runs `vlkit search`; returns the hits, best first: rank, name, score, position."""
     if (args.text is None) == (args.image is None):
-        raise ValueError("give exactly one of --text or --image")
+        raise UsageError("give exactly one of --text or --image")
     if args.k < 1:
-        raise ValueError(f"--k {args.k}: must be at least 1")
+        raise UsageError(f"--k {args.k}: must be at least 1")
     image = load_image(args.image) if args.image is not None else None  # fail before loading
     searcher = ImageSearcher.from_directory(args.index, args.model, args.templates)
     if image is not None:
@@ -64,6 +71,11 @@ def search_command(args: argparse.Namespace) -> list[dict]:
         hits = searcher.search_text(args.text, args.k)
     return [{"rank": rank, "name": hit.name, "score": hit.score, "position": hit.position}
             for rank, hit in enumerate(hits, start=1)]  # fmt: skip
+
+
+def print_search(args: argparse.Namespace) -> None:
+    """Runs `vlkit search` and prints the hits (`format_search_results`)."""
+    print(format_search_results(search_command(args), as_json=args.json))
 
 
 def format_search_results(results: list[dict], as_json: bool = False) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from vlkit.api import load_clip
+from vlkit.cli.errors import UsageError
 from vlkit.data.images import load_image
 from vlkit.data.transforms import ImageTransform
 from vlkit.viz.relevance import relevance_overlay, text_image_relevance
@@ -76,7 +77,7 @@ def explain_command(args: argparse.Namespace) -> dict[str, Any]:
     """Runs `vlkit explain`; returns the written path and each text's cosine similarity."""
     texts = [text.strip() for text in args.text if text.strip()]
     if not texts:
-        raise ValueError("give at least one non-empty --text")
+        raise UsageError("give at least one non-empty --text")
     _check_files(args.model, [args.image])
     model, tokenizer, pixels, display = _load(args.model, [args.image])
     ids = tokenizer(texts)
@@ -100,7 +101,7 @@ def similarity_command(args: argparse.Namespace) -> dict[str, Any]:
     """Runs `vlkit similarity`; returns the written path and the (images x texts) similarities."""
     texts = [text.strip() for text in args.texts.split(",") if text.strip()]
     if not texts:
-        raise ValueError('--texts is empty: give comma-separated captions, e.g. "a cat,a dog"')
+        raise UsageError('--texts is empty: give comma-separated captions, e.g. "a cat,a dog"')
     _check_files(args.model, args.images)
     model, tokenizer, pixels, display = _load(args.model, args.images)
     similarity = _cosine(model, pixels, tokenizer(texts))

@@ -7,7 +7,8 @@
 
 Malformed input (a missing file, invalid JSON, a missing key, an id that does not resolve) raises
 a ValueError whose first line names the file and the key. `what` arguments say how the caller
-names a file in messages (the CLI passes its option, e.g. "--captions").
+names a file in messages (the parameter's name by default; the CLI passes its flag, e.g.
+"--captions").
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def read_vqa(
     annotations_file: str | Path,
     questions_file: str | Path,
     results_file: str | Path,
-    what: tuple[str, str, str] = ("--annotations", "--questions", "--results"),
+    what: tuple[str, str, str] = ("annotations_file", "questions_file", "results_file"),
 ) -> tuple[dict[Any, str], list, list]:
     """(predictions {question_id: answer}, annotations, question ids) of the VQAv2 files.
 
@@ -202,7 +203,7 @@ def read_vqa(
 def read_caption_results(
     references_file: str | Path,
     results_file: str | Path,
-    what: tuple[str, str] = ("--references", "--results"),
+    what: tuple[str, str] = ("references_file", "results_file"),
 ) -> tuple[dict[Any, list[str]], dict[Any, str]]:
     """(references {image_id: [captions]}, candidates {image_id: caption}) to score.
 

@@ -15,16 +15,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vlkit.data import tokenizers
-from vlkit.data.transforms import get_transform
+from vlkit.data import tokenizers, transforms
+from vlkit.data.preprocess_config import PreprocessConfig
 from vlkit.errors import CheckpointError
-from vlkit.hub import VLKIT_CONFIG, from_pretrained, resolve_checkpoint
 from vlkit.hub.hf_clip import config_from_hf
+from vlkit.hub.hf_preprocess import HF_PREPROCESSOR_CONFIG, preprocess_config_from_hf
+from vlkit.hub.loading import VLKIT_CONFIG, from_pretrained, resolve_checkpoint
 from vlkit.hub.open_clip import config_from_open_clip, read_open_clip_config
 from vlkit.models.clip import CLIP, CLIPConfig
 from vlkit.models.presets import PRESETS
 
-__all__ = ["checkpoint_config", "get_tokenizer", "load_clip"]
+__all__ = ["checkpoint_config", "get_tokenizer", "get_transform", "load_clip"]
 
 _TOKENIZER_FILES = ("vocab.json", "spiece.model", "tokenizer.json")
 
@@ -88,3 +89,23 @@ def load_clip(model_path: str | Path) -> tuple[CLIP, Any, Any]:
         )
     tokenizer = get_tokenizer(str(model_path), context_length=model.config.text.context_length)
     return model.eval(), tokenizer, get_transform(model.config.preprocess, train=False)
+
+
+def get_transform(name_or_path: str | Path | CLIP | PreprocessConfig, train: bool = False) -> Any:
+    """The image transform (PIL image -> (3, S, S) tensor) for a preset, checkpoint or model."""
+    if isinstance(name_or_path, CLIP):
+        return transforms.get_transform(name_or_path.config.preprocess, train=train)
+    if isinstance(name_or_path, PreprocessConfig):
+        return transforms.get_transform(name_or_path, train=train)
+    name = str(name_or_path)
+    if name in PRESETS:
+        return transforms.get_transform(PRESETS[name].preprocess, train=train)
+    directory = resolve_checkpoint(name)
+    if (directory / HF_PREPROCESSOR_CONFIG).is_file():
+        return transforms.get_transform(preprocess_config_from_hf(directory), train=train)
+    config = checkpoint_config(directory) if directory.is_dir() else None
+    if config is None:
+        raise CheckpointError(
+            f"{directory}: no preprocessor_config.json and no model config to derive one from"
+        )
+    return transforms.get_transform(config.preprocess, train=train)

@@ -2,7 +2,8 @@
 
 The library side of `vlkit zeroshot` and `vlkit embed`: they load a checkpoint, encode with the
 shared encoders of `vlkit.evaluation.embeddings` and return plain Python / numpy values. Bad
-input raises ValueError with a one-line message naming the option it came from.
+input raises ValueError with a one-line message naming the parameter it came from (or the name
+the caller gives in `what`: the CLI passes its flags).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def zeroshot(
         the `top` best labels only when given.
     """
     if not labels:
-        raise ValueError("--labels is empty: give comma-separated class names")
+        raise ValueError("labels is empty: give at least one class name")
     model, tokenizer, transform = load_clip(model_path)
     classifier = build_zero_shot_classifier(model, tokenizer, labels, load_templates(templates))
     # One image per forward pass, as a single-image query would be encoded.
@@ -58,30 +59,34 @@ def zeroshot(
     return results
 
 
-def _image_files(images_dir: str) -> list[str]:
+def _image_files(images_dir: str, what: str) -> list[str]:
     directory = Path(images_dir)
     if not directory.is_dir():
-        raise ValueError(f"--images {directory}: not a directory")
+        raise ValueError(f"{what} {directory}: not a directory")
     names = sorted(str(p) for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not names:
         raise ValueError(
-            f"--images {directory}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+            f"{what} {directory}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     return names
 
 
-def _text_lines(texts_file: str) -> list[str]:
+def _text_lines(texts_file: str, what: str) -> list[str]:
     path = Path(texts_file)
     if not path.is_file():
-        raise ValueError(f"--texts {path}: no such file")
+        raise ValueError(f"{what} {path}: no such file")
     names = [line for line in path.read_text().splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"--texts {path}: no non-empty lines")
+        raise ValueError(f"{what} {path}: no non-empty lines")
     return names
 
 
 def embed(
-    model_path: str, out: str, images_dir: str | None = None, texts_file: str | None = None
+    model_path: str,
+    out: str,
+    images_dir: str | None = None,
+    texts_file: str | None = None,
+    what: tuple[str, str] = ("images_dir", "texts_file"),
 ) -> np.ndarray:
     """Writes L2-normalised embeddings (N, D) as .npy and the inputs' names next to it (.json).
 
@@ -90,15 +95,17 @@ def embed(
         out: The .npy file to write (its .json sibling lists the inputs in row order).
         images_dir: Embed the image files directly in this folder (not recursive) ...
         texts_file: ... or the non-empty lines of this text file.
+        what: How the caller names `images_dir` and `texts_file` in messages (the CLI passes
+            its flags, "--images" and "--texts").
     """
     if (images_dir is None) == (texts_file is None):
-        raise ValueError("give exactly one of --images DIR or --texts FILE")
+        raise ValueError(f"give exactly one of {what[0]} or {what[1]}")
     model, tokenizer, transform = load_clip(model_path)
     if images_dir is not None:
-        names = _image_files(images_dir)
+        names = _image_files(images_dir, what[0])
         embeddings = encode_image_files(model, transform, names)
     else:
-        names = _text_lines(texts_file)
+        names = _text_lines(texts_file, what[1])
         embeddings = encode_texts(model, tokenizer, names)
     array = embeddings.numpy()
     out_path = Path(out)

@@ -8,8 +8,9 @@
 `save_vlm_run` writes it (at the end of `vlkit.recipes.vlm_run.train_vlm`), `load_vlm_run`
 reads it back (weights only, never code: safetensors + JSON) as a `VLMRun`, which answers
 questions about one image: its prompt is the layout the model was trained on, the image
-placeholders, then `<start>` and the question's words. `build_run_model` is the one place a
-run's architecture is assembled, for training and for loading alike.
+placeholders, then `<start>` and the question's words.
+`models.fusion_vlm.build_fusion_vlm_on_clip` is the one place a run's architecture is assembled,
+for training and for loading alike.
 """
 
 from __future__ import annotations
@@ -28,31 +29,12 @@ from vlkit.data.transforms import ImageTransform
 from vlkit.hub.weights import load_into, read_weights, write_json, write_safetensors
 from vlkit.inference.vlm_pipeline import VLMInputs, VLMPipeline
 from vlkit.models.clip import CLIP, CLIPConfig
-from vlkit.models.frozen_vision import VisionTokens
-from vlkit.models.fusion_vlm import FusionVLMConfig, build_fusion_vlm
+from vlkit.models.fusion_vlm import FusionVLMConfig, build_fusion_vlm_on_clip
 from vlkit.training.vlm_recipe import VLMRecipe
 
-__all__ = ["RUN_CONFIG", "VLMRun", "build_run_model", "load_vlm_run", "save_vlm_run"]
+__all__ = ["RUN_CONFIG", "VLMRun", "load_vlm_run", "save_vlm_run"]
 
 RUN_CONFIG = "vlm_config.json"
-
-
-def build_run_model(
-    fusion_config: FusionVLMConfig,
-    clip: CLIP,
-    vision_trainable: bool = False,
-    vision_tokens: str = "final",
-) -> nn.Module:
-    """The fusion VLM of a run around `clip`'s image tower (frozen unless `vision_trainable`).
-
-    Args:
-        fusion_config: The fusion architecture and sizes.
-        clip: The CLIP model whose image tower feeds the connector.
-        vision_trainable: Train the tower with the rest (else frozen, eval mode, no gradients).
-        vision_tokens: Which tower tokens the connector reads (`tower_tokens`).
-    """
-    vision = VisionTokens(clip.vision, vision_tokens, freeze=not vision_trainable)
-    return build_fusion_vlm(fusion_config, vision)
 
 
 @dataclass
@@ -197,7 +179,7 @@ def load_vlm_run(directory: str | Path, device: str = "cpu") -> VLMRun:
     saved = json.loads((directory / RUN_CONFIG).read_text())
     recipe = VLMRecipe.from_dict(saved["recipe"])
     clip = CLIP(CLIPConfig.from_dict(saved["vision_clip"]))
-    model = build_run_model(
+    model = build_fusion_vlm_on_clip(
         FusionVLMConfig.from_dict(saved["fusion"]), clip, recipe.vision.trainable,
         recipe.vision.tokens,
     )  # fmt: skip

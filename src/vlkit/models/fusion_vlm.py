@@ -58,11 +58,13 @@ from vlkit.models.cogvlm import CogVLM, CogVLMDecoder
 from vlkit.models.decoder import DecoderConfig, DecoderLM
 from vlkit.models.early_fusion_vlm import EarlyFusionVLM, PatchEmbedding
 from vlkit.models.flamingo import FlamingoVLM
+from vlkit.models.frozen_vision import VisionTokens
 from vlkit.models.llava import LlavaVLM
 from vlkit.models.qformer_vlm import QFormerConnector, QFormerVLM
 from vlkit.models.splicing_vlm import SplicingVLM
 
 __all__ = [
+    "build_fusion_vlm_on_clip",
     "FUSION_KINDS",
     "CogVLM",
     "EarlyFusionVLM",
@@ -220,3 +222,21 @@ def freeze_vision(model: nn.Module) -> nn.Module:
     model.vision.requires_grad_(False)
     model.vision.eval()
     return model
+
+
+def build_fusion_vlm_on_clip(
+    fusion_config: FusionVLMConfig,
+    clip: nn.Module,
+    vision_trainable: bool = False,
+    vision_tokens: str = "final",
+) -> nn.Module:
+    """The fusion VLM (a `vlkit train-vlm` run's model) around `clip`'s image tower (frozen unless `vision_trainable`).
+
+    Args:
+        fusion_config: The fusion architecture and sizes.
+        clip: The CLIP model whose image tower feeds the connector.
+        vision_trainable: Train the tower with the rest (else frozen, eval mode, no gradients).
+        vision_tokens: Which tower tokens the connector reads (`tower_tokens`).
+    """
+    vision = VisionTokens(clip.vision, vision_tokens, freeze=not vision_trainable)
+    return build_fusion_vlm(fusion_config, vision)

@@ -1,4 +1,9 @@
-"""Build a contrastive training run from a TrainConfig and run it (what `vlkit train` calls)."""
+"""Build a contrastive training run from a TrainConfig and run it (what `vlkit train` calls).
+
+With `eval.every` set, the run also evaluates on held-out data through the evaluator protocol
+(`EvaluatorCallback`): zero-shot classification on easy-VQA's test split, image <-> text
+retrieval on held-out shapes scenes.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +16,34 @@ import torch
 from torch.utils.data import Dataset
 
 from vlkit.data.collate import collate_image_text
-from vlkit.data.datasets.easy_vqa import EasyVQACaptions
+from vlkit.data.datasets.easy_vqa import (
+    CAPTION_TEMPLATES,
+    CLASS_NAMES,
+    EasyVQACaptions,
+    load_easy_vqa,
+)
 from vlkit.data.datasets.image_text import ImageTextDataset
+from vlkit.data.datasets.shape_scenes import caption
 from vlkit.data.datasets.shapes import ShapesDataset
 from vlkit.data.transforms import ImageTransform
 from vlkit.distributed import DistributedInfo, init_distributed, resolve_device
+from vlkit.evaluation.evaluator import Evaluator
+from vlkit.evaluation.retrieval import ImageTextRetrieval, RetrievalData
+from vlkit.evaluation.zero_shot import ZeroShotClassification
 from vlkit.hub import from_pretrained
 from vlkit.hub.clip_checkpoint import get_tokenizer
 from vlkit.losses.contrastive import ClipLoss
 from vlkit.losses.sigmoid import SigLipLoss
 from vlkit.models.clip import CLIP, create_model
 from vlkit.models.presets import PRESETS
-from vlkit.training.callbacks import CurvePlotter, JsonlLogger, ProgressBar, TensorBoardLogger
+from vlkit.overrides import ConfigError
+from vlkit.training.callbacks import (
+    CurvePlotter,
+    EvaluatorCallback,
+    JsonlLogger,
+    ProgressBar,
+    TensorBoardLogger,
+)
 from vlkit.training.config import TrainConfig
 from vlkit.training.data import ShardData
 from vlkit.training.freeze import lock_image_tower
@@ -30,6 +51,9 @@ from vlkit.training.tasks import ContrastiveTask
 from vlkit.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
+
+# Held-out scenes of data.source=shapes when eval.limit is None (easy-VQA's test split has 1,000).
+HELD_OUT_SCENES = 1000
 
 
 def build_model(config: TrainConfig) -> CLIP:
@@ -69,6 +93,60 @@ def build_dataset(
                             caption_column=data.caption_column)  # fmt: skip
 
 
+class IsolatedEvaluator:
+    """Runs an evaluator without autograd and on a forked torch RNG.
+
+    Evaluating in the middle of training then changes none of its numbers: the steps after an
+    evaluation draw their dropout masks from the same RNG states as without it, and the RNG
+    states saved in checkpoints are the same, so resumed runs stay bit-identical.
+    """
+
+    def __init__(self, evaluator: Evaluator) -> None:
+        self.evaluator = evaluator
+
+    def evaluate(self, model: torch.nn.Module, data: Any) -> dict[str, float]:
+        device = next(model.parameters()).device
+        cuda = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+            return self.evaluator.evaluate(model, data)
+
+
+def build_evaluators(config: TrainConfig, model: CLIP) -> dict[str, tuple[Evaluator, Any]]:
+    """The held-out evaluations of `config.eval` for `config.data.source`, for `EvaluatorCallback`.
+
+    easy_vqa: {"zero_shot": ZeroShotClassification over `CLASS_NAMES` with the caption phrasings
+    as prompts, on the test images}. shapes: {"retrieval": ImageTextRetrieval between the "test"
+    split's scenes (drawn from `config.seed`) and their canonical captions}. The images are
+    decoded and preprocessed (eval transform) once, here.
+
+    Raises:
+        ConfigError: The data source has no held-out split.
+    """
+    settings = config.eval
+    transform = ImageTransform(model.config.preprocess, train=False)
+    tokenizer = get_tokenizer(model)
+    if config.data.source == "easy_vqa":
+        examples = load_easy_vqa("test")[: settings.limit]
+        images = transform.to_batch([example.path for example in examples])  # (N, 3, S, S)
+        labels = torch.tensor([example.label for example in examples])
+        zero_shot = ZeroShotClassification(tokenizer, CLASS_NAMES, CAPTION_TEMPLATES,
+                                           settings.batch_size)  # fmt: skip
+        return {"zero_shot": (IsolatedEvaluator(zero_shot), (images, labels))}
+    if config.data.source == "shapes":
+        size = model.config.preprocess.image_size
+        held_out = ShapesDataset(settings.limit or HELD_OUT_SCENES, size, config.seed, split="test")
+        scenes = [held_out.scene(index) for index in range(len(held_out))]
+        pairs = RetrievalData(
+            images=transform.to_batch([image for image, _ in scenes]),
+            texts=[caption(objects) for _, objects in scenes],
+            text_image_ids=torch.arange(len(scenes)),
+        )
+        retrieval = ImageTextRetrieval(tokenizer, batch_size=settings.batch_size)
+        return {"retrieval": (IsolatedEvaluator(retrieval), pairs)}
+    # TrainConfig refuses eval.every for the other sources; this guards a config changed later.
+    raise ConfigError(f"eval.every: data.source={config.data.source} has no held-out split")
+
+
 def build_loss(config: TrainConfig, distributed: DistributedInfo) -> torch.nn.Module:
     """The contrastive loss of `config.loss`, gathering across processes when distributed."""
     if config.loss.kind == "siglip":
@@ -94,6 +172,8 @@ def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
         config.to_json(out / "train_config.json")
         if config.progress:
             callbacks.append(ProgressBar())
+        if config.eval.every is not None:  # before the loggers, so they record its metrics
+            callbacks.append(EvaluatorCallback(build_evaluators(config, model), config.eval.every))
         callbacks += [
             JsonlLogger(out / "metrics.jsonl", config.log_every),
             TensorBoardLogger(out / "tensorboard", config.log_every),

@@ -7,10 +7,9 @@ from torch import nn
 
 from vlkit.data.tokenizers.word import WordTokenizer
 from vlkit.hub import from_pretrained
-from vlkit.inference.vlm_run_directory import build_run_model
 from vlkit.models.clip import CLIP, create_model
 from vlkit.models.decoder import DecoderConfig
-from vlkit.models.fusion_vlm import FusionVLMConfig
+from vlkit.models.fusion_vlm import FusionVLMConfig, build_fusion_vlm_on_clip
 from vlkit.training.vlm_recipe import VLMRecipe
 
 __all__ = ["build_recipe_model", "fusion_config", "vision_clip"]
@@ -60,4 +59,4 @@ def build_recipe_model(recipe: VLMRecipe, clip: CLIP, tokenizer: WordTokenizer) 
     """
     config = fusion_config(recipe, tokenizer, clip.config.preprocess.image_size)
     torch.manual_seed(recipe.seed)
-    return build_run_model(config, clip, recipe.vision.trainable, recipe.vision.tokens)
+    return build_fusion_vlm_on_clip(config, clip, recipe.vision.trainable, recipe.vision.tokens)

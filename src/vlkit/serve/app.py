@@ -46,7 +46,7 @@ from vlkit.evaluation.zero_shot import (
 )
 from vlkit.inference.image_search import ImageSearcher
 from vlkit.inference.index import EmbeddingIndex
-from vlkit.serve.generative import VLM, load_vlm, stream_events
+from vlkit.serve.generative import VLM, load_served_vlm, stream_events
 
 MAX_LABELS = 1000
 MAX_HITS = 100
@@ -89,7 +89,7 @@ def create_app(
         raise ValueError("an image index needs the CLIP model that embedded it: add --model")
     vlm = None
     if vlm_path is not None:
-        vlm = load_vlm(vlm_path)
+        vlm = load_served_vlm(vlm_path)
     if model_path is None:
         return _build_app(None, None, None, search_templates, vlm)
     model, tokenizer, transform = load_clip(model_path)

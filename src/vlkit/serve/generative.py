@@ -1,6 +1,6 @@
 """Generative VLMs for the web app: the HTTP-facing limits and streaming around a `VLMPipeline`.
 
-`load_vlm(path)` loads a `vlkit train-vlm` fusion run or a SmolVLM directory once (through
+`load_served_vlm(path)` loads a `vlkit train-vlm` fusion run or a SmolVLM directory once (through
 `vlkit.inference.load_vlm`, the one generative path the CLI uses too); `VLM.answer(images,
 prompt, max_new_tokens)` checks the request against the server's limits, decodes greedily
 (deterministic) and returns the text, the prompt's words outside a fusion run's vocabulary and
@@ -24,14 +24,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vlkit.inference.text_streamer import TextStreamer
-from vlkit.inference.vlm_loading import load_vlm as load_pipeline
+from vlkit.inference.vlm_loading import load_vlm
 from vlkit.inference.vlm_pipeline import VLMPipeline
 
 MAX_NEW_TOKENS = 256
 MAX_PROMPT_CHARS = 2000
 MAX_IMAGES = 4  # per request, for models that take several (SmolVLM)
 
-__all__ = ["Answer", "VLM", "load_vlm", "stream_events"]
+__all__ = ["Answer", "VLM", "load_served_vlm", "stream_events"]
 
 
 @dataclass
@@ -108,13 +108,13 @@ class VLM:
         )
 
 
-def load_vlm(path: str) -> VLM:
+def load_served_vlm(path: str) -> VLM:
     """A fusion run (`vlm_config.json`) or a SmolVLM / Idefics3 directory, loaded for answering.
 
     Raises:
         FileNotFoundError, ValueError, CheckpointError: Not a VLM directory, named in one line.
     """
-    return VLM(load_pipeline(path), str(path))
+    return VLM(load_vlm(path), str(path))
 
 
 class _Cancelled(Exception):

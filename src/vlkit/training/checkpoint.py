@@ -92,7 +92,7 @@ def resolve_resume(checkpoint_dir: str | Path, resume: str) -> Path:
     if resume == "latest":
         pointer = root / LATEST
         if not pointer.is_file():
-            raise CheckpointError(f"--resume latest: no checkpoint in {root} (no '{LATEST}' file)")
+            raise CheckpointError(f"resume='latest': no checkpoint in {root} (no '{LATEST}' file)")
         path = root / pointer.read_text().strip()
     else:
         path = Path(resume)

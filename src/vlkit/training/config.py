@@ -5,7 +5,7 @@
 
 `TrainConfig` holds what the run is (model, seed, device, precision, where it writes) and four
 groups: `data` (the data source and how it is read), `optim` (batch, schedule, AdamW, what
-trains), `loss` and `checkpoint`. The flat keys of earlier versions (`batch_size=8`,
+trains), `loss`, `checkpoint` and `eval` (periodic evaluation on held-out data). The flat keys of earlier versions (`batch_size=8`,
 `data=shapes`, `checkpoint_every=100`) still work everywhere, through `FLAT_KEYS`.
 """
 
@@ -127,6 +127,38 @@ class CheckpointConfig:
         check_fields(self)
 
 
+# The data sources with a held-out split that `eval.every` evaluates on (recipes/clip_run.py).
+EVAL_SOURCES: tuple[str, ...] = ("easy_vqa", "shapes")
+
+
+@dataclass
+class EvalConfig:
+    """Periodic evaluation on held-out data while training (off by default).
+
+    easy_vqa: zero-shot classification over its 24 classes on the test split; shapes:
+    image <-> text retrieval between test scenes and their captions. The metrics join the step's
+    row of metrics.jsonl as "eval/<name>/<metric>", and the final ones the run summary.
+
+    Attributes:
+        every: Evaluate every N steps (a multiple of `log_every`, so each evaluation is
+            logged) and at the end; None: never.
+        limit: Evaluate on the first N held-out examples; None: the whole held-out split
+            (easy-VQA's 1,000 test images; 1,000 test scenes for shapes).
+        batch_size: Images per forward pass.
+    """
+
+    every: int | None = None
+    limit: int | None = None
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name in ("every", "limit", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"eval.{name}: must be >= 1, got {value}")
+
+
 # The flat keys of earlier versions -> where they live now. `vlkit train batch_size=8`, a
 # `CONFIG = dict(batch_size=8)` file, an old run's train_config.json and `TrainConfig(batch_size=8)`
 # all go through this one table.
@@ -181,6 +213,7 @@ class TrainConfig:
         optim: Batch, schedule and optimizer (`OptimConfig`).
         loss: The contrastive loss (`LossConfig`).
         checkpoint: Checkpoint frequency and retention (`CheckpointConfig`).
+        eval: Periodic evaluation on held-out data (`EvalConfig`; off by default).
 
     The constructor also takes the flat keys of `FLAT_KEYS` (`batch_size=8` sets
     `optim.batch_size`; `data="shapes"` sets `data.source`), as config files and old runs use.
@@ -198,11 +231,23 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         check_fields(self)
         if self.optim.batch_size < 2:
             raise ConfigError("optim.batch_size: contrastive training needs a batch of >= 2")
+        every = self.eval.every
+        if every is not None and self.data.source not in EVAL_SOURCES:
+            raise ConfigError(
+                f"eval.every: data.source={self.data.source} has no held-out split "
+                f"(eval.every works with data.source {' or '.join(EVAL_SOURCES)})"
+            )
+        if every is not None and every % max(1, self.log_every):
+            raise ConfigError(
+                f"eval.every: must be a multiple of log_every={self.log_every} so that every "
+                f"evaluation is logged, got {every}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The nested settings as JSON-ready values."""
@@ -255,6 +300,8 @@ __all__ = [
     "FLAT_KEYS",
     "CheckpointConfig",
     "DataConfig",
+    "EVAL_SOURCES",
+    "EvalConfig",
     "LossConfig",
     "OptimConfig",
     "TrainConfig",

@@ -1,0 +1,162 @@
+"""`from_pretrained` / `save_pretrained`: Hugging Face CLIP/SigLIP, open_clip, vlkit's own format.
+
+`from_pretrained(name_or_path)` recognises:
+- a Hugging Face directory (`config.json` with model_type clip or siglip + weights);
+- a SmolVLM / SmolVLM2 / Idefics3 directory (`config.json` with model_type smolvlm or idefics3),
+  loaded as a `vlkit.models.smolvlm.GenerativeVLM` by `vlkit.hub.hf_smolvlm.load_smolvlm`;
+- an open_clip directory (`open_clip_config.json` + `open_clip_model.safetensors` or
+  `open_clip_pytorch_model.bin`), or an open_clip weights file plus `open_clip_config=`;
+- a vlkit directory (`vlkit_config.json` + `model.safetensors`), e.g. a ResNet CLIP;
+- a Hugging Face hub id, downloaded with `huggingface_hub` when the network allows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vlkit.errors import CheckpointError
+from vlkit.hub.hf_clip import (
+    HF_WEIGHT_FILES,
+    config_from_hf,
+    config_to_hf,
+    from_hf_state_dict,
+    hf_format_problem,
+    to_hf_state_dict,
+)
+from vlkit.hub.hf_preprocess import (
+    HF_PREPROCESSOR_CONFIG,
+    preprocess_config_from_hf,
+    preprocess_config_to_hf,
+)
+from vlkit.hub.hf_smolvlm import is_smolvlm_directory, load_smolvlm
+from vlkit.hub.open_clip import (
+    OPEN_CLIP_WEIGHT_FILES,
+    config_from_open_clip,
+    from_open_clip_state_dict,
+    read_open_clip_config,
+)
+from vlkit.hub.weights import find_weights, load_into, read_weights, write_json, write_safetensors
+from vlkit.models.clip import CLIP, CLIPConfig, create_model
+from vlkit.models.smolvlm import GenerativeVLM
+
+VLKIT_CONFIG = "vlkit_config.json"
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
+
+__all__ = [
+    "VLKIT_CONFIG",
+    "CheckpointError",
+    "from_pretrained",
+    "resolve_checkpoint",
+    "save_pretrained",
+]
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A local directory or file for `name_or_path`, downloading a hub id if it is not local."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    name = str(name_or_path)
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise CheckpointError(f"no such checkpoint file or directory: {name}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=_HUB_PATTERNS))
+    except Exception as error:  # offline, unknown repo, gated repo, ...
+        raise CheckpointError(
+            f"{name!r} is not a local path and could not be downloaded from the Hugging Face hub "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+            "download it elsewhere and pass the directory"
+        ) from error
+
+
+def from_pretrained(
+    name_or_path: str | Path, open_clip_config: str | Path | dict[str, Any] | None = None
+) -> CLIP | GenerativeVLM:
+    """Loads a CLIP / SigLIP checkpoint, or a SmolVLM / Idefics3 generative VLM (see the module
+    docstring for the formats)."""
+    path = resolve_checkpoint(name_or_path)
+    if path.is_file():
+        if open_clip_config is None:
+            raise CheckpointError(
+                f"{path} is a weights file: pass open_clip_config= (the open_clip model config "
+                "JSON) or a checkpoint directory"
+            )
+        return _load_open_clip(path, *read_open_clip_config(open_clip_config))
+    if (path / "open_clip_config.json").is_file():
+        weights = find_weights(path, OPEN_CLIP_WEIGHT_FILES)
+        return _load_open_clip(weights, *read_open_clip_config(path / "open_clip_config.json"))
+    if (path / VLKIT_CONFIG).is_file():
+        model = create_model(CLIPConfig.from_json(path / VLKIT_CONFIG))
+        load_into(model, read_weights(find_weights(path, ["model.safetensors"])), str(path))
+        return model.eval()
+    if (path / "config.json").is_file():
+        if is_smolvlm_directory(path):
+            return load_smolvlm(path)
+        return _load_hf(path)
+    raise CheckpointError(
+        f"{path} is not a checkpoint directory: expected config.json (Hugging Face), "
+        f"open_clip_config.json (open_clip) or {VLKIT_CONFIG} (vlkit)"
+    )
+
+
+def _load_hf(path: Path) -> CLIP:
+    try:
+        hf_config = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path / 'config.json'} is not valid JSON: {error}") from error
+    config = config_from_hf(hf_config, str(path / "config.json"))
+    if (path / HF_PREPROCESSOR_CONFIG).is_file():
+        try:
+            config.preprocess = preprocess_config_from_hf(path)
+        except ValueError as error:
+            raise CheckpointError(f"{path / 'preprocessor_config.json'}: {error}") from error
+    model = create_model(config)
+    weights = find_weights(path, HF_WEIGHT_FILES)
+    state = from_hf_state_dict(read_weights(weights), model, str(weights))
+    load_into(model, state, str(weights))
+    return model.eval()
+
+
+def _load_open_clip(weights: Path, model_cfg: dict, preprocess_cfg: dict | None) -> CLIP:
+    model = create_model(config_from_open_clip(model_cfg, preprocess_cfg))
+    state = from_open_clip_state_dict(read_weights(weights), model.config)
+    load_into(model, state, str(weights))
+    return model.eval()
+
+
+def save_pretrained(model: CLIP, directory: str | Path, format: str = "auto") -> None:
+    """Writes `model` so that it loads back unchanged.
+
+    Args:
+        format: "hf" writes a directory that transformers' `CLIPModel` / `SiglipModel` loads
+            (config.json, model.safetensors, preprocessor_config.json); "vlkit" writes
+            vlkit_config.json + model.safetensors (any vlkit model, e.g. a ResNet CLIP); "auto"
+            picks "hf" when the architecture has a Hugging Face equivalent.
+    """
+    if format not in ("auto", "hf", "vlkit"):
+        raise ValueError(f"format must be 'auto', 'hf' or 'vlkit', got {format!r}")
+    directory = Path(directory)
+    config = model.config
+    if format == "auto":
+        format = "vlkit" if hf_format_problem(config) else "hf"
+    state = model.state_dict()
+    if format == "vlkit":
+        write_safetensors(state, directory / "model.safetensors", metadata={"format": "pt"})
+        write_json(config.to_dict(), directory / VLKIT_CONFIG)
+        return
+    write_safetensors(to_hf_state_dict(state, config), directory / "model.safetensors",
+                      metadata={"format": "pt"})  # fmt: skip
+    write_json(config_to_hf(config), directory / "config.json")
+    write_json(
+        preprocess_config_to_hf(config.preprocess, config.model_type),
+        directory / "preprocessor_config.json",
+    )
+
+
+# `CLIP.save_pretrained` delegates to the function above: the models cannot import the format
+# layer, so the format layer plugs its writer in.
+CLIP.checkpoint_writer = save_pretrained
