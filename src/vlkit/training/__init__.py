@@ -9,6 +9,7 @@ from vlkit.training.callbacks import EvaluatorCallback
 from vlkit.training.config import (
     CheckpointConfig,
     DataConfig,
+    EvalConfig,
     LossConfig,
     OptimConfig,
     TrainConfig,
@@ -20,6 +21,7 @@ __all__ = [
     "Callback",
     "CheckpointConfig",
     "DataConfig",
+    "EvalConfig",
     "EvaluatorCallback",
     "LossConfig",
     "OptimConfig",
