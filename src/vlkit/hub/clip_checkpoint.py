@@ -64,7 +64,7 @@ def get_tokenizer(name_or_path: str | Path | CLIP, context_length: int | None = 
 
 
 def _tokenizer_for_config(config: CLIPConfig, context_length: int | None, source: str) -> Any:
-    if config.model_type != "clip" or config.text.vocab_size != 49408:
+    if config.model_type != "clip" or config.text.vocab_size != tokenizers.CLIP_VOCAB_SIZE:
         raise CheckpointError(
             f"{source}: no tokenizer files, and the model does not use CLIP's 49,408-token "
             "vocabulary; pass the checkpoint directory that holds its tokenizer"
