@@ -204,11 +204,12 @@ def test_chat_template_matches_transformers(dirs):
             expected = reference.apply_chat_template(conversation, add_generation_prompt=generation)
             got = ours.apply_chat_template(conversation, add_generation_prompt=generation)
             assert got == expected
+    # transformers' default: no generation prompt.
     assert ours.apply_chat_template(conversations[:2]) == [
-        reference.apply_chat_template(c, add_generation_prompt=True) for c in conversations[:2]
+        reference.apply_chat_template(c) for c in conversations[:2]
     ]
     # The rendered prompt feeds straight into the processor.
-    prompt = ours.apply_chat_template(conversations[0])
+    prompt = ours.apply_chat_template(conversations[0], add_generation_prompt=True)
     _assert_equal(
         ours(text=prompt, images=[PHOTOS["coffee"]]),
         reference(text=prompt, images=[PHOTOS["coffee"]], return_tensors="pt"),
@@ -309,3 +310,95 @@ def test_missing_files_and_keys(tmp_path, dirs):
         ours(text=["<image><image>"], images=[[PHOTOS["wide"]]])
     with pytest.raises(ValueError, match="no images"):
         ours(text="<image>")
+
+
+def test_generate_on_a_directory_saved_by_transformers_5(dirs, tmp_path, capsys):
+    """`vlkit generate` on a SmolVLM directory as transformers 5 saves it (image settings nested
+    in processor_config.json, chat_template.jinja, no preprocessor_config.json): the same answer
+    as on the original layout, for an image and for a video file."""
+    from vlkit.cli import main
+
+    av = pytest.importorskip("av")
+    original = _write_processor(tmp_path / "original")
+    processor = SmolVLMProcessor.from_pretrained(original)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=4, image_size=32, patch_size=4)  # fmt: skip
+    text = dict(model_type="llama", vocab_size=processor.tokenizer.get_vocab_size(),
+                hidden_size=48, intermediate_size=96, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)  # fmt: skip
+    config = transformers.SmolVLMConfig(
+        vision_config=vision, text_config=text, scale_factor=4,
+        image_token_id=processor.image_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.SmolVLMForConditionalGeneration(config).eval()
+    model.save_pretrained(original)
+    resaved = tmp_path / "resaved"
+    transformers.SmolVLMProcessor.from_pretrained(original).save_pretrained(resaved)
+    model.save_pretrained(resaved)
+    assert not (resaved / "preprocessor_config.json").exists()
+    assert (resaved / "chat_template.jinja").is_file()
+
+    photo = tmp_path / "photo.png"
+    PHOTOS["chelsea"].save(photo)
+    video = tmp_path / "clip.mp4"
+    with av.open(str(video), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for frame in _frames(8)[:, :64, :96]:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+    answers = {}
+    for name, directory in (("original", original), ("resaved", resaved)):
+        for flag, path in (("--image", photo), ("--video", video)):
+            code = main(["generate", "--model", str(directory), flag, str(path),
+                         "--prompt", "What is it?", "--max-new-tokens", "5"])  # fmt: skip
+            assert code == 0
+            answers[name, flag] = capsys.readouterr().out
+    assert answers["original", "--image"] == answers["resaved", "--image"]
+    assert answers["original", "--video"] == answers["resaved", "--video"]
+    assert answers["original", "--image"].strip()
+
+
+def test_call_orders_and_keyword_errors(dirs):
+    """transformers' argument order (images, text, videos), vlkit's older (text, images) order,
+    images without text, and unknown image keywords named."""
+    ours, reference, _ = _pair(dirs["split"])
+    image = PHOTOS["coffee"]
+    keyword = ours(text="<image>Hi", images=image)
+    _assert_equal(ours(image, "<image>Hi"), keyword)
+    _assert_equal(ours("<image>Hi", image), keyword)
+    pixels_only = ours(images=image)
+    assert set(pixels_only) == {"pixel_values", "pixel_attention_mask"}
+    _assert_equal(pixels_only, reference(images=image, return_tensors="pt"))
+    with pytest.raises(TypeError, match="do_image_splittin"):
+        ours(text="<image>", images=image, do_image_splittin=False)
+    with pytest.raises(ValueError, match="padding="):
+        ours(text="x", padding="everything")
+    with pytest.raises(ValueError, match="uint8"):
+        ours(images=np.zeros((8, 8, 3), dtype=np.float32))
+
+
+def test_webm_frame_count_is_counted(tmp_path):
+    """WebM stores no frame count in its header: the frames are counted, not taken as 0."""
+    av = pytest.importorskip("av")
+    from vlkit.data.smolvlm.video_files import probe_video, read_video_file
+
+    path = tmp_path / "clip.webm"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libvpx", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for frame in _frames(7)[:, :48, :64]:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    info = probe_video(path)
+    assert (info.total_frames, info.fps, info.duration) == (7, 5.0, 1.4)
+    video = read_video_file(path, lambda info: [0, 3, 6])
+    assert video.frame_indices == [0, 3, 6] and len(video.frames) == 3
+    with pytest.raises(ValueError, match="not a readable video"):
+        probe_video(tmp_path / "missing.mp4")

@@ -7,7 +7,9 @@
 - an open_clip directory (`open_clip_config.json` + `open_clip_model.safetensors` or
   `open_clip_pytorch_model.bin`), or an open_clip weights file plus `open_clip_config=`;
 - a vlkit directory (`vlkit_config.json` + `model.safetensors`), e.g. a ResNet CLIP;
-- a Hugging Face hub id, downloaded with `huggingface_hub` when the network allows.
+- a Hugging Face hub id (`openai/clip-vit-base-patch32`, `hf-hub:timm/ViT-B-16-SigLIP`,
+  `ORG/NAME@REVISION`): only the files vlkit reads are downloaded, through `huggingface_hub`
+  and its cache (`vlkit.hub.download`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vlkit.errors import CheckpointError
+from vlkit.hub.download import download_checkpoint, parse_hub_id
 from vlkit.hub.hf_clip import (
     HF_WEIGHT_FILES,
     config_from_hf,
@@ -42,7 +45,6 @@ from vlkit.models.clip import CLIP, CLIPConfig, create_model
 from vlkit.models.smolvlm import GenerativeVLM
 
 VLKIT_CONFIG = "vlkit_config.json"
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
 
 __all__ = [
     "VLKIT_CONFIG",
@@ -53,32 +55,41 @@ __all__ = [
 ]
 
 
-def resolve_checkpoint(name_or_path: str | Path) -> Path:
-    """A local directory or file for `name_or_path`, downloading a hub id if it is not local."""
+def resolve_checkpoint(
+    name_or_path: str | Path, revision: str | None = None, token: str | bool | None = None
+) -> Path:
+    """A local directory or file for `name_or_path`, downloading a hub id if it is not local
+    (only the files vlkit reads: `vlkit.hub.download`).
+
+    Args:
+        name_or_path: A checkpoint directory or weights file, or a hub id (`ORG/NAME`,
+            `hf-hub:ORG/NAME`, `ORG/NAME@REVISION`).
+        revision: Branch, tag or commit of a hub id (default: `@REVISION`, else "main").
+        token: Hub token for private or gated repositories (default: HF_TOKEN / stored login).
+
+    Raises:
+        CheckpointError: No such local path and no hub repository could be used (one line).
+    """
     path = Path(name_or_path).expanduser()
     if path.exists():
         return path
     name = str(name_or_path)
-    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+    if parse_hub_id(name) is None:
         raise CheckpointError(f"no such checkpoint file or directory: {name}")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name, allow_patterns=_HUB_PATTERNS))
-    except Exception as error:  # offline, unknown repo, gated repo, ...
-        raise CheckpointError(
-            f"{name!r} is not a local path and could not be downloaded from the Hugging Face hub "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-            "download it elsewhere and pass the directory"
-        ) from error
+    return download_checkpoint(name, revision=revision, token=token)
 
 
 def from_pretrained(
-    name_or_path: str | Path, open_clip_config: str | Path | dict[str, Any] | None = None
+    name_or_path: str | Path,
+    open_clip_config: str | Path | dict[str, Any] | None = None,
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
 ) -> CLIP | GenerativeVLM:
     """Loads a CLIP / SigLIP checkpoint, or a SmolVLM / Idefics3 generative VLM (see the module
-    docstring for the formats)."""
-    path = resolve_checkpoint(name_or_path)
+    docstring for the formats; `revision` and `token` apply to hub ids, see
+    `resolve_checkpoint`)."""
+    path = resolve_checkpoint(name_or_path, revision=revision, token=token)
     if path.is_file():
         if open_clip_config is None:
             raise CheckpointError(

@@ -57,8 +57,8 @@ class SmolVLMPipeline(VLMPipeline):
         return self.processor.stop_token_ids
 
     def prepare(self, images: Sequence[Any], prompt: str, video: Any = None) -> VLMInputs:
-        """Chat prompt ids, tiled pixels and masks for RGB PIL images and an optional
-        `vlkit.data.smolvlm.image_processor.Video`."""
+        """Chat prompt ids, tiled pixels and masks for RGB PIL images and an optional video: a
+        `vlkit.data.smolvlm.image_processor.Video`, a frame directory or a video file path."""
         content: list[dict[str, Any]] = [{"type": "image"} for _ in images]
         if video is not None:
             content.append({"type": "video"})
@@ -66,7 +66,15 @@ class SmolVLMPipeline(VLMPipeline):
         text = self.processor.apply_chat_template(
             [{"role": "user", "content": content}], add_generation_prompt=True
         )
-        encoded = self.processor(text=text, images=[list(images)] if images else None, videos=video)
+        # A video file is sampled at the checkpoint's fps / max_frames, as transformers'
+        # apply_chat_template(tokenize=True) does when it loads a video (it sets fps/num_frames).
+        sample = True if isinstance(video, str | Path) and not Path(video).is_dir() else None
+        encoded = self.processor(
+            text=text,
+            images=[list(images)] if images else None,
+            videos=video,
+            do_sample_frames=sample,
+        )
         tensors = {k: v.to(self.device) for k, v in encoded.items() if isinstance(v, torch.Tensor)}
         model_inputs = {
             name: tensors.get(name)

@@ -9,13 +9,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlkit.distributed import resolve_device
+from vlkit.hub.download import download_checkpoint, is_hub_id
 from vlkit.inference.smolvlm_pipeline import SmolVLMPipeline
 from vlkit.inference.vlm_pipeline import VLMPipeline
 from vlkit.inference.vlm_run_directory import VLMRun
 
-__all__ = ["PIPELINES", "load_vlm", "vlm_pipeline_class"]
+__all__ = ["PIPELINES", "load_vlm", "vlm_directory", "vlm_pipeline_class"]
 
 PIPELINES: tuple[type[VLMPipeline], ...] = (VLMRun, SmolVLMPipeline)
+
+
+def vlm_directory(path: str | Path, what: str = "VLM directory") -> Path:
+    """`path` itself when it is a directory; a hub id (`HuggingFaceTB/SmolVLM-256M-Instruct`)
+    downloaded into the Hugging Face cache (`vlkit.hub.download`: weights, configs, tokenizer,
+    processor files and chat template only).
+
+    Raises:
+        FileNotFoundError: No such directory, and not spelled like a hub id.
+        vlkit.errors.CheckpointError: A hub id that could not be downloaded (one line).
+    """
+    directory = Path(path).expanduser()
+    if directory.is_dir():
+        return directory
+    if is_hub_id(str(path)):
+        return download_checkpoint(str(path))
+    raise FileNotFoundError(f"{path}: no such {what}")
 
 
 def vlm_pipeline_class(path: str | Path) -> type[VLMPipeline]:
@@ -25,9 +44,7 @@ def vlm_pipeline_class(path: str | Path) -> type[VLMPipeline]:
         FileNotFoundError: No such directory.
         ValueError: A directory no kind accepts.
     """
-    directory = Path(path)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{path}: no such VLM directory")
+    directory = vlm_directory(path)
     for pipeline in PIPELINES:
         if pipeline.accepts(directory):
             return pipeline
@@ -38,7 +55,8 @@ def load_vlm(path: str | Path, device: str = "cpu", int8: bool = False) -> VLMPi
     """Loads a generative VLM directory (weights only, never code) for answering.
 
     Args:
-        path: A `vlkit train-vlm` run or a SmolVLM / SmolVLM2 / Idefics3 directory.
+        path: A `vlkit train-vlm` run or a SmolVLM / SmolVLM2 / Idefics3 directory, or a hub
+            id of one (downloaded through `vlm_directory`).
         device: Where the model runs.
         int8: Dynamic INT8 linear layers (`inference.quantize`; CPU only).
 
@@ -46,7 +64,9 @@ def load_vlm(path: str | Path, device: str = "cpu", int8: bool = False) -> VLMPi
         FileNotFoundError, ValueError, vlkit.errors.CheckpointError: Not a VLM directory, or
             broken files, named in one line.
     """
-    pipeline = vlm_pipeline_class(path).load(path, device)
+    device = str(resolve_device(device))  # an unavailable device fails before any loading
+    directory = vlm_directory(path)
+    pipeline = vlm_pipeline_class(directory).load(directory, device)
     if int8:
         pipeline.quantize_int8()
     return pipeline

@@ -17,19 +17,21 @@ tile; the text side (`processor.py`, `prompts.py`) gives each tile its `<row_r_c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vlkit.data.images import load_image, to_rgb
+from vlkit.data.images import load_image
 
 __all__ = [
     "SmolVLMImageConfig",
     "SmolVLMVideoConfig",
     "Video",
+    "as_rgb_image",
     "longest_edge_size",
     "pad_images",
     "preprocess_image",
@@ -40,6 +42,12 @@ __all__ = [
 
 # transformers' `MAX_IMAGE_SIZE` (image_processing_smolvlm.py): a 4k cap after the first resize.
 MAX_IMAGE_SIZE = 4096
+# Per-call keyword arguments that transformers' SmolVLM image processor takes (ImagesKwargs plus
+# SmolVLMImageProcessorKwargs), under their transformers names.
+IMAGE_KWARGS = (
+    "size", "max_image_size", "resample", "do_resize", "do_image_splitting", "do_rescale",
+    "rescale_factor", "do_normalize", "image_mean", "image_std", "do_pad", "do_convert_rgb",
+)  # fmt: skip
 
 
 @dataclass
@@ -58,9 +66,12 @@ class SmolVLMImageConfig:
         do_rescale: Apply `rescale_factor`.
         do_normalize: Apply `image_mean` / `image_std`.
         do_pad: Pad to the batch's largest image count and size, with `pixel_attention_mask`.
+        do_convert_rgb: Convert inputs to RGB first (transparency composited onto white).
+        resize_to: `(height, width)` when `size` is `{"height", "width"}` (an exact first resize)
+            instead of `{"longest_edge"}`.
     """
 
-    longest_edge: int
+    longest_edge: int | None
     tile_size: int
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
@@ -71,6 +82,50 @@ class SmolVLMImageConfig:
     do_rescale: bool = True
     do_normalize: bool = True
     do_pad: bool = True
+    do_convert_rgb: bool = True
+    resize_to: tuple[int, int] | None = None
+
+    def with_overrides(self, **kwargs: Any) -> SmolVLMImageConfig:
+        """A copy with transformers-style per-call settings applied (`size`, `max_image_size`,
+        `do_image_splitting`, `image_mean`, ... as `IMAGE_KWARGS`; None means "unchanged").
+
+        Raises:
+            TypeError: An unknown keyword, named.
+            ValueError: A `size` / `max_image_size` dict without the keys transformers reads.
+        """
+        changes: dict[str, Any] = {}
+        names = {f.name for f in fields(self)}
+        for key, value in kwargs.items():
+            if value is None:
+                continue
+            if key == "size":
+                changes.update(_parse_size(value))
+            elif key == "max_image_size":
+                if not isinstance(value, dict) or "longest_edge" not in value:
+                    raise ValueError(f"max_image_size={value!r}: needs a 'longest_edge' key")
+                changes["tile_size"] = int(value["longest_edge"])
+            elif key in ("image_mean", "image_std"):
+                values = [value] * 3 if isinstance(value, int | float) else list(value)
+                changes[key] = tuple(float(v) for v in values)
+            elif key == "resample":
+                changes[key] = int(value)
+            elif key in names and key not in ("longest_edge", "tile_size", "resize_to"):
+                changes[key] = value
+            else:
+                raise TypeError(f"unknown image processor keyword argument {key!r}")
+        return replace(self, **changes)
+
+
+def _parse_size(size: Any) -> dict[str, Any]:
+    # transformers' SmolVLM resize reads `longest_edge`, else `height` and `width`; a bare int
+    # is a square (`get_size_dict(42)` -> {"height": 42, "width": 42}).
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = {"height": size, "width": size}
+    if isinstance(size, dict) and size.get("longest_edge"):
+        return {"longest_edge": int(size["longest_edge"]), "resize_to": None}
+    if isinstance(size, dict) and size.get("height") and size.get("width"):
+        return {"longest_edge": None, "resize_to": (int(size["height"]), int(size["width"]))}
+    raise ValueError(f"size={size!r}: needs 'longest_edge', or 'height' and 'width'")
 
 
 @dataclass
@@ -83,12 +138,15 @@ class SmolVLMVideoConfig:
         fps: `video_sampling.fps`, the target sampling rate in frames per second.
         do_sample_frames: Sample frames by default (transformers' default is False: frames are
             taken as given, already sampled).
+        frame_config: Normalisation, resampling and tile size (`max_image_size`) of the video
+            processor, which may differ from the image processor's; None: the image settings.
     """
 
     longest_edge: int
     max_frames: int
     fps: float
     do_sample_frames: bool = False
+    frame_config: SmolVLMImageConfig | None = None
 
 
 @dataclass
@@ -163,9 +221,56 @@ def _resize(image: Image.Image, height: int, width: int, resample: int) -> Image
     return image.resize((width, height), resample=Image.Resampling(resample))
 
 
+def as_rgb_image(image: Any, do_convert_rgb: bool = True) -> Image.Image:
+    """A PIL image, a uint8 numpy array (HWC or CHW, 1, 3 or 4 channels) or a uint8 torch tensor
+    -> the PIL image transformers' PIL backend resizes (`PilBackend.process_image`).
+
+    RGB conversion is transformers' `image_transforms.convert_to_rgb`: a band "A" or a
+    `transparency` entry is composited onto white, every other mode goes through PIL's
+    `convert("RGB")` (so 16-bit and float images are clipped to 0..255, as in transformers; this
+    differs from `vlkit.data.images.to_rgb`, which rescales them). Arrays: 1 channel is
+    repeated, 4 channels are blended onto white and rounded.
+
+    Raises:
+        ValueError: An array that is not uint8, or has no 1/3/4-channel axis first or last.
+    """
+    if isinstance(image, Image.Image):
+        if not do_convert_rgb:
+            return image
+        if "A" in image.getbands() or image.info.get("transparency") is not None:
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"unsupported image type {type(image).__name__}: PIL, numpy or torch")
+    if image.dtype != np.uint8:
+        raise ValueError(
+            f"image array of dtype {image.dtype}: SmolVLM inputs must be uint8 (0..255) arrays"
+        )
+    if image.ndim == 2:
+        image = image[:, :, None]
+    elif image.ndim == 3 and image.shape[0] in (1, 3, 4):
+        # transformers' infer_channel_dimension_format: channels first wins when ambiguous.
+        image = np.moveaxis(image, 0, -1)
+    elif image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"image array of shape {image.shape}: expected (H, W, C) or (C, H, W)")
+    if do_convert_rgb and image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    elif do_convert_rgb and image.shape[-1] == 4:
+        alpha = image[..., 3:4] / 255
+        image = np.round(alpha * image[..., :3] + (1 - alpha) * 255).astype(np.uint8)
+    return Image.fromarray(
+        np.ascontiguousarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+    )
+
+
 def _to_array(image: Image.Image, config: SmolVLMImageConfig) -> np.ndarray:
-    """uint8 HWC image -> (3, H, W) float32, as transformers' `rescale` then `normalize`."""
-    array = np.asarray(image).transpose(2, 0, 1)  # (3, H, W) uint8
+    """uint8 HWC image -> (C, H, W) float32, as transformers' `rescale` then `normalize`."""
+    array = np.asarray(image)
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W) uint8
     if config.do_rescale:
         # float64 product, then float32: `image_transforms.rescale`.
         array = (array.astype(np.float64) * config.rescale_factor).astype(np.float32)
@@ -184,7 +289,7 @@ def preprocess_image(
     """One image -> its tiles (row-major) and the global view, with the tile grid.
 
     Args:
-        image: Any PIL image; converted to RGB first.
+        image: A PIL image, or a uint8 array / tensor (see `as_rgb_image`); converted to RGB.
         config: Image settings.
 
     Returns:
@@ -192,10 +297,9 @@ def preprocess_image(
         tiles then the global view when the image was split, else the single view; `rows` and
         `cols` are 0 when not split (transformers' convention, read by the prompt builder).
     """
-    image = to_rgb(image)
+    image = as_rgb_image(image, config.do_convert_rgb)
     if config.do_resize:
-        size = longest_edge_size(image.height, image.width, config.longest_edge)
-        image = _resize(image, *size, config.resample)
+        image = _resize(image, *_first_resize_size(image, config), config.resample)
     tile = config.tile_size
     if not config.do_image_splitting:
         # Unsplit images are squashed to a square tile (`_preprocess`, else branch).
@@ -214,14 +318,22 @@ def preprocess_image(
     return [_to_array(v, config) for v in views], rows, cols
 
 
+def _first_resize_size(image: Image.Image, config: SmolVLMImageConfig) -> tuple[int, int]:
+    if config.resize_to is not None:
+        return config.resize_to
+    if config.longest_edge is None:
+        raise ValueError("size: needs 'longest_edge', or 'height' and 'width'")
+    return longest_edge_size(image.height, image.width, config.longest_edge)
+
+
 def pad_images(batch: list[list[np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pads views to the batch's largest count, height and width (bottom/right).
 
     Args:
-        batch: Per sample, a list of `(3, H, W)` float32 arrays (possibly empty).
+        batch: Per sample, a list of `(C, H, W)` float32 arrays (possibly empty).
 
     Returns:
-        `pixel_values` `(B, N, 3, H, W)` float32 and `pixel_attention_mask` `(B, N, H, W)` int64,
+        `pixel_values` `(B, N, C, H, W)` float32 and `pixel_attention_mask` `(B, N, H, W)` int64,
         1 on real pixels; padding views are all zero with an all-zero mask.
     """
     views = [v for sample in batch for v in sample]
@@ -230,7 +342,8 @@ def pad_images(batch: list[list[np.ndarray]]) -> tuple[torch.Tensor, torch.Tenso
     count = max(len(sample) for sample in batch)
     height = max(v.shape[1] for v in views)
     width = max(v.shape[2] for v in views)
-    pixel_values = torch.zeros(len(batch), count, 3, height, width)
+    channels = views[0].shape[0]
+    pixel_values = torch.zeros(len(batch), count, channels, height, width)
     mask = torch.zeros(len(batch), count, height, width, dtype=torch.int64)
     for i, sample in enumerate(batch):
         for j, view in enumerate(sample):
@@ -261,20 +374,26 @@ def sample_frame_indices(
 
 
 def preprocess_video(
-    frames: list[Image.Image], longest_edge: int, config: SmolVLMImageConfig
+    frames: list[Any], longest_edge: int | None, config: SmolVLMImageConfig
 ) -> list[np.ndarray]:
     """Frames -> `(3, tile, tile)` float32 arrays, never split.
 
     `SmolVLMVideoProcessor.resize`: the longest edge goes to `longest_edge` (the video's own
-    rounding: no 4k cap), then the frame is squashed to the tile square like an unsplit image.
+    rounding: no 4k cap; `config.resize_to` instead when set), then the frame is squashed to the
+    tile square like an unsplit image. `config.do_resize=False` skips both.
     """
     views = []
     for frame in frames:
-        frame = to_rgb(frame)
-        # video_processing_smolvlm.get_resize_output_image_size: same rounding, no 4k cap after.
-        size = _scale_longest_edge(frame.height, frame.width, min(MAX_IMAGE_SIZE, longest_edge))
-        frame = _resize(frame, *size, config.resample)
-        frame = _resize(frame, config.tile_size, config.tile_size, config.resample)
+        frame = as_rgb_image(frame, config.do_convert_rgb)
+        if config.do_resize:
+            # video_processing_smolvlm.get_resize_output_image_size: same rounding, no 4k cap.
+            if config.resize_to is not None:
+                size = config.resize_to
+            else:
+                edge = min(MAX_IMAGE_SIZE, longest_edge or config.longest_edge or 0)
+                size = _scale_longest_edge(frame.height, frame.width, edge)
+            frame = _resize(frame, *size, config.resample)
+            frame = _resize(frame, config.tile_size, config.tile_size, config.resample)
         views.append(_to_array(frame, config))
     return views
 

@@ -15,17 +15,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from tokenizers import Tokenizer
 
+from vlkit.data.smolvlm.image_batch import SmolVLMImageProcessor, is_image, nest_images
 from vlkit.data.smolvlm.image_processor import (
     SmolVLMImageConfig,
     SmolVLMVideoConfig,
     Video,
     pad_images,
-    preprocess_image,
     preprocess_video,
-    sample_frame_indices,
 )
 from vlkit.data.smolvlm.processor_files import read_processor_directory
 from vlkit.data.smolvlm.prompts import (
@@ -34,9 +32,13 @@ from vlkit.data.smolvlm.prompts import (
     render_chat_template,
     video_prompt,
 )
+from vlkit.data.smolvlm.tokenization import TextOptions, encode_prompts
+from vlkit.data.smolvlm.video_files import VideoInput, sampled_video
 from vlkit.errors import CheckpointError
 
-__all__ = ["SmolVLMProcessor"]
+__all__ = ["SmolVLMProcessor", "VideoInput"]
+# Image settings that belong to the image processor only: the video processor keeps its tiles.
+_TILE_KWARGS = ("max_image_size", "do_image_splitting", "do_pad")
 
 
 class SmolVLMProcessor:
@@ -50,6 +52,9 @@ class SmolVLMProcessor:
         chat_template: The Jinja chat template, or None when the directory has none.
         special_tokens: `bos_token`, `eos_token`, `unk_token`, `pad_token` as set (strings).
         padding_side: "left" or "right", from `tokenizer_config.json` (default "right").
+        truncation_side: "left" or "right", from `tokenizer_config.json` (default "right").
+        model_max_length: The tokenizer's length limit, None when it has none.
+        image_processor: The callable `SmolVLMImageProcessor` over `image_config`.
     """
 
     fake_token = "<fake_token_around_image>"
@@ -66,6 +71,8 @@ class SmolVLMProcessor:
         chat_template: str | None = None,
         special_tokens: dict[str, str] | None = None,
         padding_side: str = "right",
+        truncation_side: str = "right",
+        model_max_length: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.image_config = image_config
@@ -74,7 +81,14 @@ class SmolVLMProcessor:
         self.chat_template = chat_template
         self.special_tokens = dict(special_tokens or {})
         self.padding_side = padding_side
+        self.truncation_side = truncation_side
+        self.model_max_length = model_max_length
         self.image_token_id = tokenizer.token_to_id(self.image_token)
+
+    @property
+    def image_processor(self) -> SmolVLMImageProcessor:
+        """transformers' `processor.image_processor` call on this processor's image settings."""
+        return SmolVLMImageProcessor(self.image_config)
 
     @property
     def stop_token_ids(self) -> list[int]:
@@ -99,6 +113,8 @@ class SmolVLMProcessor:
             chat_template=files.chat_template,
             special_tokens=files.special_tokens,
             padding_side=files.padding_side,
+            truncation_side=files.truncation_side,
+            model_max_length=files.model_max_length,
         )
 
     # ----------------------------------------------------------------------------------------
@@ -107,7 +123,7 @@ class SmolVLMProcessor:
     def apply_chat_template(
         self,
         messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
-        add_generation_prompt: bool = True,
+        add_generation_prompt: bool = False,
         chat_template: str | None = None,
         **template_kwargs: Any,
     ) -> str | list[str]:
@@ -116,7 +132,8 @@ class SmolVLMProcessor:
         Args:
             messages: `[{"role": "user", "content": [{"type": "image"}, {"type": "text",
                 "text": "..."}]}, ...]`; content may also be a plain string.
-            add_generation_prompt: Append the assistant turn opener ("Assistant:").
+            add_generation_prompt: Append the assistant turn opener ("Assistant:"); off by
+                default, as in transformers.
             chat_template: Overrides the checkpoint's template.
             **template_kwargs: Extra variables for the template.
 
@@ -151,76 +168,134 @@ class SmolVLMProcessor:
 
     def __call__(
         self,
-        text: str | list[str],
-        images: Image.Image | list[Image.Image] | list[list[Image.Image]] | None = None,
-        videos: Video | list[Video] | None = None,
+        images: Any = None,
+        text: str | list[str] | None = None,
+        videos: VideoInput | list[VideoInput] | None = None,
+        *,
         return_tensors: str = "pt",
-        padding: bool = True,
+        add_special_tokens: bool = True,
+        padding: bool | str | None = True,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool | None = None,
         do_sample_frames: bool | None = None,
+        fps: float | None = None,
+        num_frames: int | None = None,
+        image_seq_len: int | None = None,
+        **image_kwargs: Any,
     ) -> dict[str, torch.Tensor]:
-        """Expands the placeholders, tokenises, and preprocesses the pixels.
+        """Expands the placeholders, tokenises, and preprocesses the pixels, as transformers'
+        `SmolVLMProcessor.__call__` (same argument names and order: `images, text, videos`).
 
         Args:
+            images: Per prompt, its images in order (PIL images, or uint8 numpy arrays / torch
+                tensors); a flat list is split by the prompts' `<image>` counts. Without `text`,
+                only the pixels are returned.
             text: One prompt or a batch; each `<image>` / `<video>` takes the next image / video.
-            images: Per prompt, its images in order (a flat list is split by the prompts' counts).
-            videos: The videos, in prompt order (one call takes images or videos, not both, as
-                transformers overwrites one `pixel_values` with the other).
+                (A string passed first, where transformers expects `images`, is taken as text.)
+            videos: `Video`s, frame directories or video files, in prompt order (one call
+                takes images or videos, not both).
             return_tensors: Only "pt".
-            padding: Pad the batch to its longest prompt on `padding_side` with `pad_token`.
-            do_sample_frames: Sample frames at `video_config.fps` (at most `max_frames`);
-                defaults to the checkpoint's setting (transformers: off).
+            add_special_tokens: Run the tokenizer's post-processor (BOS templates).
+            padding: True / "longest", "max_length" or False; vlkit's default is True (see
+                `tokenization.TextOptions`; transformers defaults to False and then fails on
+                prompts of different lengths).
+            truncation: Cut rows to `max_length` (an error if that drops `<image>` tokens).
+            max_length: Length for truncation and "max_length" padding.
+            pad_to_multiple_of: Round the padded length up to a multiple of this.
+            padding_side: "left" / "right"; defaults to the tokenizer's.
+            return_attention_mask: False drops `attention_mask`.
+            do_sample_frames: Sample frames at `fps` (at most `num_frames`); defaults to the
+                checkpoint's setting (transformers: off).
+            fps: Target sampling rate; defaults to `video_config.fps`.
+            num_frames: Most frames sampled; defaults to `video_config.max_frames`.
+            image_seq_len: `<image>` tokens per tile for this call (Idefics3's processor
+                takes it); defaults to `self.image_seq_len`.
+            **image_kwargs: Per-call image settings under transformers' names (`size`,
+                `max_image_size`, `do_image_splitting`, `do_rescale`, `rescale_factor`,
+                `image_mean`, ...); they apply to video frames too, except the tile settings.
+                `images_kwargs` / `videos_kwargs` / `text_kwargs` dicts are accepted as well.
 
         Returns:
-            `input_ids` and `attention_mask` `(B, L)` int64; with images, `pixel_values`
-            `(B, N, 3, H, W)` float32 and `pixel_attention_mask` `(B, N, H, W)` int64, N the most
-            views (tiles + global) of any prompt; with videos, `(V, T, 3, tile, tile)` and
-            `(V, T, tile, tile)`, T the most frames of any video.
+            `input_ids` and `attention_mask` `(B, L)` int64 (with text); with images,
+            `pixel_values` `(B, N, 3, H, W)` float32 and `pixel_attention_mask` `(B, N, H, W)`
+            int64, N the most views (tiles + global) of any prompt; with videos,
+            `(V, T, 3, tile, tile)` and `(V, T, tile, tile)`, T the most frames of any video.
         """
         if return_tensors != "pt":
             raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
-        prompts = [text] if isinstance(text, str) else list(text)
+        if _is_text(images) and not _is_text(text):
+            images, text = text, images  # vlkit's older order: processor(text, images)
+        text_options = dict(
+            add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
+            max_length=max_length, pad_to_multiple_of=pad_to_multiple_of,
+            padding_side=padding_side, return_attention_mask=return_attention_mask,
+        )  # fmt: skip
+        text_options.update(image_kwargs.pop("text_kwargs", None) or {})
+        text_options.pop("return_tensors", None)
+        video_kwargs = dict(do_sample_frames=do_sample_frames, fps=fps, num_frames=num_frames)
+        video_kwargs.update(image_kwargs.pop("videos_kwargs", None) or {})
+        image_kwargs.update(image_kwargs.pop("images_kwargs", None) or {})
+        image_kwargs.pop("return_row_col_info", None)  # rows / cols never leave the processor
+        if images is None and text is None and videos is None:
+            raise ValueError("pass text, images or videos")
         if images is not None and videos is not None:
             raise ValueError("pass images or videos in one call, not both")
-        if images is None and any(self.image_token in p for p in prompts):
-            raise ValueError(
-                f"the prompts hold {self.image_token} tokens but no images were passed"
-            )
-        if videos is None and any(self.video_token in p for p in prompts):
-            raise ValueError(
-                f"the prompts hold {self.video_token} tokens but no videos were passed"
-            )
+        prompts = None if text is None else ([text] if isinstance(text, str) else list(text))
+        if prompts is not None and not all(isinstance(p, str) for p in prompts):
+            raise ValueError("text must be a string or a list of strings")
+        for token, given, name in ((self.image_token, images, "images"), (self.video_token, videos, "videos")):  # fmt: skip
+            if given is None and prompts and any(token in p for p in prompts):
+                raise ValueError(
+                    f"the prompts hold {token} tokens in the text but no images/videos were "
+                    f"passed ({name}=None)"
+                )
+        seq = image_seq_len or self.image_seq_len
         outputs: dict[str, torch.Tensor] = {}
+        replacements: list[list[str]] = []
         if images is not None:
-            prompts, outputs = self._expand_images(prompts, images)
+            outputs, replacements = self._process_images(images, prompts, image_kwargs, seq)
         elif videos is not None:
-            prompts, outputs = self._expand_videos(prompts, videos, do_sample_frames)
-        return {**self._tokenize(prompts, padding), **outputs}
+            outputs, replacements = self._process_videos(
+                videos, prompts, video_kwargs, image_kwargs, seq
+            )
+        if prompts is None:
+            return outputs
+        token = self.image_token if images is not None else self.video_token
+        expanded = [
+            _replace_each(prompt, token, sample)
+            for prompt, sample in zip(prompts, replacements or [[]] * len(prompts), strict=True)
+        ]
+        encoded = encode_prompts(
+            self.tokenizer, expanded, TextOptions(**text_options),
+            pad_token=self.special_tokens.get("pad_token"),
+            default_padding_side=self.padding_side, truncation_side=self.truncation_side,
+            model_max_length=self.model_max_length,
+        )  # fmt: skip
+        self._check_image_tokens(expanded, encoded["input_ids"])
+        return {**encoded, **outputs}
 
-    def _expand_images(
-        self, prompts: list[str], images: Image.Image | list[Any]
-    ) -> tuple[list[str], dict[str, torch.Tensor]]:
-        counts = [p.count(self.image_token) for p in prompts]
-        nested = self._nest_images(images, counts)
-        batch: list[list[np.ndarray]] = []
-        expanded = []
-        for prompt, sample in zip(prompts, nested, strict=True):
-            views: list[np.ndarray] = []
-            pieces = prompt.split(self.image_token)
-            for i, image in enumerate(sample):
-                sample_views, rows, cols = preprocess_image(image, self.image_config)
-                views += sample_views
-                pieces[i] += self._image_prompt(rows, cols)
-            batch.append(views)
-            expanded.append("".join(pieces))
-        if self.image_config.do_pad:
-            pixel_values, pixel_mask = pad_images(batch)
-            return expanded, {"pixel_values": pixel_values, "pixel_attention_mask": pixel_mask}
-        stacked = torch.from_numpy(np.stack([np.stack(views) for views in batch]))
-        return expanded, {"pixel_values": stacked}
+    def _process_images(
+        self, images: Any, prompts: list[str] | None, image_kwargs: dict[str, Any], seq: int
+    ) -> tuple[dict[str, torch.Tensor], list[list[str]]]:
+        if prompts is None:
+            nested = nest_images(images)
+        else:
+            nested = self._nest_images(images, [p.count(self.image_token) for p in prompts])
+        out = self.image_processor(nested, return_row_col_info=True, **image_kwargs)
+        rows, cols = out.pop("rows"), out.pop("cols")
+        replacements = [
+            [self._image_prompt(r, c, seq) for r, c in zip(sample_rows, sample_cols, strict=True)]
+            for sample_rows, sample_cols in zip(rows, cols, strict=True)
+        ]
+        return out, replacements
 
-    def _nest_images(self, images: Image.Image | list[Any], counts: list[int]) -> list[list[Any]]:
-        if not isinstance(images, list | tuple):
+    def _nest_images(self, images: Any, counts: list[int]) -> list[list[Any]]:
+        if is_image(images):
             images = [images]
+        images = list(images)
         if images and all(isinstance(sample, list | tuple) for sample in images):
             nested = [list(sample) for sample in images]
         else:
@@ -235,88 +310,77 @@ class SmolVLMProcessor:
             raise ValueError(f"<image> tokens per prompt {counts} != images per prompt {found}")
         return nested
 
-    def _image_prompt(self, rows: int, cols: int) -> str:
-        return image_prompt(
-            rows, cols, self.image_seq_len, self.fake_token, self.image_token, self.global_token
-        )
+    def _image_prompt(self, rows: int, cols: int, seq: int) -> str:
+        return image_prompt(rows, cols, seq, self.fake_token, self.image_token, self.global_token)
 
-    def _expand_videos(
-        self, prompts: list[str], videos: Video | list[Video], do_sample_frames: bool | None
-    ) -> tuple[list[str], dict[str, torch.Tensor]]:
+    def _process_videos(
+        self,
+        videos: VideoInput | list[VideoInput],
+        prompts: list[str] | None,
+        video_kwargs: dict[str, Any],
+        image_kwargs: dict[str, Any],
+        seq: int,
+    ) -> tuple[dict[str, torch.Tensor], list[list[str]]]:
         if self.video_config is None:
-            raise CheckpointError("preprocessor_config.json: missing key 'video_sampling'")
-        videos = [videos] if isinstance(videos, Video) else list(videos)
-        found = sum(p.count(self.video_token) for p in prompts)
-        if found != len(videos):
-            raise ValueError(f"the prompts hold {found} <video> tokens but {len(videos)} videos")
-        sample = (
-            self.video_config.do_sample_frames if do_sample_frames is None else do_sample_frames
-        )
-        clips, timestamps, durations = [], [], []
-        for video in videos:
-            indices = video.indices
-            frames = video.frames
-            # transformers defaults a missing fps to 24 (with a warning) when writing timestamps.
-            fps = video.fps if video.fps is not None else 24.0
-            duration = video.duration
-            if sample:
-                if video.fps is None:
-                    raise ValueError("sampling frames needs the video's fps (Video.fps)")
-                duration = duration if duration is not None else len(frames) / fps
-                picked = sample_frame_indices(
-                    len(frames), fps, duration, self.video_config.max_frames, self.video_config.fps
-                )
-                frames, indices = [frames[i] for i in picked], picked
-            stamps = [index / fps for index in indices]
-            clips.append(
-                preprocess_video(frames, self.video_config.longest_edge, self.image_config)
+            raise CheckpointError(
+                "this processor takes no videos: no 'video_sampling' in its video or image "
+                "settings (processor_config.json / video_preprocessor_config.json / "
+                "preprocessor_config.json)"
             )
-            timestamps.append(stamps)
-            durations.append(int(duration) if duration is not None else int(stamps[-1]))
-        # transformers names `pixel_values.shape[1]` as the frame count: the batch's most frames.
-        num_frames = max(len(clip) for clip in clips)
-        tokens = dict(
-            fake_token=self.fake_token, image_token=self.image_token, global_token=self.global_token
-        )
-        replacements = iter(
-            video_prompt(num_frames, stamps, seconds, self.image_seq_len, **tokens)
-            for stamps, seconds in zip(timestamps, durations, strict=True)
-        )
-        expanded = []
-        for prompt in prompts:
-            pieces = prompt.split(self.video_token)
-            expanded.append(
-                "".join(piece + next(replacements) for piece in pieces[:-1]) + pieces[-1]
+        config = self.video_config
+        videos = [videos] if isinstance(videos, Video | str | Path) else list(videos)
+        if prompts is not None:
+            found = [p.count(self.video_token) for p in prompts]
+            if sum(found) != len(videos):
+                raise ValueError(
+                    f"the prompts hold {sum(found)} <video> tokens but {len(videos)} videos"
+                )
+        sample = video_kwargs.get("do_sample_frames")
+        sample = config.do_sample_frames if sample is None else sample
+        max_frames = video_kwargs.get("num_frames") or config.max_frames
+        target_fps = video_kwargs.get("fps") or config.fps
+        # The video processor's own tiles: transformers' resize reads `self.max_image_size`.
+        frame_kwargs = {k: v for k, v in image_kwargs.items() if k not in _TILE_KWARGS}
+        frame_config = (config.frame_config or self.image_config).with_overrides(**frame_kwargs)
+        longest_edge = frame_config.longest_edge if "size" in frame_kwargs else config.longest_edge
+        clips, prompts_text = [], []
+        for video in videos:
+            video, stamps, duration = sampled_video(video, sample, max_frames, target_fps)
+            clips.append(preprocess_video(video.frames, longest_edge, frame_config))
+            # Each video names its own frame count (transformers' replace_video_token).
+            prompts_text.append(
+                video_prompt(
+                    len(stamps),
+                    stamps,
+                    duration,
+                    self.image_seq_len,
+                    fake_token=self.fake_token,
+                    image_token=self.image_token,
+                    global_token=self.global_token,
+                )  # fmt: skip
             )
         pixel_values, pixel_mask = pad_images(clips)
         # video_processing_smolvlm.pad marks padding *frames* as valid pixels (it only slices
         # height and width); kept for parity. The model drops all-zero frames anyway.
         pixel_mask[:] = 1
-        return expanded, {"pixel_values": pixel_values, "pixel_attention_mask": pixel_mask}
+        outputs = {"pixel_values": pixel_values, "pixel_attention_mask": pixel_mask}
+        if prompts is None:
+            return outputs, []
+        queue = iter(prompts_text)
+        per_prompt = [[next(queue) for _ in range(p.count(self.video_token))] for p in prompts]
+        return outputs, per_prompt
 
-    def _tokenize(self, prompts: list[str], padding: bool) -> dict[str, torch.Tensor]:
-        rows = [encoding.ids for encoding in self.tokenizer.encode_batch(prompts)]
-        width = max(len(row) for row in rows)
-        if not padding and any(len(row) != width for row in rows):
-            raise ValueError("prompts tokenise to different lengths: pass padding=True")
-        pad_id = self._pad_id()
-        ids, mask = [], []
-        for row in rows:
-            fill = width - len(row)
-            if self.padding_side == "left":
-                ids.append([pad_id] * fill + row)
-                mask.append([0] * fill + [1] * len(row))
-            else:
-                ids.append(row + [pad_id] * fill)
-                mask.append([1] * len(row) + [0] * fill)
-        return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
-
-    def _pad_id(self) -> int:
-        token = self.special_tokens.get("pad_token")
-        pad_id = None if token is None else self.tokenizer.token_to_id(token)
-        if pad_id is None:
-            raise ValueError("padding needs a pad_token (tokenizer_config.json)")
-        return pad_id
+    def _check_image_tokens(self, expanded: list[str], input_ids: torch.Tensor) -> None:
+        # processing_utils._check_special_mm_tokens: truncation must not cut image tokens.
+        if self.image_token_id is None:
+            return
+        in_ids = (input_ids == self.image_token_id).sum(dim=1).tolist()
+        in_text = [prompt.count(self.image_token) for prompt in expanded]
+        if in_ids != in_text:
+            raise ValueError(
+                f"{self.image_token} tokens per row: {in_ids} in input_ids but {in_text} in the "
+                "text, likely cut by truncation: disable it or raise max_length"
+            )
 
     # ----------------------------------------------------------------------------------------
     # Decoding
@@ -335,3 +399,19 @@ class SmolVLMProcessor:
             ids = ids.tolist()
         rows = [list(row) for row in ids]
         return self.tokenizer.decode_batch(rows, skip_special_tokens=skip_special_tokens)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, list | tuple) and bool(value) and all(isinstance(v, str) for v in value)
+    )
+
+
+def _replace_each(prompt: str, token: str, replacements: list[str]) -> str:
+    pieces = prompt.split(token)
+    if len(pieces) - 1 != len(replacements):
+        raise ValueError(f"{len(pieces) - 1} {token} tokens but {len(replacements)} inputs")
+    return (
+        "".join(piece + text for piece, text in zip(pieces, replacements, strict=False))
+        + (pieces[-1])
+    )
