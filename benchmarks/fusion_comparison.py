@@ -54,7 +54,8 @@ def vision_checkpoint(task: str, out: Path, model: str | None = None) -> str:
         run = out / f"vision_{task}_{model}"
     latest = run / "checkpoints" / "latest"
     if not latest.is_file():
-        train(TrainConfig(**settings, out_dir=str(run), progress=False))
+        # No `latest`: nothing or an unfinished run is there, which this run replaces.
+        train(TrainConfig(**settings, out_dir=str(run), progress=False), overwrite=True)
     return str(run / "checkpoints" / latest.read_text().strip())
 
 
@@ -129,7 +130,7 @@ def main() -> None:
                 device=args.device,
             )
             run_dir = out / task / name.replace(" ", "_")
-            summary = train_vlm(recipe, run_dir)
+            summary = train_vlm(recipe, run_dir, overwrite=True)  # the table is regenerated
             summary["name"] = name
             rows.append(summary)
             metric = summary.get("accuracy", summary.get("cider_d"))

@@ -55,7 +55,7 @@ recipe = VLMRecipe(
 if args.quick:
     recipe = VLMRecipe(kind="llava", task="easy_vqa", steps=20,
                        batch_size=16, warmup_steps=2, max_test=32, device="cpu")  # fmt: skip
-summary = train_vlm(recipe, out)
+summary = train_vlm(recipe, out, overwrite=True)  # a rerun of this script replaces its run
 print(f"{recipe.kind}: {summary['trainable_parameters'] / 1e6:.2f} M trainable of "
       f"{summary['total_parameters'] / 1e6:.2f} M parameters, "
       f"{summary['forward_gflops']:.3f} GFLOPs per sample forward")  # fmt: skip

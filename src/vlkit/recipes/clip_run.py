@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from vlkit.data.collate import collate_image_text
@@ -47,6 +47,7 @@ from vlkit.training.callbacks import (
 from vlkit.training.config import TrainConfig
 from vlkit.training.data import ShardData
 from vlkit.training.freeze import lock_image_tower
+from vlkit.training.run_directory import TRAIN_RUN_FILES, prepare_run_directory
 from vlkit.training.tasks import ContrastiveTask
 from vlkit.training.trainer import Trainer
 
@@ -156,10 +157,27 @@ def build_loss(config: TrainConfig, distributed: DistributedInfo) -> torch.nn.Mo
     return ClipLoss(label_smoothing=config.loss.label_smoothing)
 
 
-def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
-    """Trains, checkpoints and logs into `config.out_dir`; returns the run summary."""
+def train(
+    config: TrainConfig, resume: str | None = None, overwrite: bool = False
+) -> dict[str, Any]:
+    """Trains, checkpoints and logs into `config.out_dir`; returns the run summary.
+
+    Args:
+        config: The run.
+        resume: Continue from "latest" (of `out_dir/checkpoints`), a step directory name or a
+            checkpoint path; None starts a fresh run.
+        overwrite: A fresh run into an `out_dir` that holds a previous run deletes that run's
+            files (`TRAIN_RUN_FILES`) first; without it such a run is refused.
+
+    Raises:
+        RunDirectoryError: A fresh run, `out_dir` holds a run, and `overwrite` is False.
+    """
     distributed = init_distributed(resolve_device(config.device).type)
-    out = Path(config.out_dir)
+    # Every process checks (so all stop together); only the main one deletes and creates.
+    out = prepare_run_directory(config.out_dir, TRAIN_RUN_FILES, resume=bool(resume),
+                                overwrite=overwrite, write=distributed.is_main)  # fmt: skip
+    if distributed.enabled:  # no process may look before the main one has cleared the way
+        dist.barrier()
     model = build_model(config)
     if config.loss.kind == "siglip" and model.logit_bias is None:
         raise ValueError("loss.kind=siglip needs a model with a logit bias (a SigLIP config)")

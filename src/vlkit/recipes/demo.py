@@ -46,11 +46,18 @@ the machine is idle and saves minutes when it is not.
 Outputs in `out_dir`: summary.json, report.md, model/ (`save_pretrained`), history.json
 (per-step loss, temperature, learning rate) and, when matplotlib is installed,
 training_curves.png and similarity.png.
+
+Each run writes `out_dir` afresh: running the demo again (`make demo` twice) replaces the
+previous demo's results and deletes its training run (`out_dir/train/`: checkpoints and
+metrics, so that none of them mixes into the new one), and says so on stderr. The demo is a
+fixed recipe whose results it regenerates; runs worth keeping go through `vlkit train`, which
+refuses to write over a run without `--overwrite`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import time
@@ -86,8 +93,11 @@ from vlkit.training.config import (
     OptimConfig,
     TrainConfig,
 )
+from vlkit.training.run_directory import TRAIN_RUN_FILES, prepare_run_directory
 from vlkit.training.tasks import ContrastiveTask
 from vlkit.training.trainer import Callback, Trainer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_PRESET", "DEFAULT_SECONDS", "DEMO_FLAT_KEYS", "DemoConfig", "run_demo"]
 
@@ -221,7 +231,9 @@ def _available_cores() -> int:
 
 def _run(config: DemoConfig, out_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / "summary.json").exists() or (out_dir / "train").exists():
+        log.warning("vlkit demo: replacing the previous demo run in %s", out_dir)
+    prepare_run_directory(out_dir / "train", TRAIN_RUN_FILES, overwrite=True)
     torch.manual_seed(config.seed)
     model = create_model(config.preset)
     tokenizer = _tokenizer(model)

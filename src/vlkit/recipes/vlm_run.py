@@ -10,6 +10,11 @@ generate`, `vlkit serve --vlm`) reads back (format: inference/vlm_run_directory.
 
 LLaVA's two-stage schedule (Liu et al. 2023, Sec. 4.2) is `connector_only_steps`: first only
 the connector trains (decoder frozen), then connector and decoder together for `steps`.
+
+What a run shows and logs, as `vlkit train` does: a tqdm bar per stage (rate, ETA, loss, lr),
+`metrics.jsonl` (one file; a "stage" field, and steps counted on across the stages),
+TensorBoard scalars under `tensorboard/` when the `train` extra is installed, and
+`training_curves.png` (loss and learning rate; a dotted line where stage 2 starts).
 """
 
 from __future__ import annotations
@@ -29,9 +34,16 @@ from vlkit.evaluation.generative import CaptionMetrics, VQAAccuracy
 from vlkit.inference.vlm_run_directory import VLMRun, load_vlm_run, save_vlm_run
 from vlkit.recipes.vlm_data import build_vlm_data, task_corpus
 from vlkit.recipes.vlm_model import build_recipe_model, vision_clip
+from vlkit.training.callbacks import (
+    JsonlLogger,
+    ProgressBar,
+    TensorBoardLogger,
+    plot_training_curves,
+)
 from vlkit.training.config import TrainConfig
 from vlkit.training.flops import flops_per_sample
-from vlkit.training.trainer import Trainer
+from vlkit.training.run_directory import VLM_RUN_FILES, prepare_run_directory
+from vlkit.training.trainer import Callback, Trainer
 from vlkit.training.vlm_recipe import TASKS, VLMRecipe
 from vlkit.training.vlm_task import CaptionLMTask, VQALMTask
 
@@ -45,6 +57,7 @@ __all__ = [
 ]
 
 CAPTION_KEYS = ("cider_d", "bleu_4", "rouge_l")  # the caption metrics a run summary reports
+LOG_EVERY = 10  # steps between metrics.jsonl / TensorBoard rows (as TrainConfig.log_every)
 
 
 def evaluate_vlm(
@@ -69,36 +82,63 @@ def evaluate_vlm(
 
 
 def _fit(
-    recipe: VLMRecipe, model: nn.Module, task: Any, train: Any, steps: int, out_dir: Path
+    recipe: VLMRecipe,
+    model: nn.Module,
+    task: Any,
+    train: Any,
+    steps: int,
+    out_dir: Path,
+    stage: int,
+    steps_before: int,
+    progress: bool,
 ) -> float:
-    """Runs one stage in the `Trainer`; returns its training seconds."""
+    """Runs stage `stage` (after `steps_before` steps of earlier stages) in the `Trainer`, its
+    checkpoints in `out_dir/stage<N>/`, its metrics appended to the run's logs; returns its
+    training seconds."""
     # The stage's length, and a warm-up of at most a fifth of it.
     warmup = min(recipe.optim.warmup_steps, steps // 5)
     config = TrainConfig(
         optim=replace(recipe.optim, max_steps=steps, warmup_steps=warmup),
         seed=recipe.seed,
         device=recipe.device,
-        out_dir=str(out_dir),
-        progress=False,
-        log_every=50,
+        out_dir=str(out_dir / f"stage{stage}"),
+        progress=progress,
+        log_every=LOG_EVERY,
     )
-    summary = Trainer(config, model, task, train, collate_vqa_text).fit()
+    callbacks: list[Callback] = []
+    if progress:
+        two_stages = bool(recipe.connector_only_steps)
+        desc = f"stage {stage}/2" if two_stages else "train"
+        callbacks.append(ProgressBar(desc))
+    callbacks += [
+        JsonlLogger(out_dir / "metrics.jsonl", LOG_EVERY, steps_before, {"stage": stage}),
+        TensorBoardLogger(out_dir / "tensorboard", LOG_EVERY, steps_before),
+    ]
+    summary = Trainer(config, model, task, train, collate_vqa_text, callbacks).fit()
     return float(summary["train_seconds"])
 
 
-def train_vlm(recipe: VLMRecipe, out_dir: str | Path) -> dict[str, Any]:
+def train_vlm(
+    recipe: VLMRecipe, out_dir: str | Path, overwrite: bool = False, progress: bool = True
+) -> dict[str, Any]:
     """Trains, evaluates and saves one generative VLM; returns (and writes) its summary.
 
     Args:
         recipe: The run.
-        out_dir: Run directory (created; stage checkpoints go to `out_dir/stage*/`).
+        out_dir: Run directory (created; stage checkpoints go to `out_dir/stage*/`, metrics to
+            `metrics.jsonl` and `training_curves.png`).
+        overwrite: When `out_dir` holds a previous run, delete its files (`VLM_RUN_FILES`)
+            first; without it such an `out_dir` is refused. Other files are left alone.
+        progress: Show a tqdm progress bar per stage.
 
     Returns:
         Summary with the test metrics, `trainable_parameters`, `total_parameters`,
         `forward_gflops`/`train_gflops` per sample, `train_seconds` and `examples`.
+
+    Raises:
+        RunDirectoryError: `out_dir` holds a previous run and `overwrite` is False.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_run_directory(out_dir, VLM_RUN_FILES, overwrite=overwrite)
     clip = vision_clip(recipe)
     tokenizer = WordTokenizer.train(task_corpus(recipe.task))
     transform = ImageTransform(clip.config.preprocess, train=False)
@@ -116,11 +156,15 @@ def train_vlm(recipe: VLMRecipe, out_dir: str | Path) -> dict[str, Any]:
         if decoder is None:
             raise ValueError(f"connector_only_steps needs a model with a .decoder ({recipe.kind})")
         decoder.requires_grad_(False)
-        seconds += _fit(recipe, model, task, train, recipe.connector_only_steps, out_dir / "stage1")
+        seconds += _fit(recipe, model, task, train, recipe.connector_only_steps, out_dir,
+                        stage=1, steps_before=0, progress=progress)  # fmt: skip
         decoder.requires_grad_(True)
     started = time.perf_counter()
-    seconds += _fit(recipe, model, task, train, recipe.steps, out_dir / "stage2")
+    seconds += _fit(recipe, model, task, train, recipe.steps, out_dir, stage=2,
+                    steps_before=recipe.connector_only_steps, progress=progress)  # fmt: skip
     wall = time.perf_counter() - started
+    if (out_dir / "metrics.jsonl").is_file():
+        plot_training_curves(out_dir / "metrics.jsonl", out_dir / "training_curves.png")
 
     metrics = evaluate_vlm(model, test, recipe.task, recipe.max_test)
     summary = {

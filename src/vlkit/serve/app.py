@@ -2,8 +2,8 @@
 CLIP model, and questions / captions about an image with a generative VLM (serve/generative.py).
 
     GET  /                     the page (vlkit/assets/serve/index.html): the available panels
-    GET  /api/info             "features" (zeroshot, search, generate), the CLIP model, its
-                               embedding size, the index size, the template sets, the VLM
+    GET  /api/info             "features" (zeroshot, search, generate), the CLIP model's name,
+                               its embedding size, the index size, the template sets, the VLM
     POST /api/zeroshot         multipart: image file, labels ("a cat, a dog"), templates -> ranking
     POST /api/search           JSON {"text": "...", "k": 8} -> hits (text -> image search)
     POST /api/search/image     multipart: image file, k -> hits (image -> image search)
@@ -11,23 +11,31 @@ CLIP model, and questions / captions about an image with a generative VLM (serve
     POST /api/generate         multipart: image file(s), prompt, max_new_tokens (1-256, default
                                32) -> {"text", "unknown_words", "tokens"} (greedy decoding)
     POST /api/generate/stream  the same as server-sent events: `token` {"text": piece}..., then
-                               `done` (the JSON answer) or `error` {"detail": ...}
+                               `done` (the JSON answer) or `error` {"error": ...}
 
-Bad input answers 400 (unreadable image, empty labels or prompt, unknown templates, out-of-range
-max_new_tokens) or 404 (no CLIP model, no index, no such row, no VLM) with
-`{"detail": "<one line naming the problem>"}`, FastAPI's error shape.
+Every error answers its status with `{"error": "<one line naming the problem>"}`
+(serve/errors.py): 400 bad input (unreadable image, empty labels or prompt, unknown templates,
+out-of-range numbers, a disallowed Host), 401 missing token, 403 cross-origin write or a file
+outside the indexed folders, 404 (no CLIP model, no index, no such row, no VLM), 413 (body or
+image too large), 503 + Retry-After (busy). The limits are `ServeLimits` (serve/limits.py); the
+Host, token, origin, size and admission checks are serve/guard.py.
 
 The models run in FastAPI's thread pool (the endpoints are plain `def`), so a slow request
-does not block the event loop; inference needs no lock because it only reads the weights (see
-serve/generative.py for generation).
+does not block the event loop; at most `max_concurrent` of them decode and run a model at once
+(serve/gate.py). Inference needs no lock because it only reads the weights (see
+serve/generative.py for generation). Paths on the server never leave it: models are named by
+their directory's name, index hits by their file name.
 """
 
 from __future__ import annotations
 
+import socket
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import lru_cache
 from importlib import resources
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +45,7 @@ from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from vlkit.api import load_clip
-from vlkit.data.images import ImageLoadError, load_image_bytes
+from vlkit.data.images import ImageLoadError
 from vlkit.evaluation.zero_shot import (
     TEMPLATE_SETS,
     build_zero_shot_classifier,
@@ -46,10 +54,18 @@ from vlkit.evaluation.zero_shot import (
 )
 from vlkit.inference.image_search import ImageSearcher
 from vlkit.inference.index import EmbeddingIndex
+from vlkit.serve.errors import error_response, install_error_handlers
+from vlkit.serve.files import IndexedFiles, Refused
+from vlkit.serve.gate import Busy, InferenceGate
 from vlkit.serve.generative import VLM, load_served_vlm, stream_events
+from vlkit.serve.guard import RequestGuard
+from vlkit.serve.limits import LOOPBACK_HOSTS, ServeLimits
+from vlkit.serve.uploads import TooLarge, decode_upload
 
 MAX_LABELS = 1000
 MAX_HITS = 100
+MODEL_ROUTES = ("/api/zeroshot", "/api/search", "/api/search/image", "/api/generate",
+                "/api/generate/stream")  # fmt: skip
 
 
 class SearchRequest(BaseModel):
@@ -63,11 +79,18 @@ def parse_labels(labels: str) -> list[str]:
     return [name for name in names if name]
 
 
+def display_name(path: str) -> str:
+    """What the page calls a model: a local directory's name, or a hub id as given."""
+    local = Path(path).expanduser()
+    return local.resolve().name if local.exists() else str(path)
+
+
 def create_app(
     model_path: str | None = None,
     index_dir: str | None = None,
     search_templates: str = "none",
     vlm_path: str | None = None,
+    limits: ServeLimits | None = None,
 ) -> FastAPI:
     """Builds the app around a CLIP-like checkpoint (and, optionally, an image index), a
     generative VLM, or both.
@@ -78,6 +101,8 @@ def create_app(
             have been embedded by the same model (the embedding sizes are checked).
         search_templates: Template set for text queries ("none" searches with the text as is).
         vlm_path: A `vlkit train-vlm` run directory or a SmolVLM / Idefics3 directory, or None.
+        limits: Upload, pixel, concurrency and prompt limits, allowed hosts and token (default:
+            `ServeLimits()`, which allows only loopback host names).
 
     Raises:
         CheckpointError, ValueError, FileNotFoundError: Bad model, index or VLM, or neither a
@@ -87,11 +112,12 @@ def create_app(
         raise ValueError("nothing to serve: give a CLIP model (--model), a VLM (--vlm) or both")
     if model_path is None and index_dir is not None:
         raise ValueError("an image index needs the CLIP model that embedded it: add --model")
+    limits = limits or ServeLimits()
     vlm = None
     if vlm_path is not None:
         vlm = load_served_vlm(vlm_path)
     if model_path is None:
-        return _build_app(None, None, None, search_templates, vlm)
+        return _build_app(None, None, None, search_templates, vlm, limits)
     model, tokenizer, transform = load_clip(model_path)
     searcher = None
     if index_dir is not None:
@@ -99,7 +125,8 @@ def create_app(
             EmbeddingIndex.load(index_dir), model, tokenizer, transform,
             templates=load_templates(search_templates),
         )  # fmt: skip
-    return _build_app(model_path, (model, tokenizer, transform), searcher, search_templates, vlm)
+    clip = (model, tokenizer, transform)
+    return _build_app(model_path, clip, searcher, search_templates, vlm, limits)
 
 
 def _build_app(
@@ -108,11 +135,16 @@ def _build_app(
     searcher: Any,
     search_templates: str,
     vlm: VLM | None,
+    limits: ServeLimits,
 ) -> FastAPI:
     """The routes over what `create_app` loaded (None for what it did not)."""
     model, tokenizer, transform = clip if clip is not None else (None, None, None)
     available = {"zeroshot": clip, "search": searcher, "generate": vlm}
     features = [name for name, part in available.items() if part is not None]
+    gate = InferenceGate(limits.max_concurrent, limits.max_queue, limits.queue_timeout_s)
+    files = None
+    if searcher is not None:
+        files = IndexedFiles(searcher.index.names, searcher.index.metadata.get("images_dir"))
 
     def require_model() -> None:
         if model is None:
@@ -122,7 +154,21 @@ def _build_app(
     def classifier_for(labels: tuple[str, ...], templates: str) -> torch.Tensor:
         return build_zero_shot_classifier(model, tokenizer, list(labels), load_templates(templates))
 
+    def read_image(upload: UploadFile) -> Any:
+        try:
+            return decode_upload(upload.file.read(), upload.filename or "upload", limits.max_pixels)
+        except TooLarge as error:
+            raise HTTPException(413, str(error)) from None
+        except ImageLoadError as error:
+            raise HTTPException(400, str(error)) from None
+
     app = FastAPI(title="vlkit", summary="zero-shot classification, image search and VQA")
+    install_error_handlers(app)
+    app.add_middleware(RequestGuard, limits=limits, gate=gate, model_routes=MODEL_ROUTES)
+
+    @app.exception_handler(Busy)  # no model slot free within queue_timeout_s
+    async def busy(request: Any, error: Busy) -> Any:
+        return error_response(503, error, {"Retry-After": str(limits.retry_after_s)})
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -132,7 +178,7 @@ def _build_app(
     def info() -> dict[str, Any]:
         return {
             "features": features,
-            "model": str(model_path) if model is not None else None,
+            "model": display_name(model_path) if model_path is not None else None,
             "model_type": type(model).__name__ if model is not None else None,
             "embed_dim": model.config.embed_dim if model is not None else None,
             "image_size": model.config.preprocess.image_size if model is not None else None,
@@ -140,7 +186,9 @@ def _build_app(
             "template_sets": list(TEMPLATE_SETS),
             "search_templates": search_templates,
             "vlm": vlm.info() if vlm is not None else None,
-        }
+            "limits": {"max_upload_bytes": limits.max_upload_bytes,
+                       "max_pixels": limits.max_pixels, "max_prompts": limits.max_prompts},
+        }  # fmt: skip
 
     @app.post("/api/zeroshot")
     def zeroshot(
@@ -154,10 +202,18 @@ def _build_app(
             raise HTTPException(400, f"{len(names)} labels: at most {MAX_LABELS}")
         if templates not in TEMPLATE_SETS:
             raise HTTPException(400, f"templates {templates!r}: one of {', '.join(TEMPLATE_SETS)}")
-        pixels = transform(_read_upload(image)).unsqueeze(0)
-        with torch.no_grad():
-            embedding = model.encode_image(pixels, normalize=True)
-        probs = label_probabilities(model, embedding, classifier_for(tuple(names), templates))[0]
+        prompts = len(names) * len(load_templates(templates))
+        if prompts > limits.max_prompts:
+            raise HTTPException(
+                400, f"{len(names)} labels x {prompts // len(names)} templates = {prompts} "
+                f"prompts: this server encodes at most {limits.max_prompts} (--max-prompts)"
+            )  # fmt: skip
+        with gate.slot():
+            pixels = transform(read_image(image)).unsqueeze(0)
+            with torch.no_grad():
+                embedding = model.encode_image(pixels, normalize=True)
+            classifier = classifier_for(tuple(names), templates)
+            probs = label_probabilities(model, embedding, classifier)[0]
         order = probs.argsort(descending=True).tolist()
         return {
             "image": image.filename,
@@ -185,27 +241,30 @@ def _build_app(
 
     @app.post("/api/search")
     def search(request: SearchRequest) -> dict[str, Any]:
-        return hits_json(require_index().search_text(request.text, k=request.k))
+        index = require_index()
+        with gate.slot():
+            return hits_json(index.search_text(request.text, k=request.k))
 
     @app.post("/api/search/image")
     def search_by_image(image: UploadFile = File(...), k: int = Form(8)) -> dict[str, Any]:
         if not 1 <= k <= MAX_HITS:
             raise HTTPException(400, f"k={k}: between 1 and {MAX_HITS}")
-        return hits_json(require_index().search_image(_read_upload(image), k=k))
+        index = require_index()
+        with gate.slot():
+            return hits_json(index.search_image(read_image(image), k=k))
 
     @app.get("/api/images/{position}")
     def indexed_image(position: int) -> FileResponse:
-        names = require_index().index.names
-        if not 0 <= position < len(names):
-            raise HTTPException(404, f"no image {position}: the index has {len(names)}")
-        path = Path(names[position])
-        if not path.is_file():
-            raise HTTPException(404, f"{path.name}: indexed, but the file is gone")
-        return FileResponse(path)
+        require_index()
+        try:
+            return FileResponse(files.path(position))  # type: ignore[union-attr]
+        except Refused as refused:
+            raise HTTPException(refused.status, str(refused)) from None
 
     def generate_input(
         images: list[UploadFile] | None, prompt: str, max_new_tokens: str
     ) -> tuple[list[Any], str, int]:
+        """Checks and decodes a generate request; call while holding a model slot."""
         if vlm is None:
             raise HTTPException(404, "this server has no generative VLM: start it with --vlm DIR")
         uploads = [upload for upload in images or [] if upload.filename or upload.size]
@@ -215,7 +274,10 @@ def _build_app(
             budget = int(max_new_tokens)
         except ValueError:
             raise HTTPException(400, f"max_new_tokens={max_new_tokens!r}: not an integer") from None
-        pictures = [_read_upload(upload) for upload in uploads]
+        too_many = vlm.image_count_problem(len(uploads))  # before decoding any of them
+        if too_many:
+            raise HTTPException(400, too_many)
+        pictures = [read_image(upload) for upload in uploads]
         try:
             vlm.check(pictures, prompt, budget)
         except ValueError as error:
@@ -228,8 +290,9 @@ def _build_app(
         prompt: str = Form(""),
         max_new_tokens: str = Form("32"),
     ) -> dict[str, Any]:
-        pictures, prompt, budget = generate_input(image, prompt, max_new_tokens)
-        return asdict(vlm.answer(pictures, prompt, budget))
+        with gate.slot():
+            pictures, prompt, budget = generate_input(image, prompt, max_new_tokens)
+            return asdict(vlm.answer(pictures, prompt, budget))  # type: ignore[union-attr]
 
     @app.post("/api/generate/stream")
     def generate_stream(
@@ -237,20 +300,52 @@ def _build_app(
         prompt: str = Form(""),
         max_new_tokens: str = Form("32"),
     ) -> StreamingResponse:
-        pictures, prompt, budget = generate_input(image, prompt, max_new_tokens)
+        # The slot is held by the generating thread until the answer is complete.
+        gate.acquire()
+        try:
+            pictures, prompt, budget = generate_input(image, prompt, max_new_tokens)
+        except BaseException:
+            gate.release()
+            raise
+        events = stream_events(vlm, pictures, prompt, budget, on_finish=gate.release)  # type: ignore[arg-type]
         return StreamingResponse(
-            stream_events(vlm, pictures, prompt, budget), media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache"},
-        )  # fmt: skip
+            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
     return app
 
 
-def _read_upload(upload: UploadFile) -> Any:
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the server on this machine."""
+    if host == "localhost":
+        return True
     try:
-        return load_image_bytes(upload.file.read(), name=upload.filename or "upload")
-    except ImageLoadError as error:
-        raise HTTPException(400, str(error)) from None
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or ValueError in one line (port in use, bad address)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ValueError(f"cannot listen on {host}:{port}: {reason}") from None
+    return sock
+
+
+def serving_limits(host: str, limits: ServeLimits) -> ServeLimits:
+    """`limits` with the bound address (and, for a wildcard, this machine's name) allowed."""
+    from dataclasses import replace
+
+    extra = [host] if host not in ("0.0.0.0", "::") else [socket.gethostname()]
+    hosts = tuple(dict.fromkeys([*limits.allowed_hosts, *LOOPBACK_HOSTS, *extra]))
+    return replace(limits, allowed_hosts=hosts)
 
 
 def run_server(
@@ -261,10 +356,38 @@ def run_server(
     search_templates: str = "none",
     log: Callable[[str], None] = print,
     vlm_path: str | None = None,
+    limits: ServeLimits | None = None,
+    warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> None:
-    """Serves the app with uvicorn until interrupted (loopback only unless `host` says else)."""
+    """Serves the app with uvicorn until interrupted (loopback only unless `host` says else).
+
+    Binding a non-loopback address prints a warning: anyone who can reach the address can
+    classify, search and read the indexed images, unless `limits.auth_token` is set.
+
+    Raises:
+        ValueError: The address cannot be bound (named in one line), or a bad model/index/VLM.
+    """
     import uvicorn
 
-    app = create_app(model_path, index_dir, search_templates, vlm_path)
-    log(f"vlkit serve: http://{host}:{port}/ (Ctrl-C stops)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    limits = serving_limits(host, limits or ServeLimits())
+    sock = bind_socket(host, port)  # before loading models: a busy port fails at once
+    try:
+        app = create_app(model_path, index_dir, search_templates, vlm_path, limits)
+    except BaseException:
+        sock.close()
+        raise
+    shown = f"[{host}]" if ":" in host else host
+    if not is_loopback(host):
+        warn(
+            f"WARNING: vlkit serve listens on {host}, reachable from other machines: anyone who "
+            "can connect can run the models and read every indexed image."
+        )
+        if limits.auth_token is None:
+            warn("WARNING: no --auth-token (or VLKIT_AUTH_TOKEN) is set: no authentication.")
+        warn(f"Allowed Host names: {', '.join(limits.allowed_hosts)} (add with --allowed-host).")
+    link = f"http://{shown}:{port}/"
+    if limits.auth_token is not None:
+        link += "?token=" + limits.auth_token
+    log(f"vlkit serve: {link} (Ctrl-C stops)")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[sock])

@@ -5,7 +5,8 @@
 prompt, max_new_tokens)` checks the request against the server's limits, decodes greedily
 (deterministic) and returns the text, the prompt's words outside a fusion run's vocabulary and
 the number of generated tokens. `stream_events` runs an answer in a thread and yields it as
-server-sent events (`token` pieces as they are decoded, then `done` or `error`).
+server-sent events (`token` pieces as they are decoded, then `done` or `error`), holding the
+server's model slot until the answer is complete.
 
 No lock guards generation: `generate` with the default dynamic KV cache builds its caches per
 call and only reads the weights, and the tokenizers and processors only read their tables, so
@@ -21,6 +22,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vlkit.inference.text_streamer import TextStreamer
@@ -60,26 +62,37 @@ class VLM:
 
     Args:
         pipeline: The model (`vlkit.inference.load_vlm`).
-        path: Its directory, as the server reports it.
+        path: Its directory (the server reports only the directory's name).
     """
 
     def __init__(self, pipeline: VLMPipeline, path: str) -> None:
         self.pipeline = pipeline
         self.path = path
+        # What the page shows: the directory's name, never the server's path (or a hub id).
+        local = Path(path).expanduser()
+        self.name = local.resolve().name if local.exists() else str(path)
         self.kind = pipeline.kind
         self.max_images = min(pipeline.max_images or MAX_IMAGES, MAX_IMAGES)
         self.needs_prompt = pipeline.needs_prompt
 
     def info(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": self.path, "max_images": self.max_images,
+        return {"kind": self.kind, "name": self.name, "max_images": self.max_images,
                 "needs_prompt": self.needs_prompt, "max_new_tokens": MAX_NEW_TOKENS,
                 **self.pipeline.details()}  # fmt: skip
 
+    def image_count_problem(self, count: int) -> str | None:
+        """Why `count` images cannot be answered (one line), or None; the server asks before
+        decoding any of them."""
+        if 1 <= count <= self.max_images:
+            return None
+        many = "exactly one image" if self.max_images == 1 else f"1 to {self.max_images} images"
+        return f"{count} images: this {self.kind} VLM answers about {many}"
+
     def check(self, images: Sequence[Any], prompt: str, max_new_tokens: int) -> None:
         """Raises ValueError (one line) for input this model cannot answer."""
-        if not 1 <= len(images) <= self.max_images:
-            many = "exactly one image" if self.max_images == 1 else f"1 to {self.max_images} images"
-            raise ValueError(f"{len(images)} images: this {self.kind} VLM answers about {many}")
+        problem = self.image_count_problem(len(images))
+        if problem:
+            raise ValueError(problem)
         if self.needs_prompt and not prompt.strip():
             raise ValueError("prompt is empty: ask a question or give an instruction")
         if len(prompt) > MAX_PROMPT_CHARS:
@@ -122,11 +135,17 @@ class _Cancelled(Exception):
 
 
 def stream_events(
-    vlm: VLM, images: Sequence[Any], prompt: str, max_new_tokens: int
+    vlm: VLM,
+    images: Sequence[Any],
+    prompt: str,
+    max_new_tokens: int,
+    on_finish: Callable[[], None] | None = None,
 ) -> Iterator[str]:
     """Server-sent events of one answer: `token` {"text": piece}..., then `done` (the `Answer`
-    as JSON) or `error` {"detail": one line}. Generation runs in its own thread; closing the
-    iterator (the client went away) stops it at the next token."""
+    as JSON) or `error` {"error": one line}. Generation starts at once in its own thread (not
+    when the events are first read), so `on_finish` (the server's model slot) runs when it ends
+    even if no event is ever read; closing the iterator (the client went away) stops it at the
+    next token."""
     pieces: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
     gone = threading.Event()
 
@@ -141,15 +160,22 @@ def stream_events(
         except _Cancelled:
             pass
         except Exception as error:  # reported to the client in one line, like the JSON API
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            pieces.put(("error", {"detail": message}))
+            message = " ".join(str(error).split()) or type(error).__name__
+            pieces.put(("error", {"error": message}))
+        finally:
+            if on_finish is not None:
+                on_finish()
 
     threading.Thread(target=work, name="vlkit-generate", daemon=True).start()
-    try:
-        while True:
-            event, data = pieces.get()
-            yield f"event: {event}\ndata: {json.dumps(data)}\n\n"
-            if event != "token":
-                return
-    finally:
-        gone.set()
+
+    def events() -> Iterator[str]:
+        try:
+            while True:
+                event, data = pieces.get()
+                yield f"event: {event}\ndata: {json.dumps(data)}\n\n"
+                if event != "token":
+                    return
+        finally:
+            gone.set()
+
+    return events()

@@ -4,14 +4,23 @@ A checkpoint is a directory `step_XXXXXXXX/` with
 - `model.safetensors` (+ `vlkit_config.json` for CLIP-like models, so `vlkit.from_pretrained`
   loads the checkpoint directly; any other module's weights are saved as its state dict),
 - `training_state.pt`: optimizer, scheduler, grad-scaler and RNG states, the data position and
-  counters, read back with `torch.load(weights_only=True)` (tensors and plain containers only).
+  counters, read back with `torch.load(weights_only=True)` (tensors and plain containers only),
+- `checkpoint.json`: the step and the id of the run that wrote it.
 It is written into a temporary directory, every file fsynced, then renamed into place; the
-`latest` pointer file is replaced atomically afterwards. A crash at any moment leaves either the
-previous checkpoint or the new one, never a torn one. Only the newest `keep_last` are kept.
+`latest` pointer file is replaced atomically afterwards (write order: checkpoint, directory
+fsync, pointer, directory fsync, pruning). A crash at any moment leaves `latest` naming a
+complete checkpoint: the previous one or the new one, never a torn one.
+
+Pruning keeps the newest `keep_last` checkpoints *of the current run* and deletes only those:
+checkpoints another run left in the directory (another run id, or none recorded: written before
+run ids existed) are never deleted. Without this, a fresh run into a directory holding an older,
+longer run had its own checkpoints deleted as soon as written (the old run's steps were higher),
+while `latest` pointed at them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -26,6 +35,8 @@ from vlkit.hub.weights import atomic_write, read_weights, write_safetensors
 from vlkit.models.clip import CLIP
 
 STATE_FILE = "training_state.pt"
+META_FILE = "checkpoint.json"
+REPLACED = ".replaced"  # suffix of a checkpoint moved aside while its step is re-saved
 LATEST = "latest"
 
 
@@ -44,15 +55,28 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
+def _fsync_directory(directory: Path) -> None:
+    """Makes renames inside `directory` durable (POSIX: a rename is in the directory's data)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    _fsync_directory(directory)
+
+
+def checkpoint_run_id(path: str | Path) -> str | None:
+    """The id of the run that wrote checkpoint `path` (None: not recorded or unreadable)."""
+    try:
+        return json.loads((Path(path) / META_FILE).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def save_checkpoint(
@@ -61,34 +85,84 @@ def save_checkpoint(
     model: torch.nn.Module,
     training_state: dict[str, Any],
     keep_last: int = 2,
+    run_id: str | None = None,
 ) -> Path:
-    """Writes checkpoint `step` atomically and prunes all but the newest `keep_last`."""
+    """Writes checkpoint `step` atomically, points `latest` at it, then prunes.
+
+    Args:
+        checkpoint_dir: The run's checkpoint directory.
+        step: The step, which names the checkpoint (`step_00000042`).
+        model: Its weights are saved.
+        training_state: Optimizer, scheduler, RNG states, position... (`Trainer.training_state`).
+        keep_last: Checkpoints of this run to keep (0: all). The new one is always kept.
+        run_id: The run's id, recorded in `checkpoint.json`; pruning deletes only checkpoints
+            with this id (None: those written with None).
+
+    Returns:
+        The checkpoint directory.
+    """
     root = Path(checkpoint_dir)
     root.mkdir(parents=True, exist_ok=True)
+    _recover_replaced(root)
+    for leftover in root.glob(".step_*"):  # staging of a process killed mid-write
+        shutil.rmtree(leftover, ignore_errors=True)
     final = root / f"step_{step:08d}"
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step:08d}."))
+    replaced = None
     try:
         if isinstance(model, CLIP):
             save_pretrained(model, staging, format="vlkit")
         else:
             write_safetensors(model.state_dict(), staging / "model.safetensors")
         torch.save(training_state, staging / STATE_FILE)
+        (staging / META_FILE).write_text(json.dumps({"step": step, "run_id": run_id}) + "\n")
         _fsync_tree(staging)
-        if final.exists():  # re-saving the same step (e.g. end of training right after a save)
-            shutil.rmtree(final)
+        if final.exists():  # re-saving a step: move the old one aside (a directory can't be
+            replaced = root / f".{final.name}{REPLACED}"  # renamed over a non-empty one)
+            os.replace(final, replaced)
         os.replace(staging, final)
+        _fsync_directory(root)
     finally:
+        if replaced is not None:
+            _recover_replaced(root)  # the new one never landed: the old one goes back
+            shutil.rmtree(replaced, ignore_errors=True)
         if staging.exists():
             shutil.rmtree(staging)
     atomic_write(root / LATEST, lambda tmp: tmp.write_text(final.name + "\n"))
-    for old in sorted(root.glob("step_*"))[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    _fsync_directory(root)
+    _prune(root, final, run_id, keep_last)
     return final
+
+
+def _recover_replaced(root: Path) -> None:
+    """Puts back a checkpoint moved aside for re-saving whose replacement never landed (a crash
+    between the two renames), so that `latest` finds it."""
+    for moved in root.glob(f".step_*{REPLACED}"):
+        final = root / moved.name[1 : -len(REPLACED)]
+        if not final.exists():
+            os.replace(moved, final)
+
+
+def _prune(root: Path, newest: Path, run_id: str | None, keep_last: int) -> None:
+    """Deletes this run's checkpoints older than `newest` beyond the `keep_last` newest.
+
+    Checkpoints of other runs are never deleted, nor this run's checkpoints of later steps (left
+    by the branch a resume from an earlier checkpoint abandoned; they are replaced step by step).
+    """
+    if keep_last <= 0:
+        return
+    older = [path for path in sorted(root.glob("step_*"))
+             if path.name < newest.name and checkpoint_run_id(path) == run_id
+             and (path / META_FILE).is_file()]  # fmt: skip
+    for old in older[: max(0, len(older) - (keep_last - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def resolve_resume(checkpoint_dir: str | Path, resume: str) -> Path:
     """The checkpoint directory `resume` names: "latest", a step directory, or a path."""
     root = Path(checkpoint_dir)
+    if root.is_dir():
+        _recover_replaced(root)
     if resume == "latest":
         pointer = root / LATEST
         if not pointer.is_file():

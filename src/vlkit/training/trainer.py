@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -25,6 +27,7 @@ from vlkit.distributed import DistributedInfo, resolve_device
 from vlkit.hub.weights import load_into
 from vlkit.training.checkpoint import (
     capture_rng_state,
+    checkpoint_run_id,
     load_checkpoint,
     resolve_resume,
     restore_rng_state,
@@ -116,6 +119,9 @@ class Trainer:
         self.train_seconds = 0.0
         self.last_metrics: dict[str, float] = {}
         self._saved_step = -1
+        # Recorded in every checkpoint; pruning deletes only this run's checkpoints. A resumed
+        # run takes the id of the checkpoint it continues.
+        self.run_id = uuid.uuid4().hex
 
     @property
     def total_steps(self) -> int:
@@ -146,7 +152,7 @@ class Trainer:
         self._saved_step = self.step
         if self.distributed.is_main:
             save_checkpoint(self.checkpoint_dir, self.step, self.model, self.training_state(),
-                            self.config.checkpoint.keep_last)  # fmt: skip
+                            self.config.checkpoint.keep_last, self.run_id)  # fmt: skip
         if self.distributed.enabled:
             dist.barrier()
 
@@ -169,6 +175,11 @@ class Trainer:
         self.nonfinite_steps = counters["nonfinite_steps"]
         self.nonfinite_in_a_row = counters["nonfinite_in_a_row"]
         self.train_seconds = counters["train_seconds"]
+        self.run_id = checkpoint_run_id(path) or self.run_id
+        if path.parent.resolve() == Path(self.checkpoint_dir).resolve():
+            # This very checkpoint is on disk: don't write it again at once (re-saving a step
+            # moves the old copy aside for a moment, while `latest` may name it).
+            self._saved_step = self.step
 
     # ------------------------------------------------------------------ loop
     def _autocast(self) -> contextlib.AbstractContextManager:
