@@ -34,6 +34,16 @@ EXACT = 1e-6
 CLIP = PreprocessConfig()
 CLIP_FLOOR = PreprocessConfig(crop_rounding="floor")
 SIGLIP = PreprocessConfig(resize_mode="squash", mean=SIGLIP_MEAN, std=SIGLIP_STD)
+# What preprocess_config_from_hf gives for transformers' default processors.
+HF_CLIP = PreprocessConfig(crop_rounding="floor", pipeline="transformers")
+HF_SIGLIP = PreprocessConfig(
+    resize_mode="squash",
+    mean=SIGLIP_MEAN,
+    std=SIGLIP_STD,
+    crop_rounding="floor",
+    center_crop=False,
+    pipeline="transformers",
+)
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +122,17 @@ def test_eval_matches_transformers_pil_backend(photos, transformers):
     clip = transformers.CLIPImageProcessorPil()
     clip_bilinear = transformers.CLIPImageProcessorPil(resample=2)
     siglip = transformers.SiglipImageProcessorPil()
-    ours_clip = ImageTransform(CLIP_FLOOR)
+    ours_clip = ImageTransform(PreprocessConfig(crop_rounding="floor", pipeline="transformers_pil"))
     ours_bilinear = ImageTransform(
-        PreprocessConfig(interpolation="bilinear", crop_rounding="floor")
+        PreprocessConfig(
+            interpolation="bilinear", crop_rounding="floor", pipeline="transformers_pil"
+        )
     )
-    ours_siglip = ImageTransform(SIGLIP)
+    ours_siglip = ImageTransform(
+        PreprocessConfig(
+            resize_mode="squash", mean=SIGLIP_MEAN, std=SIGLIP_STD, pipeline="transformers_pil"
+        )
+    )
     # Transparency is composited onto white by both sides.
     inputs = dict(photos, rgba=_alpha_photo(photos["chelsea"]))
     inputs["palette_transparent"] = photos["coffee"].quantize(64)
@@ -137,22 +153,28 @@ def test_crop_rounding_round_vs_floor(photos):
     assert torch.equal(round_(photos["coffee"]), floor(photos["coffee"]))  # excess 112
 
 
-def test_eval_close_to_transformers_default_torchvision_backend(photos, transformers):
+def test_eval_matches_transformers_default_torchvision_backend(photos, transformers):
     """`CLIPImageProcessor` / `SiglipImageProcessor` (what AutoImageProcessor gives by default)
-    resize uint8 tensors with torch's antialiased interpolate, not PIL: most values agree
-    exactly, a small fraction is off by a few uint8 levels."""
+    resize uint8 tensors with torch's antialiased interpolate; pipeline="transformers" does
+    the same, bit for bit."""
     assert transformers.CLIPImageProcessor().backend == "torchvision"
     cases = [
-        (ImageTransform(CLIP_FLOOR), transformers.CLIPImageProcessor(), OPENAI_CLIP_STD),
-        (ImageTransform(SIGLIP), transformers.SiglipImageProcessor(), SIGLIP_STD),
+        (ImageTransform(HF_CLIP), transformers.CLIPImageProcessor()),
+        (ImageTransform(HF_SIGLIP), transformers.SiglipImageProcessor()),
     ]
-    for ours, processor, std in cases:
-        level = 1 / 255 / min(std)
-        for name, photo in photos.items():
-            diff = (ours(photo) - _hf(processor, photo)).abs()
-            assert diff.max().item() <= 5 * level + EXACT, name
-            assert (diff > EXACT).float().mean().item() < 0.1, name
-            assert diff.mean().item() < 0.1 * level, name
+    inputs = dict(photos, rgba=_alpha_photo(photos["chelsea"]))
+    for ours, processor in cases:
+        for name, photo in inputs.items():
+            assert torch.equal(ours(photo), _hf(processor, photo)), name
+
+
+def test_pipelines_differ_on_non_rgb(photos, open_clip):
+    # open_clip resizes RGBA premultiplied and drops alpha; transformers composites onto white
+    # first. The same geometry gives different pixels: the pipeline field must follow origin.
+    rgba = _alpha_photo(photos["chelsea"])
+    assert not torch.equal(ImageTransform(CLIP)(rgba), ImageTransform(HF_CLIP)(rgba))
+    reference = open_clip.image_transform(224, is_train=False)
+    assert torch.equal(ImageTransform(CLIP)(rgba), reference(rgba))
 
 
 # --------------------------------------------------------------------------- HF config files
@@ -161,10 +183,19 @@ def test_eval_close_to_transformers_default_torchvision_backend(photos, transfor
 @pytest.mark.parametrize(
     ("config", "model_type"),
     [
-        (CLIP_FLOOR, "clip"),
-        (SIGLIP, "siglip"),
-        (PreprocessConfig(image_size=160, interpolation="bilinear", crop_rounding="floor"), "clip"),
-        (CLIP, "clip"),  # default rounding: written down, ignored by transformers
+        (HF_CLIP, "clip"),
+        (HF_SIGLIP, "siglip"),
+        (
+            PreprocessConfig(
+                image_size=160,
+                interpolation="bilinear",
+                crop_rounding="floor",
+                pipeline="transformers_pil",
+            ),
+            "clip",
+        ),
+        (CLIP, "clip"),  # default rounding and pipeline: written down, ignored by transformers
+        (PreprocessConfig(image_size=(18, 12), resize_size=20, pipeline="transformers"), "clip"),
     ],
 )
 def test_hf_config_round_trip(tmp_path, photos, transformers, config, model_type):
@@ -183,11 +214,10 @@ def test_hf_config_round_trip(tmp_path, photos, transformers, config, model_type
     ours = vlkit.get_transform(tmp_path)
     # transformers floors the crop offset; compare on a photo where both roundings agree.
     photo = photos["chelsea"]
-    expected = _hf(pil, photo)
-    assert expected.shape == (3, config.image_size, config.image_size)
+    reference = tv if config.pipeline == "transformers" else pil
+    expected = _hf(reference, photo)
+    assert expected.shape == (3, *config.output_size)
     assert (ours(photo) - expected).abs().max().item() <= EXACT
-    level = 1 / 255 / min(config.std)
-    assert (ours(photo) - _hf(tv, photo)).abs().max().item() <= 5 * level + EXACT
 
 
 def test_hf_config_from_real_style_files():
@@ -203,7 +233,7 @@ def test_hf_config_from_real_style_files():
         "resample": 3,
         "size": 224,
     }
-    assert preprocess_config_from_hf(legacy) == CLIP_FLOOR
+    assert preprocess_config_from_hf(legacy) == HF_CLIP
     # google/siglip-base-patch16-224 style: no do_center_crop key.
     siglip = {
         "do_normalize": True,
@@ -223,14 +253,25 @@ def test_hf_config_from_real_style_files():
         mean=SIGLIP_MEAN,
         std=SIGLIP_STD,
         crop_rounding="floor",
+        center_crop=False,
+        pipeline="transformers",
     )
     assert preprocess_config_from_hf(siglip) == expected
     with pytest.raises(ValueError, match="resample"):
         preprocess_config_from_hf(dict(legacy, resample=1))
-    with pytest.raises(ValueError, match="non-square"):
-        preprocess_config_from_hf(dict(siglip, size={"height": 224, "width": 256}))
-    with pytest.raises(ValueError, match="crop_size"):
-        preprocess_config_from_hf(dict(legacy, crop_size=200))
+    with pytest.raises(ValueError, match="size"):
+        preprocess_config_from_hf(dict(siglip, size={"longest_edge": 224}))
+    with pytest.raises(ValueError, match="do_pad"):
+        preprocess_config_from_hf(dict(siglip, do_pad=True))
+    with pytest.raises(ValueError, match="do_convert_rgb"):
+        preprocess_config_from_hf(dict(siglip, do_convert_rgb=False))
+    # Shapes the old reader refused: a non-square squash, a crop smaller than the resize.
+    wide = preprocess_config_from_hf(dict(siglip, size={"height": 224, "width": 256}))
+    assert wide.image_size == (224, 256) and wide.resize_size is None
+    small_crop = preprocess_config_from_hf(dict(legacy, size={"shortest_edge": 20}, crop_size=18))
+    assert (small_crop.image_size, small_crop.resize_size) == (18, 20)
+    with pytest.raises(ValueError, match="longest"):
+        preprocess_config_to_hf(PreprocessConfig(resize_mode="longest"), "clip")
     with pytest.raises(ValueError, match="model_type"):
         preprocess_config_to_hf(CLIP, "llava")
 
@@ -248,11 +289,11 @@ def test_get_transform_sources(tmp_path, photos):
     with pytest.raises(CheckpointError, match="no preprocessor_config.json"):
         vlkit.get_transform(tmp_path)
     (tmp_path / "preprocessor_config.json").write_text(
-        json.dumps(preprocess_config_to_hf(SIGLIP, "siglip"))
+        json.dumps(preprocess_config_to_hf(HF_SIGLIP, "siglip"))
     )
     transform = vlkit.get_transform(str(tmp_path))
-    assert transform.config == SIGLIP
-    assert torch.equal(transform(photos["tiny"]), ImageTransform(SIGLIP)(photos["tiny"]))
+    assert transform.config == HF_SIGLIP
+    assert torch.equal(transform(photos["tiny"]), ImageTransform(HF_SIGLIP)(photos["tiny"]))
 
 
 # --------------------------------------------------------------------------- train mode
@@ -341,12 +382,13 @@ def test_modes_become_rgb(tmp_path):
     gray = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (4, 1))  # 4 x 32
     cases = {}
     cases["gray.png"] = (Image.fromarray(gray), np.stack([gray] * 3, -1))
-    # 16-bit PNG: scaled to 8 bits (PIL's own convert would clip everything above 255).
+    # 16-bit PNG: clipped at 255 by PIL's convert, as transformers and open_clip see it.
     wide = (gray.astype(np.uint16) * 257).astype(np.uint16)
-    cases["gray16.png"] = (Image.fromarray(wide), np.stack([gray] * 3, -1))
+    cases["gray16.png"] = (Image.fromarray(wide), np.stack([np.minimum(wide, 255)] * 3, -1))
     assert Image.fromarray(wide).mode == "I;16"
-    # 32-bit float TIFF in [0, 1].
-    cases["float.tiff"] = (Image.fromarray(gray.astype(np.float32) / 255), np.stack([gray] * 3, -1))
+    # 32-bit float TIFF: clipped too (values in [0, 1] become 0 or 1).
+    floats = gray.astype(np.float32) / 255
+    cases["float.tiff"] = (Image.fromarray(floats), np.stack([np.rint(floats)] * 3, -1))
     # Palette, plain.
     rgb = np.zeros((4, 32, 3), np.uint8)
     rgb[:, :16] = (10, 200, 30)
@@ -381,7 +423,12 @@ def test_modes_become_rgb(tmp_path):
     assert loaded.mode == "RGB"
     assert np.abs(np.asarray(loaded).astype(int) - rgb).mean() < 8
     assert to_rgb(Image.fromarray(gray)).mode == "RGB"
-    assert np.asarray(to_rgb(Image.fromarray(gray.astype(np.int32) * 257)))[0, -1, 0] == 248
+    wide32 = Image.fromarray(gray.astype(np.int32) * 257)
+    assert np.asarray(to_rgb(wide32))[0, -1, 0] == 255  # clipped
+    # The documented opt-in scales instead.
+    assert np.asarray(to_rgb(wide32, rescale_high_bit_depth=True))[0, -1, 0] == 248
+    assert np.asarray(to_rgb(Image.fromarray(wide), rescale_high_bit_depth=True))[0, -1, 0] == 248
+    assert load_image(tmp_path / "rgba.png", keep_mode=True).mode == "RGBA"
 
 
 def test_load_errors_name_the_file(tmp_path):
@@ -411,3 +458,49 @@ def test_load_errors_name_the_file(tmp_path):
     assert [im.size for im in images] == [(5, 7), (5, 7)]
     with pytest.raises(ImageLoadError, match="missing.png"):
         load_images([good, missing])
+
+
+# --------------------------------------------------------------------------- config options
+
+
+@pytest.mark.parametrize("pipeline", ["open_clip", "transformers", "transformers_pil"])
+def test_high_bit_depth_clips_unless_rescaling_is_asked_for(photos, pipeline):
+    grey = photos["camera"]  # "L"
+    wide = Image.fromarray(np.asarray(grey, dtype=np.uint16) * 257)  # "I;16", full range
+    clip = ImageTransform(PreprocessConfig(image_size=32, pipeline=pipeline))
+    rescale = ImageTransform(
+        PreprocessConfig(image_size=32, pipeline=pipeline, rescale_high_bit_depth=True)
+    )
+    white = clip(Image.new("L", grey.size, 255))
+    # The references clip at 255: a 16-bit photo is (almost) white.
+    assert (clip(wide) - white).abs().max().item() < 0.05
+    # The opt-in scales 65535 -> 255: the photo looks like its 8-bit version.
+    assert (rescale(wide) - clip(grey)).abs().max().item() <= EXACT
+
+
+def test_config_errors_name_the_field():
+    for field, value in [
+        ("resize_mode", "letterbox"),
+        ("interpolation", "lanczos"),
+        ("pipeline", "timm"),
+        ("crop_rounding", "ceil"),
+    ]:
+        with pytest.raises(ValueError, match=field):
+            PreprocessConfig(**{field: value})
+    with pytest.raises(ValueError, match="image_size"):
+        PreprocessConfig(image_size=(1, 2, 3))
+    with pytest.raises(ValueError, match="longest"):
+        PreprocessConfig(resize_mode="longest", pipeline="transformers")
+    with pytest.raises(TypeError, match="numpy array"):
+        ImageTransform(CLIP)("not an image")
+
+
+def test_array_and_tensor_inputs_match_the_pil_image(photos):
+    photo = photos["chelsea"]
+    array = np.asarray(photo)
+    for config in (CLIP, HF_CLIP, PreprocessConfig(pipeline="transformers_pil")):
+        transform = ImageTransform(config)
+        expected = transform(photo)
+        assert torch.equal(transform(array), expected)
+        assert torch.equal(transform(torch.from_numpy(array.copy()).permute(2, 0, 1)), expected)
+        assert transform.output_size == (224, 224) and transform.image_size == 224

@@ -8,10 +8,14 @@ everything else goes through PIL's `convert("RGB")`. open_clip's `_convert_to_rg
 keeps whatever colour the transparent pixels store (often black); for opaque images the two
 agree exactly.
 
-High-bit-depth images are the one place where this module deliberately departs from both
-references: PIL's `convert("RGB")` *clips* 16-bit and 32-bit values to 255 instead of scaling
-them, so a 16-bit PNG would come out almost white. Here they are scaled down to 8 bits first
-(see `_to_8bit`).
+High-bit-depth images follow both references by default: PIL's `convert("RGB")` *clips*
+16-bit and 32-bit values to 255 instead of scaling them, so a 16-bit PNG comes out almost
+white, exactly as transformers and open_clip see it. `scale_to_8bit` (the opt-in
+`rescale_high_bit_depth=True` here and in `PreprocessConfig`) scales them down instead.
+
+Which conversion a model's transform applies, and whether before or after resizing, is the
+transform's business (`vlkit.data.preprocess_pipelines`): `load_image(path, keep_mode=True)`
+hands it the decoded image untouched.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = [
     "load_image",
     "load_image_bytes",
     "load_images",
+    "scale_to_8bit",
     "to_rgb",
 ]
 
@@ -46,8 +51,10 @@ class ImageLoadError(ValueError):
     """An image file is missing, is not an image, or has truncated / corrupt data."""
 
 
-def _to_8bit(image: Image.Image) -> Image.Image:
+def scale_to_8bit(image: Image.Image) -> Image.Image:
     """Maps a single-band 16/32-bit integer or float image to an 8-bit "L" image.
+
+    Other modes are returned unchanged. This is an opt-in: both references clip instead.
 
     The input range is inferred from the mode and, where the mode cannot tell, from the data:
 
@@ -58,6 +65,8 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
     Values outside the inferred range are clipped.
     """
+    if image.mode not in _WIDE_INT_MODES and image.mode not in _FLOAT_MODES:
+        return image
     array = np.asarray(image, dtype=np.float64)
     if image.mode.startswith("I;16") or (image.mode == "I" and array.size and array.max() > 255):
         array = array / 257.0
@@ -66,25 +75,27 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image, rescale_high_bit_depth: bool = False) -> Image.Image:
     """Converts a PIL image of any mode to "RGB".
 
     Transparency is composited onto white exactly as transformers' `convert_to_rgb` does
     (transformers/image_transforms.py): a band named "A" or a `transparency` entry in
     `image.info` triggers `alpha_composite` over an opaque white RGBA background. Grayscale,
-    palette, CMYK, YCbCr and bilevel images use PIL's own `convert("RGB")`. 16-bit, 32-bit
-    integer and float images are first scaled to 8 bits (see `_to_8bit`).
+    palette, CMYK, YCbCr, bilevel, 16-bit, 32-bit integer and float images use PIL's own
+    `convert("RGB")`, which clips values above 255 as both references do.
 
     Args:
         image: Any PIL image.
+        rescale_high_bit_depth: Scale 16/32-bit and float images to 8 bits first
+            (`scale_to_8bit`) instead of clipping.
 
     Returns:
         An "RGB" image (the input itself when it already is one without transparency).
     """
     if image.mode == "RGB" and image.info.get("transparency") is None:
         return image
-    if image.mode in _WIDE_INT_MODES or image.mode in _FLOAT_MODES:
-        image = _to_8bit(image)
+    if rescale_high_bit_depth:
+        image = scale_to_8bit(image)
     has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
     if has_alpha:
         # Premultiplied modes ("RGBa", "La") convert to straight alpha via "RGBA" first.
@@ -98,51 +109,54 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
+def load_image(path: str | os.PathLike[str], keep_mode: bool = False) -> Image.Image:
     """Reads an image file into memory as an RGB PIL image.
 
     The whole file is decoded here (`Image.load()`), so a truncated or corrupt file fails now
     rather than later inside a data loader. Truncated files are never accepted: this relies on
     PIL's default `ImageFile.LOAD_TRUNCATED_IMAGES = False`, which this function leaves alone.
     The EXIF orientation tag is applied (`ImageOps.exif_transpose`), so photos come out the
-    way viewers show them. Colours are converted by `to_rgb`.
+    way viewers show them. Colours are converted by `to_rgb` unless `keep_mode` is set.
 
     Args:
         path: The image file.
+        keep_mode: Return the decoded mode ("RGBA", "P", "I;16", ...) so that a model's
+            transform converts it the way the model's reference does.
 
     Returns:
-        An "RGB" image, not tied to the open file.
+        An "RGB" image (or the decoded mode with `keep_mode`), not tied to the open file.
 
     Raises:
         ImageLoadError: The file does not exist, is not a readable image, or its data is
             truncated or corrupt. The message is one line and names the file.
     """
-    return _decode(os.fspath(path), os.fspath(path))
+    return _decode(os.fspath(path), os.fspath(path), keep_mode)
 
 
-def load_image_bytes(data: bytes, name: str = "upload") -> Image.Image:
+def load_image_bytes(data: bytes, name: str = "upload", keep_mode: bool = False) -> Image.Image:
     """Decodes an image held in memory (an upload) exactly as `load_image` decodes a file.
 
     Args:
         data: The encoded image (JPEG, PNG, ...).
         name: What to call it in error messages, e.g. the uploaded file's name.
+        keep_mode: Return the decoded mode, as `load_image(..., keep_mode=True)`.
 
     Raises:
         ImageLoadError: Empty, not an image, truncated or corrupt; the message names `name`.
     """
     if not data:
         raise ImageLoadError(f"cannot load image {name}: the data is empty")
-    return _decode(io.BytesIO(data), name)
+    return _decode(io.BytesIO(data), name, keep_mode)
 
 
-def _decode(source: str | io.BytesIO, name: str) -> Image.Image:
+def _decode(source: str | io.BytesIO, name: str, keep_mode: bool = False) -> Image.Image:
     try:
         with Image.open(source) as opened:
             opened.load()
             # exif_transpose returns a new image (a copy when there is nothing to rotate), so
             # the result no longer refers to the file being closed here.
             image = ImageOps.exif_transpose(opened)
-        return to_rgb(image)
+        return image if keep_mode else to_rgb(image)
     except FileNotFoundError:
         raise ImageLoadError(f"cannot load image {name}: no such file") from None
     except IsADirectoryError:

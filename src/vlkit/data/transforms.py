@@ -1,26 +1,30 @@
-"""Image preprocessing: PIL image -> normalized float32 tensor, matching open_clip and transformers.
+"""Image preprocessing: an image -> the normalized float32 tensor a model expects.
 
-Eval mode reproduces, on PIL images:
+`ImageTransform` applies a `PreprocessConfig`. Its `pipeline` field, set from the checkpoint's
+origin, picks whose preprocessing is reproduced (`vlkit.data.preprocess_pipelines`, `vlkit.data.transformers_pipelines`):
 
-- open_clip's `image_transform(size, is_train=False)` (open_clip/transform.py): torchvision
-  `Resize(size)` (shortest side, PIL resampling) + `CenterCrop(size)`, or `Resize((size, size))`
-  for `resize_mode="squash"`, then `ToTensor` + `Normalize`. Bit-identical with
-  `crop_rounding="round"`.
-- transformers' PIL-backend processors `CLIPImageProcessorPil` / `SiglipImageProcessorPil`
-  (transformers/image_processing_backends.py `PilBackend`): same resize (same output-size
-  rule, same PIL call), center crop with a floored offset. Identical up to float32 rounding
-  with `crop_rounding="floor"`.
+- "open_clip" (open_clip checkpoints and vlkit's own): open_clip's
+  `image_transform(size, is_train=False)` (open_clip/transform.py): `Resize` (shortest side) +
+  `CenterCrop`, `Resize((h, w))` for `resize_mode="squash"`, or `ResizeKeepRatio(longest=1)` +
+  `CenterCropOrPad(fill=fill_color)` for `"longest"`, all on the PIL image in its own mode;
+  then `convert("RGB")`, `ToTensor`, `Normalize`. Bit-identical.
+- "transformers" (Hugging Face checkpoints): transformers' default `CLIPImageProcessor` /
+  `SiglipImageProcessor` and what `AutoImageProcessor` returns with torchvision installed
+  (the `TorchvisionBackend`; `use_fast` is a deprecated alias of `backend=` in transformers 5):
+  convert to RGB first (transparency onto white), resize the uint8 tensor with
+  `interpolate(antialias=True)`, floored center crop, fused rescale + normalize. Bit-identical.
+- "transformers_pil": `CLIPImageProcessorPil` / `SiglipImageProcessorPil` (`backend="pil"`).
+  Identical up to float32 rounding.
 
-transformers v5's *default* classes, `CLIPImageProcessor` / `SiglipImageProcessor` and what
-`AutoImageProcessor` returns when torchvision is installed, are the `TorchvisionBackend`: they
-resize uint8 tensors with `torch.nn.functional.interpolate(antialias=True)` instead of PIL. That
-kernel is a port of PIL's, but it rounds differently on a fraction of a percent of the samples,
-so those classes differ from PIL-based preprocessing (and from this module) by one uint8 level
-(1/255/std, about 0.015 after CLIP normalization) on those samples.
+Inputs: PIL images of any mode, numpy arrays (HWC or CHW, uint8 or float) and torch tensors
+(CHW or HWC), as transformers' processors accept them. The open_clip pipeline works on PIL
+images and float CHW tensors, as open_clip's does; a uint8 array or tensor is made the PIL
+image it encodes, a float numpy array the equivalent tensor (open_clip refuses both).
 
 Train mode is open_clip's default training transform: `RandomResizedCrop(size, scale=(0.9, 1.0),
-interpolation=BICUBIC)` + `ToTensor` + `Normalize`, with the crop sampled exactly as torchvision's
-`RandomResizedCrop.get_params` does (torchvision is not a runtime dependency of vlkit).
+interpolation=BICUBIC)` in the image's own mode, `convert("RGB")`, `ToTensor`, `Normalize`,
+with the crop sampled exactly as torchvision's `RandomResizedCrop.get_params` does (torchvision
+is not a runtime dependency of vlkit).
 
 Hugging Face `preprocessor_config.json` files are a checkpoint format: `vlkit.hub.hf_preprocess`
 converts them to and from `PreprocessConfig`.
@@ -36,12 +40,31 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlkit.data.images import load_image, to_rgb
+from vlkit.data.images import load_image, scale_to_8bit
 from vlkit.data.preprocess_config import PreprocessConfig
+from vlkit.data.preprocess_pipelines import (
+    open_clip_geometry,
+    open_clip_pixels,
+    open_clip_tensor_pixels,
+    pil_rgb_to_tensor,
+)
+from vlkit.data.transformers_pipelines import transformers_pil_pixels, transformers_pixels
 
-__all__ = ["ImageTransform", "get_transform", "random_resized_crop_params", "to_batch"]
+__all__ = [
+    "ImageInput",
+    "ImageTransform",
+    "get_transform",
+    "random_resized_crop_params",
+    "to_batch",
+]
 
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+# What a transform accepts, as transformers' image processors do.
+ImageInput = Image.Image | np.ndarray | torch.Tensor
+_PIPELINES = {
+    "open_clip": open_clip_pixels,
+    "transformers": transformers_pixels,
+    "transformers_pil": transformers_pil_pixels,
+}
 
 
 def random_resized_crop_params(
@@ -99,39 +122,14 @@ def random_resized_crop_params(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _shortest_side_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """Output (width, height) when the shortest side is resized to `size`.
-
-    torchvision's `_compute_resized_output_size` (transforms/functional.py) and transformers'
-    `get_resize_output_image_size` (image_transforms.py) both truncate the long side with
-    `int(size * long / short)`; the same expression is used here so float rounding agrees.
-    """
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = size, int(size * long / short)
-    return (new_short, new_long) if width <= height else (new_long, new_short)
-
-
-def _crop_offset(excess: int, rounding: str) -> int:
-    # torchvision `center_crop`: int(round((h - th) / 2.0)), Python's round-half-to-even.
-    # transformers `center_crop` (image_transforms.py) and the torchvision backend's
-    # `center_crop`: (h - th) // 2 and int((h - th) / 2.0), i.e. floor for excess >= 0.
-    if rounding == "round":
-        return int(round(excess / 2.0))
-    return excess // 2
-
-
 class ImageTransform:
-    """Turns a PIL image into the normalized `(3, S, S)` float32 tensor a model expects.
+    """Turns an image into the normalized `(3, H, W)` float32 tensor a model expects.
 
-    Eval mode (`train=False`): resize ("shortest": shortest side to `image_size`, then center
-    crop; "squash": straight to `image_size` x `image_size`) with PIL resampling, scale to
-    [0, 1], normalize by `mean` / `std`. Train mode (`train=True`): open_clip's default
+    Eval mode (`train=False`) reproduces the reference named by `config.pipeline` (see the
+    module docstring). Train mode (`train=True`): open_clip's default
     `RandomResizedCrop(image_size, scale=(0.9, 1.0), interpolation=BICUBIC)` (bicubic
-    regardless of `config.interpolation`, as open_clip hard-codes it), then the same scaling
-    and normalization.
-
-    Non-RGB inputs are converted with `vlkit.data.images.to_rgb` first (transparency
-    composited onto white, as transformers does).
+    regardless of `config.interpolation`, as open_clip hard-codes it) on the image in its own
+    mode, then `convert("RGB")`, scaling and normalization.
 
     Args:
         config: The preprocessing to apply.
@@ -155,94 +153,132 @@ class ImageTransform:
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.generator = generator
-        # Same dtype and ops as torchvision's Normalize on a float32 tensor.
-        self._mean = torch.tensor(config.mean, dtype=torch.float32).view(3, 1, 1)
-        self._std = torch.tensor(config.std, dtype=torch.float32).view(3, 1, 1)
 
     @property
-    def image_size(self) -> int:
-        """Side of the square output."""
+    def image_size(self) -> int | tuple[int, int]:
+        """The output size: an int for a square, else `(height, width)` (`config.image_size`)."""
         return self.config.image_size
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """`(height, width)` of the output (with `center_crop=False` it follows the input)."""
+        return self.config.output_size
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r}, train={self.train})"
 
     def resize_and_crop(
-        self, image: Image.Image, generator: torch.Generator | None = None
+        self, image: ImageInput, generator: torch.Generator | None = None
     ) -> Image.Image:
-        """The geometric part of the transform: an RGB `image_size` x `image_size` PIL image.
+        """The geometric part of the transform, as an RGB PIL image (for display).
+
+        Geometry follows the open_clip pipeline (in the source mode, then `convert("RGB")`).
 
         Args:
-            image: Input image, any PIL mode.
+            image: Input image.
             generator: Train mode: torch RNG for this call (default: the one given at
                 construction, else the global RNG).
         """
-        if not isinstance(image, Image.Image):
-            raise TypeError(f"expected a PIL.Image.Image, got {type(image).__name__}")
-        image = to_rgb(image)
-        size = self.config.image_size
+        image = _as_pil(image)
+        if self.config.rescale_high_bit_depth:
+            image = scale_to_8bit(image)
         if self.train:
+            height, width = self.config.output_size
             top, left, h, w = random_resized_crop_params(
                 image.width, image.height, self.scale, self.ratio, generator or self.generator
             )
             # Crop first, then resize, as torchvision's `resized_crop` on PIL does; resizing
             # with `box=` instead would let the filter read pixels outside the crop.
             crop = image.crop((left, top, left + w, top + h))
-            return crop.resize((size, size), Image.Resampling.BICUBIC)
-        resample = _RESAMPLE[self.config.interpolation]
-        if self.config.resize_mode == "squash":
-            return image.resize((size, size), resample)
-        new_w, new_h = _shortest_side_size(image.width, image.height, size)
-        image = image.resize((new_w, new_h), resample)
-        top = _crop_offset(new_h - size, self.config.crop_rounding)
-        left = _crop_offset(new_w - size, self.config.crop_rounding)
-        return image.crop((left, top, left + size, top + size))
+            return crop.resize((width, height), Image.Resampling.BICUBIC).convert("RGB")
+        return open_clip_geometry(image, self.config).convert("RGB")
 
-    def __call__(
-        self, image: Image.Image, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def __call__(self, image: ImageInput, generator: torch.Generator | None = None) -> torch.Tensor:
         """Transforms one image.
 
         Args:
-            image: Input image, any PIL mode.
+            image: A PIL image (any mode), a numpy array (HWC or CHW; uint8 or float) or a
+                torch tensor (CHW or HWC).
             generator: Train mode: torch RNG for this call (see `resize_and_crop`).
 
         Returns:
-            A float32 tensor of shape `(3, image_size, image_size)`.
+            A float32 tensor of shape `(3, height, width)`.
         """
-        pixels = np.array(self.resize_and_crop(image, generator), dtype=np.uint8)
-        # torchvision ToTensor: uint8 -> float32, divide by 255; then Normalize.
-        tensor = torch.from_numpy(pixels).permute(2, 0, 1).to(torch.float32).div(255)
-        return tensor.sub_(self._mean).div_(self._std).contiguous()
+        if self.train:
+            return pil_rgb_to_tensor(self.resize_and_crop(image, generator), self.config)
+        if self.config.pipeline == "open_clip":
+            if _is_float_array(image):
+                return open_clip_tensor_pixels(image, self.config)
+            image = _as_pil(image)
+        elif not isinstance(image, (Image.Image, np.ndarray, torch.Tensor)):
+            raise TypeError(_type_message(image))
+        return _PIPELINES[self.config.pipeline](image, self.config)
 
     def to_batch(
         self,
-        images: Sequence[Image.Image | str | os.PathLike[str]],
+        images: Sequence[ImageInput | str | os.PathLike[str]],
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Transforms several images into one batch.
 
         Args:
-            images: PIL images, or paths loaded with `vlkit.data.images.load_image`.
+            images: Images, or paths loaded with `vlkit.data.images.load_image` (in their
+                own mode, so the transform converts them as the reference does).
             generator: Train mode: torch RNG for the crops.
 
         Returns:
-            A float32 tensor of shape `(len(images), 3, image_size, image_size)`.
+            A float32 tensor of shape `(len(images), 3, height, width)`.
         """
         if len(images) == 0:
             raise ValueError("to_batch needs at least one image")
-        loaded = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
+        loaded = [
+            load_image(im, keep_mode=True) if isinstance(im, (str, os.PathLike)) else im
+            for im in images
+        ]
         return torch.stack([self(im, generator) for im in loaded])
 
 
+def _type_message(image: object) -> str:
+    return (
+        f"expected a PIL.Image.Image, a numpy array or a torch tensor, got {type(image).__name__}"
+    )
+
+
+def _is_float_array(image: object) -> bool:
+    if isinstance(image, torch.Tensor):
+        return image.is_floating_point()
+    return isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating)
+
+
+def _as_pil(image: ImageInput) -> Image.Image:
+    # open_clip's eval transform takes PIL images (torchvision v1 `Resize` refuses numpy
+    # arrays, and `Normalize` refuses a uint8 tensor); an 8-bit array or tensor is turned
+    # into the PIL image it encodes.
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, torch.Tensor):
+        image = image.numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(_type_message(image))
+    if image.dtype != np.uint8:
+        raise TypeError(
+            f"this transform takes uint8 arrays (open_clip works on PIL images), got {image.dtype}"
+        )
+    if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
+        image = np.moveaxis(image, 0, -1)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    return Image.fromarray(np.ascontiguousarray(image))
+
+
 def to_batch(
-    images: Sequence[Image.Image | str | os.PathLike[str]],
+    images: Sequence[ImageInput | str | os.PathLike[str]],
     transform: ImageTransform | PreprocessConfig,
 ) -> torch.Tensor:
-    """Transforms several images into a `(B, 3, S, S)` float32 batch.
+    """Transforms several images into a `(B, 3, H, W)` float32 batch.
 
     Args:
-        images: PIL images, or paths loaded with `vlkit.data.images.load_image`.
+        images: Images (PIL, numpy, torch), or paths loaded with `vlkit.data.images.load_image`.
         transform: The transform, or a config for an eval-mode one.
     """
     if isinstance(transform, PreprocessConfig):

@@ -10,7 +10,6 @@ express); `preprocess_config_to_hf` writes a config that those classes, and
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ from vlkit.data.preprocess_config import (
     SIGLIP_MEAN,
     SIGLIP_STD,
     PreprocessConfig,
+    as_height_width,
 )
 
 __all__ = ["HF_PREPROCESSOR_CONFIG", "preprocess_config_from_hf", "preprocess_config_to_hf"]
@@ -33,6 +33,8 @@ _HF_RESAMPLE_CODES = {3: "bicubic", 2: "bilinear"}
 # Not a transformers key: transformers keeps unknown keys as attributes and ignores them, so this
 # records how vlkit rounds the crop offset without changing what transformers does.
 _CROP_ROUNDING_KEY = "vlkit_crop_rounding"
+# Same idea: which reference's order of operations vlkit reproduces (PreprocessConfig.pipeline).
+_PIPELINE_KEY = "vlkit_pipeline"
 _HF_PROCESSOR_TYPES = {"clip": "CLIPImageProcessor", "siglip": "SiglipImageProcessor"}
 
 
@@ -60,13 +62,25 @@ def _read_hf_config(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple
 
 
 def _size_dict(value: Any, where: str, key: str) -> dict[str, int]:
-    # transformers' `get_size_dict` reads a bare int as {"shortest_edge": n} for "size" (both
-    # CLIP and SigLIP processors set default_to_square=False) and as a square for "crop_size".
+    # transformers' `get_size_dict`: a bare int is {"shortest_edge": n} for "size" (CLIP and
+    # SigLIP processors set default_to_square=False) and a square for "crop_size"; a
+    # (height, width) pair is {"height", "width"}.
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: unsupported {key!r} value {value!r}")
     if isinstance(value, int):
         return {"shortest_edge": value} if key == "size" else {"height": value, "width": value}
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return {"height": int(value[0]), "width": int(value[1])}
     if isinstance(value, Mapping):
         return {k: int(v) for k, v in value.items() if v is not None}
     raise ValueError(f"{where}: unsupported {key!r} value {value!r}")
+
+
+def _stats(value: Any, where: str, key: str) -> tuple[float, float, float]:
+    values = (value,) * 3 if isinstance(value, (int, float)) else tuple(value)
+    if len(values) != 3:
+        raise ValueError(f"{where}: {key} needs 1 or 3 values, got {value!r}")
+    return tuple(float(v) for v in values)
 
 
 def preprocess_config_from_hf(
@@ -74,12 +88,14 @@ def preprocess_config_from_hf(
 ) -> PreprocessConfig:
     """Reads a Hugging Face `preprocessor_config.json` into a `PreprocessConfig`.
 
-    Supported: CLIP-style (`size={"shortest_edge": S}` or legacy `size=S`, center crop to
-    `S` x `S`) and SigLIP-style (`size={"height": S, "width": S}`, no crop) processors with
-    resample 3 (bicubic) or 2 (bilinear), rescale by 1/255 and `image_mean` / `image_std`.
-    Missing keys take the CLIP / SigLIP processor class defaults (bicubic; OpenAI CLIP mean and
-    std, or 0.5 for SigLIP). The crop offset is floored like transformers' processors unless
-    the file was written by `preprocess_config_to_hf`, which records vlkit's rounding.
+    Any configuration of transformers' `CLIPImageProcessor` / `SiglipImageProcessor`:
+    `size` as `{"shortest_edge": n}` (or a bare int) or `{"height", "width"}`; `crop_size`
+    of any shape, smaller or larger than the resize; `do_resize`, `do_center_crop`,
+    `do_rescale`, `do_normalize` true or false; any `rescale_factor`; `image_mean` /
+    `image_std` as one or three values; `resample` 2 (bilinear) or 3 (bicubic). Missing keys
+    take the processor class defaults. The result reproduces transformers' default backend
+    (`pipeline="transformers"`) unless the file was written by `preprocess_config_to_hf`,
+    which records vlkit's pipeline and crop rounding.
 
     Args:
         source: A directory containing `preprocessor_config.json`, the JSON file itself, or
@@ -90,45 +106,46 @@ def preprocess_config_from_hf(
 
     Raises:
         FileNotFoundError: The directory has no `preprocessor_config.json`.
-        ValueError: The file asks for preprocessing `PreprocessConfig` cannot express.
+        ValueError: The file asks for preprocessing vlkit does not implement; the message
+            names the key.
     """
     data, where = _read_hf_config(source)
     kind = str(data.get("image_processor_type") or data.get("feature_extractor_type") or "")
     siglip = "siglip" in kind.lower()
 
-    if not data.get("do_resize", True):
-        raise ValueError(f"{where}: do_resize=false is not supported")
-    if not data.get("do_rescale", True):
-        raise ValueError(f"{where}: do_rescale=false is not supported")
-    rescale = float(data.get("rescale_factor", 1 / 255))
-    if not math.isclose(rescale, 1 / 255, rel_tol=1e-6):
-        raise ValueError(f"{where}: rescale_factor must be 1/255, got {rescale}")
+    if not data.get("do_convert_rgb", True) and data.get("do_convert_rgb") is not None:
+        raise ValueError(f"{where}: do_convert_rgb=false is not supported")
+    if data.get("do_pad"):
+        raise ValueError(f"{where}: do_pad=true is not supported")
+    rescale_factor = None
+    if data.get("do_rescale", True):
+        rescale_factor = float(data.get("rescale_factor", 1 / 255))
 
     default_size = {"height": 224, "width": 224} if siglip else {"shortest_edge": 224}
     size = _size_dict(data.get("size", default_size), where, "size")
+    do_resize = bool(data.get("do_resize", True))
+    resize_size: int | tuple[int, int]
     if set(size) == {"shortest_edge"}:
-        image_size = size["shortest_edge"]
-        if not data.get("do_center_crop", True):
-            raise ValueError(
-                f"{where}: a shortest_edge resize without center crop is not supported"
-            )
-        crop = _size_dict(data.get("crop_size", image_size), where, "crop_size")
-        if crop != {"height": image_size, "width": image_size}:
-            raise ValueError(
-                f"{where}: crop_size {crop} must be a square of the resize size {image_size}"
-            )
-        resize_mode = "shortest"
+        resize_mode, resize_size = "shortest", size["shortest_edge"]
+        uncropped: tuple[int, int] = (resize_size, resize_size)
     elif set(size) == {"height", "width"}:
-        if size["height"] != size["width"]:
-            raise ValueError(f"{where}: non-square size {size} is not supported")
-        image_size = size["height"]
-        if data.get("do_center_crop", False):
-            crop = _size_dict(data.get("crop_size", image_size), where, "crop_size")
-            if crop != {"height": image_size, "width": image_size}:
-                raise ValueError(f"{where}: crop_size {crop} differs from size {size}")
-        resize_mode = "squash"
+        resize_mode, resize_size = "squash", (size["height"], size["width"])
+        uncropped = resize_size
     else:
-        raise ValueError(f"{where}: unsupported size {size}")
+        raise ValueError(
+            f"{where}: size {size} is not supported (use shortest_edge, or height and width)"
+        )
+    if not do_resize:
+        resize_mode = "none"
+
+    center_crop = bool(data.get("do_center_crop", not siglip))
+    if center_crop:
+        crop = _size_dict(data.get("crop_size", {"height": 224, "width": 224}), where, "crop_size")
+        if set(crop) != {"height", "width"}:
+            raise ValueError(f"{where}: crop_size {crop} needs height and width")
+        output = (crop["height"], crop["width"])
+    else:
+        output = uncropped
 
     resample = data.get("resample", 3)
     if resample not in _HF_RESAMPLE_CODES:
@@ -137,24 +154,37 @@ def preprocess_config_from_hf(
         )
 
     if data.get("do_normalize", True):
-        mean = data.get("image_mean", SIGLIP_MEAN if siglip else OPENAI_CLIP_MEAN)
-        std = data.get("image_std", SIGLIP_STD if siglip else OPENAI_CLIP_STD)
-        if isinstance(mean, (int, float)):
-            mean = (mean,) * 3
-        if isinstance(std, (int, float)):
-            std = (std,) * 3
+        mean = _stats(
+            data.get("image_mean", SIGLIP_MEAN if siglip else OPENAI_CLIP_MEAN), where, "image_mean"
+        )
+        std = _stats(
+            data.get("image_std", SIGLIP_STD if siglip else OPENAI_CLIP_STD), where, "image_std"
+        )
     else:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"{where}: image_mean and image_std need 3 values")
 
+    image_size: int | tuple[int, int] = output[0] if output[0] == output[1] else output
+    if resize_mode == "none":
+        resize_size = None
+    elif resize_mode == "shortest" and resize_size == output[0] == output[1]:
+        resize_size = None  # the plain CLIP layout: resize and crop to the same side
+    elif resize_mode == "squash" and tuple(resize_size) == output:
+        resize_size = None
     return PreprocessConfig(
         image_size=image_size,
         resize_mode=resize_mode,
         interpolation=_HF_RESAMPLE_CODES[resample],
-        mean=tuple(mean),
-        std=tuple(std),
+        mean=mean,
+        std=std,
         crop_rounding=data.get(_CROP_ROUNDING_KEY, "floor"),
+        # Files written by an older vlkit carry only the crop-rounding key; vlkit then resized
+        # with PIL after converting, which the PIL-based open_clip pipeline reproduces best.
+        pipeline=data.get(
+            _PIPELINE_KEY, "open_clip" if _CROP_ROUNDING_KEY in data else "transformers"
+        ),
+        resize_size=resize_size,
+        center_crop=center_crop,
+        rescale_factor=rescale_factor,
     )
 
 
@@ -162,11 +192,12 @@ def preprocess_config_to_hf(config: PreprocessConfig, model_type: str) -> dict[s
     """Writes a `PreprocessConfig` as a Hugging Face `preprocessor_config.json` dict.
 
     transformers' `CLIPImageProcessor` (model_type "clip") or `SiglipImageProcessor` ("siglip")
-    loaded from it, and `AutoImageProcessor`, resize, crop and normalize the same way. One
-    detail transformers cannot express: it always floors the crop offset, so with
-    `crop_rounding="round"` (the default, open_clip's) the crop can sit one pixel off from
-    vlkit's on some image sizes. The setting is kept under an extra key that transformers
-    ignores, so `preprocess_config_from_hf` reads back exactly `config`.
+    loaded from it, and `AutoImageProcessor`, resize, crop, rescale and normalize the same way.
+    What transformers cannot express: it always floors the crop offset (vlkit's default
+    `crop_rounding="round"` can sit one pixel off on some sizes), and it converts to RGB
+    before resizing (an `pipeline="open_clip"` config resizes first, which differs on images
+    that are not RGB). Both settings are kept under extra keys that transformers ignores, so
+    `preprocess_config_from_hf` reads back exactly `config`.
 
     Args:
         config: The preprocessing to write.
@@ -174,26 +205,43 @@ def preprocess_config_to_hf(config: PreprocessConfig, model_type: str) -> dict[s
 
     Returns:
         A JSON-serialisable dict.
+
+    Raises:
+        ValueError: `model_type` is unknown, or `resize_mode="longest"` (open_clip's letterbox,
+            which transformers' CLIP / SigLIP processors do not have).
     """
     if model_type not in _HF_PROCESSOR_TYPES:
         raise ValueError(
             f"model_type must be one of {sorted(_HF_PROCESSOR_TYPES)}, got {model_type!r}"
         )
-    s = config.image_size
-    shortest = config.resize_mode == "shortest"
+    if config.resize_mode == "longest":
+        raise ValueError(
+            "resize_mode='longest' (open_clip's letterbox) has no transformers equivalent"
+        )
+    height, width = config.output_size
+    if config.resize_mode == "shortest":
+        edge = config.resize_size if config.resize_size is not None else height
+        size: dict[str, int] = {"shortest_edge": int(edge)}
+    else:
+        h, w = as_height_width(config.resize_size or config.image_size)
+        size = {"height": h, "width": w}
     codes = {name: code for code, name in _HF_RESAMPLE_CODES.items()}
-    return {
+    normalize = not (all(m == 0 for m in config.mean) and all(s == 1 for s in config.std))
+    data: dict[str, Any] = {
         "image_processor_type": _HF_PROCESSOR_TYPES[model_type],
         "do_convert_rgb": True,
-        "do_resize": True,
-        "size": {"shortest_edge": s} if shortest else {"height": s, "width": s},
-        "resample": codes[config.interpolation],
-        "do_center_crop": shortest,
-        "crop_size": {"height": s, "width": s},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
+        "do_resize": config.resize_mode != "none",
+        "size": size,
+        # open_clip's "random" interpolation is bicubic at eval time.
+        "resample": codes.get(config.interpolation, 3),
+        "do_center_crop": config.center_crop,
+        "crop_size": {"height": height, "width": width},
+        "do_rescale": config.rescale_factor is not None,
+        "rescale_factor": config.rescale_factor if config.rescale_factor is not None else 1 / 255,
+        "do_normalize": normalize,
         "image_mean": list(config.mean),
         "image_std": list(config.std),
         _CROP_ROUNDING_KEY: config.crop_rounding,
+        _PIPELINE_KEY: config.pipeline,
     }
+    return data
