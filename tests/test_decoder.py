@@ -206,3 +206,90 @@ def test_converter_with_vlm_prefix():
     loaded = from_hf_llama_state_dict(sd, model.config, prefix="model.text_model.").eval()
     ids = torch.randint(0, 97, (1, 5))
     assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def _holed_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Row 0 with holes in the middle of its mask, row 1 left padded plus a hole."""
+    ids = torch.randint(3, 97, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[0, [2, 5]] = 0
+    mask[1, :3] = 0
+    mask[1, 6] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_hf_llama_parity_mask_with_holes(tie):
+    """transformers' forward places tokens at arange(L) whatever the mask (holes included), or
+    at the given position_ids; its generate derives positions from the mask. Logits agree at
+    every position a query sees a key (the holes too), tokens exactly (dynamic and static)."""
+    hf, ours = _hf_llama(tie)
+    ids, mask = _holed_batch()
+    seen = mask.cumsum(-1) > 0
+    from_mask = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    for position_ids in (None, from_mask, from_mask[:1] + 4):
+        with torch.no_grad():
+            ref = hf(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
+        got = ours(ids, attention_mask=mask, position_ids=position_ids).logits
+        torch.testing.assert_close(got[seen], ref[seen], atol=1e-5, rtol=1e-5)
+    options = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    ref = hf.generate(ids, eos_token_id=None, **options)
+    for cache in ("dynamic", "static"):
+        assert torch.equal(generate(ours, ids, cache_implementation=cache, **options), ref), cache
+    positions = torch.arange(9)[None] + torch.tensor([[0], [11]])
+    ref = hf.generate(ids, eos_token_id=None, position_ids=positions, **options)
+    assert torch.equal(generate(ours, ids, position_ids=positions, **options), ref)
+
+
+def test_forward_default_positions_ignore_the_mask():
+    """Without position_ids a hole changes no position (RoPE sees arange); with generate's
+    mask-derived positions a masked token is as if it were absent."""
+    model = _tiny()
+    ids = torch.randint(3, 97, (1, 6))
+    mask = torch.tensor([[1, 1, 0, 1, 1, 1]])
+    kept = ids[:, mask[0].bool()]
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    holed = model(ids, attention_mask=mask, position_ids=positions).logits[:, mask[0].bool()]
+    torch.testing.assert_close(holed, model(kept).logits, atol=1e-5, rtol=1e-5)
+    default = model(ids, attention_mask=mask).logits[:, mask[0].bool()]
+    assert not torch.allclose(default, model(kept).logits, atol=1e-4)
+    arange = model(ids, attention_mask=mask, position_ids=torch.arange(6)).logits
+    torch.testing.assert_close(model(ids, attention_mask=mask).logits, arange)
+    # generate: the holed prompt continues as the prompt without the masked token.
+    got = generate(model, ids, max_new_tokens=5, attention_mask=mask)
+    assert torch.equal(got[:, 6:], generate(model, kept, max_new_tokens=5)[:, 5:])
+    with pytest.raises(ValueError, match="position_ids"):
+        model(ids, position_ids=torch.arange(5))
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_empty_stop_list_means_no_stop_token(num_beams):
+    """`eos_token_id=[]` (transformers: no stop token) runs to max_new_tokens, pads with 0."""
+    model = _tiny()
+    ids = torch.randint(3, 97, (2, 4))
+    greedy = generate(model, ids, max_new_tokens=6, num_beams=num_beams)
+    got = generate(model, ids, max_new_tokens=6, num_beams=num_beams, eos_token_id=[])
+    assert torch.equal(got, greedy) and got.shape == (2, 10)
+    got = generate(model, ids, 6, num_beams=num_beams, eos_token_id=(), cache_implementation=(
+        "static" if num_beams == 1 else "dynamic"))  # fmt: skip
+    assert torch.equal(got, greedy)
+
+
+def test_mask_inferred_from_pad_token_as_transformers():
+    """No attention mask: `ids != pad_token_id` when the pad token occurs and is no stop token
+    (transformers' `_prepare_attention_mask_for_generation`), else all ones."""
+    hf, ours = _hf_llama(tie=False)
+    ids = torch.randint(3, 97, (2, 7))
+    ids[0, :2] = 0  # pad token 0 (left padding) and a pad in the middle of row 1
+    ids[1, 3] = 0
+    for eos in (2, 0):  # pad 0 is a stop token in the second case: no inference
+        ref = hf.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=eos)
+        got = generate(ours, ids, max_new_tokens=6, pad_token_id=0, eos_token_id=eos)
+        assert torch.equal(got, ref), eos
+    inferred = generate(ours, ids, 6, pad_token_id=0, eos_token_id=2)
+    explicit = generate(ours, ids, 6, pad_token_id=0, eos_token_id=2, attention_mask=ids.ne(0))
+    assert torch.equal(inferred, explicit)
+    # Without a pad token (transformers: none set) the mask is all ones, even if 0 occurs.
+    ones = generate(ours, ids, 6, eos_token_id=None, attention_mask=torch.ones_like(ids))
+    assert torch.equal(generate(ours, ids, 6, eos_token_id=None), ones)
+    assert not torch.equal(ones, generate(ours, ids, 6, pad_token_id=0, eos_token_id=None))

@@ -200,3 +200,28 @@ def test_unsupported_config(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="text_config"):
         vlkit.from_pretrained(tmp_path)
+
+
+def test_empty_stop_list_generates_to_the_budget(tmp_path: Path) -> None:
+    """`eos_token_id=[]` means no stop token (transformers too), in `generate` and in the
+    pipeline the CLI and web app use (a processor that knows no stop token)."""
+    from types import SimpleNamespace
+
+    from vlkit.inference.smolvlm_pipeline import SmolVLMPipeline
+    from vlkit.inference.vlm_pipeline import VLMInputs
+
+    hf = _hf_model("smolvlm", 2)
+    model = _save_and_load(hf, tmp_path)
+    ids = torch.tensor([_prompt(1, 16, [1, 7], [8])])
+    pixels = torch.randn(1, 1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        ref = hf.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=5, do_sample=False,
+                          eos_token_id=[], pad_token_id=0)  # fmt: skip
+    assert ref.shape[1] == ids.shape[1] + 5
+    assert model.generate(ids, pixels, max_new_tokens=5, eos_token_id=[]).tolist() == ref.tolist()
+    model.eos_token_id = []  # a checkpoint whose generation_config lists no stop token
+    assert model.generate(ids, pixels, max_new_tokens=5).tolist() == ref.tolist()
+    pipeline = SmolVLMPipeline(model, SimpleNamespace(stop_token_ids=[]))  # type: ignore[arg-type]
+    assert pipeline.stop_token_ids == frozenset()
+    new = pipeline.generate(VLMInputs(ids, {"pixel_values": pixels}), max_new_tokens=5)
+    assert new == ref[0, ids.shape[1] :].tolist()

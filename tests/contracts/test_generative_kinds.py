@@ -267,6 +267,38 @@ def test_generative_text_only(kind: str) -> None:
     assert torch.equal(out, seq)
 
 
+@pytest.mark.parametrize("kind", GENERATIVE_KINDS)
+def test_generative_position_ids(kind: str) -> None:
+    """`position_ids` as in transformers: forward places tokens at arange(L) whatever the mask
+    unless given; generate derives them from the mask (`cumsum - 1`), so a masked text token in
+    the middle of a prompt acts as if it were absent."""
+    model, count = build_generative(kind)
+    model.eval()
+    _open_gates_of(model)
+    prompt = _with_image(PROMPTS[1], count)
+    hole = count + 2
+    ids = torch.tensor([prompt[:hole] + [17] + prompt[hole:]])
+    mask = torch.ones_like(ids)
+    mask[0, hole] = 0
+    keep = mask[0].bool()
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    pixels = _pixels(batch=1)
+    with torch.no_grad():
+        alone = model(torch.tensor([prompt]), pixel_values=pixels).logits[0]
+        holed = model(ids, pixels, mask, position_ids=positions).logits[0, keep]
+        default = model(ids, pixels, mask).logits[0]
+        arange = model(ids, pixels, mask, position_ids=torch.arange(ids.shape[1])[None]).logits[0]
+    torch.testing.assert_close(holed, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(default, arange, atol=0, rtol=0)
+    assert not torch.allclose(default[keep], alone, atol=1e-4)  # the hole shifts later positions
+    new = model.generate(ids, pixels, mask, max_new_tokens=STEPS)[0, ids.shape[1] :]
+    reference = model.generate(torch.tensor([prompt]), pixels, max_new_tokens=STEPS)
+    assert new.tolist() == reference[0, len(prompt) :].tolist()
+    if kind == "flamingo":  # its cache-free reference loop positions tokens the same way
+        rerun = model.generate(ids, pixels, mask, max_new_tokens=STEPS, use_cache=False)
+        assert rerun[0, ids.shape[1] :].tolist() == new.tolist()
+
+
 def test_flamingo_text_only_is_text_before_any_image() -> None:
     """Flamingo without images computes what it computes for tokens before a row's first image."""
     model, _ = build_generative("flamingo")

@@ -24,7 +24,12 @@ from vlkit.models.smolvlm import GenerativeVLM
 from vlkit.models.smolvlm_vision import SmolVLMVisionConfig, SmolVLMVisionTransformer
 
 SMOLVLM_MODEL_TYPES = ("smolvlm", "idefics3")
-SMOLVLM_WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
+SMOLVLM_WEIGHT_FILES = [
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+]
 _PREFIXES = {"model.vision_model.": "vision.", "model.connector.": "connector."}
 
 __all__ = [
@@ -118,22 +123,26 @@ def load_smolvlm(directory: str | Path) -> GenerativeVLM:
     state = read_weights(weights)
     load_into(model, smolvlm_state_dict(state, model), str(weights))
     model.eos_token_id = default_eos_token_id(directory, hf_config)
+    model.pad_token_id = default_eos_token_id(directory, hf_config, "pad_token_id")
     return model.eval()
 
 
-def default_eos_token_id(directory: Path, hf_config: dict[str, Any]) -> int | list[int] | None:
+def default_eos_token_id(
+    directory: Path, hf_config: dict[str, Any], key: str = "eos_token_id"
+) -> int | list[int] | None:
     """The stop token(s) `generate` uses by default, as transformers picks them: the
     `eos_token_id` of `generation_config.json` when present (SmolVLM2: `<end_of_utterance>`),
-    else the model config's (top level, then `text_config`)."""
+    else the model config's (top level, then `text_config`). `key="pad_token_id"` picks the
+    default pad token the same way."""
     path = directory / "generation_config.json"
     if path.is_file():
         try:
-            value = json.loads(path.read_text()).get("eos_token_id")
+            value = json.loads(path.read_text()).get(key)
         except json.JSONDecodeError as error:
             raise CheckpointError(f"cannot read {path}: {error}") from error
         if value is not None:
             return value
-    value = hf_config.get("eos_token_id")
+    value = hf_config.get(key)
     if value is None:
-        value = (hf_config.get("text_config") or {}).get("eos_token_id")
+        value = (hf_config.get("text_config") or {}).get(key)
     return value

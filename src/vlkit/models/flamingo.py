@@ -40,6 +40,8 @@ from vlkit.losses.next_token import next_token_loss
 from vlkit.models.attention_maps import attention_probs, image_slots, image_token_distribution
 from vlkit.models.decoder import DecoderConfig, DecoderLM, DecoderOutput, KVCache, StaticKVCache
 from vlkit.models.decoder import generate as _generate
+from vlkit.models.decoder.generation import prompt_attention_mask, stop_ids
+from vlkit.models.decoder.masks import position_ids_from_mask
 from vlkit.models.flamingo_cache import FlamingoKVCache, MediaCache
 from vlkit.models.frozen_vision import keep_frozen_in_eval
 from vlkit.models.smolvlm import VLMOutput
@@ -221,6 +223,7 @@ class FlamingoVLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         *,
+        position_ids: torch.Tensor | None = None,
         use_cache: bool = False,
     ) -> VLMOutput:
         """Logits (B, L, V) for ids (B, L) with one `<image>` marker per image.
@@ -233,6 +236,7 @@ class FlamingoVLM(nn.Module):
             attention_mask: (B, L) padding mask, or None.
             labels: (B, L) targets, -100 = not a target; the loss is the shifted next-token
                 cross-entropy (`vlkit.losses.next_token_loss`, as transformers' causal LMs).
+            position_ids: (B, L) RoPE positions; default `arange(L)` (`DecoderLM.forward`).
             use_cache: Also return a `FlamingoKVCache` (with the images' `MediaCache`) that
                 `decoder(input_ids=new_ids, attention_mask=..., cache=cache)` continues.
 
@@ -242,6 +246,7 @@ class FlamingoVLM(nn.Module):
         out = self.decoder(
             input_ids,
             attention_mask=attention_mask,
+            position_ids=position_ids,
             use_cache=use_cache,
             media=self.media_cache(pixel_values),
         )
@@ -316,21 +321,27 @@ class FlamingoVLM(nn.Module):
         ):
             raise NotImplementedError("use_cache=False decodes greedily, without a KV cache")
         b, device = input_ids.shape[0], input_ids.device
-        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        stop = None
-        if eos_token_id is not None:
-            ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-            stop = torch.tensor(ids, dtype=torch.long, device=device)
+        stop = stop_ids(eos_token_id, device)
+        mask = attention_mask  # None: as `generation.generate` infers it
+        if mask is None:
+            mask = prompt_attention_mask(input_ids, pad_token_id, stop)
         if pad_token_id is None:
             pad_token_id = int(stop[0]) if stop is not None else 0
+        # The positions `generation.generate` gives: the prompt's from its mask, then + 1.
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            positions = position_ids_from_mask(mask)  # (B, P)
         sequences = input_ids
         unfinished = torch.ones(b, dtype=torch.bool, device=device)
         for _ in range(max_new_tokens):
-            logits = self.decoder(sequences, attention_mask=mask, media=media).logits
+            logits = self.decoder(
+                sequences, attention_mask=mask, position_ids=positions, media=media
+            ).logits
             next_tok = logits[:, -1].argmax(-1)  # (B,)
             next_tok = torch.where(unfinished, next_tok, torch.full_like(next_tok, pad_token_id))
             sequences = torch.cat([sequences, next_tok[:, None]], dim=1)
             mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
             if streamer is not None:
                 streamer(next_tok)
             if stop is not None:

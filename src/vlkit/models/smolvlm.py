@@ -61,9 +61,10 @@ class GenerativeVLM(nn.Module):
         self.connector = connector
         self.decoder = decoder
         self.image_token_id = image_token_id
-        # Stop token(s) `generate` uses when none is passed (set from a checkpoint's
-        # generation_config.json by the loaders, as transformers does).
+        # Stop token(s) and pad token `generate` uses when none is passed (set from a
+        # checkpoint's generation_config.json by the loaders, as transformers does).
         self.eos_token_id: int | list[int] | None = None
+        self.pad_token_id: int | None = None
 
     def train(self, mode: bool = True) -> GenerativeVLM:
         """As `nn.Module.train`, but a fully frozen vision encoder stays in eval mode."""
@@ -143,6 +144,7 @@ class GenerativeVLM(nn.Module):
         labels: torch.Tensor | None = None,
         *,
         pixel_attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         use_cache: bool = False,
     ) -> VLMOutput:
         """Logits (and the loss, given labels) for a prompt with images.
@@ -154,6 +156,8 @@ class GenerativeVLM(nn.Module):
             labels: (B, L) targets, -100 = not a target; the loss is the shifted next-token
                 cross-entropy (`vlkit.losses.next_token_loss`, as transformers' causal LMs).
             pixel_attention_mask: (B, M, H, W) real-pixel mask, or None.
+            position_ids: (B, L) RoPE positions; default `arange(L)` whatever the mask, as
+                transformers' forward (`DecoderLM.forward`).
             use_cache: Return the decoder's KV cache.
 
         Returns:
@@ -163,6 +167,7 @@ class GenerativeVLM(nn.Module):
         out = self.decoder(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
+            position_ids=position_ids,
             use_cache=use_cache,
             **self.decoder_inputs(input_ids),
         )
@@ -191,9 +196,11 @@ class GenerativeVLM(nn.Module):
             attention_mask: (B, P) prompt padding mask.
             pixel_attention_mask: As in `forward`.
             max_new_tokens, do_sample, eos_token_id, streamer: See `generation.generate`;
-                `eos_token_id=None` uses `self.eos_token_id` (the checkpoint's default).
+                `eos_token_id=None` uses `self.eos_token_id` (the checkpoint's default; an
+                empty list means no stop token).
             **kwargs: Further `generation.generate` options (temperature, top_k, top_p,
-                num_beams, generator, pad_token_id).
+                num_beams, generator, pad_token_id (default `self.pad_token_id`),
+                position_ids, cache_implementation).
 
         Returns:
             (B, P + N) LongTensor of prompt plus new tokens.
@@ -201,6 +208,8 @@ class GenerativeVLM(nn.Module):
         embeds, _ = self.embed(input_ids, pixel_values, pixel_attention_mask)
         if eos_token_id is None:
             eos_token_id = self.eos_token_id
+        if kwargs.get("pad_token_id") is None:
+            kwargs["pad_token_id"] = self.pad_token_id
         prompt_inputs = self.decoder_inputs(input_ids)
         decoder = _WithPromptInputs(self.decoder, prompt_inputs) if prompt_inputs else self.decoder
         return _generate(

@@ -21,7 +21,12 @@ from vlkit.models.decoder.llama import (
     apply_rotary,
     rotate_half,
 )
-from vlkit.models.decoder.masks import attention_mask_4d, mask_and_positions, position_ids_from_mask
+from vlkit.models.decoder.masks import (
+    attention_mask_4d,
+    mask_and_positions,
+    next_position_ids,
+    position_ids_from_mask,
+)
 
 __all__ = [
     "MLP",
@@ -39,6 +44,7 @@ __all__ = [
     "attention_mask_4d",
     "generate",
     "mask_and_positions",
+    "next_position_ids",
     "position_ids_from_mask",
     "rotate_half",
 ]

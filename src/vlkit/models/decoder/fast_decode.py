@@ -6,8 +6,8 @@ latency (hundreds of small kernels per token), not by FLOPs or memory bandwidth.
 records those kernels once and replays them with a single launch (PyTorch CUDA-graph notes,
 https://pytorch.org/docs/stable/notes/cuda.html#cuda-graphs). A graph replays fixed kernels on
 fixed memory, so everything that changes from one token to the next must live in tensors whose
-shapes and addresses stay put: the `StaticKVCache` buffers, and the (B, 1) input ids and the (1,)
-cache position that are copied in before each replay. This is the recipe of Hugging Face's
+shapes and addresses stay put: the `StaticKVCache` buffers, and the (B, 1) input ids, the (B, 1)
+RoPE positions and the (1,) cache position that are copied in before each replay. This is the recipe of Hugging Face's
 `StaticCache` + `torch.compile(mode="reduce-overhead")`, written out by hand.
 
 `DecodeStep` is the same step on every device: on CUDA it is captured after `warmup_steps` eager
@@ -28,8 +28,8 @@ from vlkit.models.decoder.llama import DecoderLM
 class DecodeStep:
     """Next-token logits for one new token per row, over a `StaticKVCache`.
 
-    Calling it with the (B,) tokens at slot `cache.seq_len` writes their keys/values there and
-    returns the (B, V) float logits of the following token. With `cuda_graph`, the first
+    Calling it with the (B,) tokens at slot `cache.seq_len` (and their (B,) RoPE positions)
+    writes their keys/values there and returns the (B, V) float logits of the following token. With `cuda_graph`, the first
     `warmup_steps` calls run eagerly on a side stream (lazy initialisation such as cuBLAS
     workspaces must not happen during capture), the next one captures the step in a
     `torch.cuda.CUDAGraph` (capture records kernels without running them, so no call is wasted
@@ -60,6 +60,7 @@ class DecodeStep:
         self.cache, self.cuda_graph = cache, cuda_graph
         self.warmup_steps = warmup_steps
         self.input_ids = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=device)
+        self.position_ids = torch.zeros_like(self.input_ids)  # (B, 1) RoPE positions
         self.cache_position = torch.zeros(1, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None  # (B, V) output of the captured graph
@@ -70,7 +71,12 @@ class DecodeStep:
         model = self._model()
         if model is None:
             raise RuntimeError("the model of this DecodeStep was deleted")
-        out = model(input_ids=self.input_ids, cache=self.cache, cache_position=self.cache_position)
+        out = model(
+            input_ids=self.input_ids,
+            position_ids=self.position_ids,
+            cache=self.cache,
+            cache_position=self.cache_position,
+        )
         return out.logits[:, -1]
 
     def _warmup(self) -> torch.Tensor:
@@ -90,12 +96,24 @@ class DecodeStep:
             self.logits = self._step()
 
     @torch.no_grad()
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B,) tokens -> (B, V) float logits of the next token (a fresh tensor)."""
+    def __call__(
+        self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B,) tokens -> (B, V) float logits of the next token (a fresh tensor).
+
+        Args:
+            tokens: (B,) new token ids.
+            position_ids: (B,) or (B, 1) RoPE positions of the tokens; None = their slot
+                (`cache.seq_len`, `DecoderLM.forward`'s default).
+        """
         cache = self.cache
         if cache.seq_len >= cache.max_len:
             raise ValueError(f"static cache full ({cache.max_len} slots)")
         self.input_ids.copy_(tokens.view(-1, 1))
+        if position_ids is None:
+            self.position_ids.fill_(cache.seq_len)
+        else:
+            self.position_ids.copy_(position_ids.view(-1, 1))
         self.cache_position.fill_(cache.seq_len)
         if not self.cuda_graph:
             logits = self._step()

@@ -1,6 +1,12 @@
 """Autoregressive decoding for `DecoderLM`: greedy, sampling (temperature / top-k / top-p) and beam
 search, with a KV cache, left-padded batches, stop tokens and a streaming callback.
 
+Positions and masks follow transformers' `GenerationMixin` (5.25): without an attention mask the
+prompt mask is inferred from `pad_token_id` (`_prepare_attention_mask_for_generation`); the
+prompt's RoPE positions are `cumsum(mask) - 1` (`_prepare_position_ids_for_generation`) and each
+new token takes its row's last position + 1 (`_update_model_kwargs_for_generation`), so a
+left-padded row or a prompt with holes in its mask generates what it would alone.
+
 Greedy and sampled decoding can also run over a preallocated `StaticKVCache`
 (`cache_implementation="static"`, transformers' name), whose one-token step is replayed from a CUDA
 graph on GPUs (`fast_decode.DecodeStep`); the tokens equal those of the dynamic cache.
@@ -21,6 +27,7 @@ import torch
 from vlkit.models.decoder.fast_decode import decode_step_for
 from vlkit.models.decoder.kv_cache import KVCache
 from vlkit.models.decoder.llama import DecoderLM
+from vlkit.models.decoder.masks import position_ids_from_mask
 
 
 def _warp(
@@ -41,13 +48,30 @@ def _warp(
     return logits
 
 
-def _stop_ids(
-    eos_token_id: int | Sequence[int] | None, device: torch.device
-) -> torch.Tensor | None:
+def stop_ids(eos_token_id: int | Sequence[int] | None, device: torch.device) -> torch.Tensor | None:
+    """The (S,) stop tokens, or None for no stop token (None or an empty list, as in
+    transformers, where `eos_token_id=[]` generates to `max_new_tokens`)."""
     if eos_token_id is None:
         return None
-    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else [int(i) for i in eos_token_id]
+    if not ids:
+        return None
     return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+def prompt_attention_mask(
+    input_ids: torch.Tensor, pad_token_id: int | None, stop: torch.Tensor | None
+) -> torch.Tensor:
+    """The (B, P) mask of a prompt given without one, as transformers infers it
+    (`GenerationMixin._prepare_attention_mask_for_generation`): `input_ids != pad_token_id`
+    when the pad token occurs in the prompt and is not a stop token, else all ones."""
+    ones = torch.ones_like(input_ids)
+    if pad_token_id is None or input_ids.shape[1] == 0:
+        return ones
+    is_pad = input_ids == pad_token_id
+    if not bool(is_pad.any()) or (stop is not None and bool((stop == pad_token_id).any())):
+        return ones
+    return (~is_pad).long()
 
 
 @torch.no_grad()
@@ -69,6 +93,7 @@ def generate(
     cache_implementation: Literal["dynamic", "static"] = "dynamic",
     cuda_graph: bool | None = None,
     max_cache_len: int | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate continuations of a (possibly left-padded) batch of prompts.
 
@@ -82,14 +107,18 @@ def generate(
         top_k: Keep the k most likely tokens when sampling.
         top_p: Nucleus sampling: keep the smallest set with cumulative probability >= top_p.
         num_beams: > 1 runs beam search (deterministic; `do_sample` is not supported with it).
-        eos_token_id: Stop token(s); a sequence that emits one is finished.
-        attention_mask: (B, P) prompt padding mask, 1 = keep (left padding).
+        eos_token_id: Stop token(s); a sequence that emits one is finished. None or an empty
+            list: no stop token.
+        attention_mask: (B, P) prompt padding mask, 1 = keep (left padding). None: inferred
+            as transformers does, `input_ids != pad_token_id` when `pad_token_id` is given,
+            occurs in the prompt and is not a stop token, else all ones.
         inputs_embeds: (B, P, D) prompt embeddings used instead of embedding `input_ids`
             (VLMs: text with image features spliced in).
         streamer: Called after each step with the (B,) LongTensor of new tokens (finished rows
             get the pad token). Not supported with beam search.
         generator: Random generator for reproducible sampling.
-        pad_token_id: Filler after a row finishes; defaults to the first stop token.
+        pad_token_id: Filler after a row finishes (and the id the mask is inferred from);
+            defaults to the first stop token, or 0 without one.
         cache_implementation: "dynamic" grows a `KVCache` by concatenation; "static" writes into
             a preallocated `StaticKVCache` of `max_cache_len` slots and decodes with a
             `fast_decode.DecodeStep` (same tokens; not with beam search). The step and its
@@ -97,6 +126,8 @@ def generate(
         cuda_graph: With the static cache, replay the decode step from a CUDA graph. None = on
             CUDA devices; True on a CPU raises ValueError.
         max_cache_len: Slots of the static cache; default prompt length + `max_new_tokens`.
+        position_ids: (B, P) RoPE positions of the prompt; default `cumsum(mask) - 1` (0 at
+            masked columns). New tokens continue from each row's last position.
 
     Returns:
         (B, P + N) LongTensor of prompt plus new tokens, N <= max_new_tokens (shorter when all
@@ -108,11 +139,18 @@ def generate(
     b, p, device = ref.shape[0], ref.shape[1], ref.device
     if input_ids is None:
         input_ids = torch.empty(b, 0, dtype=torch.long, device=device)
+    stop = stop_ids(eos_token_id, device)
     if attention_mask is None:
-        attention_mask = torch.ones(b, p, dtype=torch.long, device=device)
-    stop = _stop_ids(eos_token_id, device)
+        # Only a pad token the caller gave (not the default below) says where padding is.
+        if pad_token_id is not None and (inputs_embeds is None or input_ids.shape[1] == p):
+            attention_mask = prompt_attention_mask(input_ids, pad_token_id, stop)
+        else:
+            attention_mask = torch.ones(b, p, dtype=torch.long, device=device)
     if pad_token_id is None:
         pad_token_id = int(stop[0]) if stop is not None else 0
+    if position_ids is None:
+        position_ids = position_ids_from_mask(attention_mask)  # (B, P)
+    position_ids = position_ids.expand(b, p)
     if cache_implementation not in ("dynamic", "static"):
         raise ValueError(f"unknown cache_implementation {cache_implementation!r}")
     static = cache_implementation == "static"
@@ -128,6 +166,7 @@ def generate(
             input_ids,
             inputs_embeds,
             attention_mask,
+            position_ids,
             max_new_tokens,
             num_beams,
             stop,
@@ -150,6 +189,7 @@ def generate(
             input_ids=prompt_ids,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
+            position_ids=position_ids,
             cache=decode_step.cache,
         )
     else:
@@ -157,9 +197,11 @@ def generate(
             input_ids=prompt_ids,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
+            position_ids=position_ids,
             use_cache=True,
         )
         cache: KVCache = out.cache
+    position = position_ids[:, -1:]  # (B, 1) last position; each new token adds 1
     logits = out.logits[:, -1].float()  # (B, V)
     sequences = input_ids
     unfinished = torch.ones(b, dtype=torch.bool, device=device)
@@ -177,11 +219,17 @@ def generate(
             unfinished &= ~torch.isin(next_tok, stop)
         if not unfinished.any() or step == max_new_tokens - 1:
             break
+        position = position + 1
         if static:  # the step marks its slot as real in the static cache's slot mask
-            logits = decode_step(next_tok)
+            logits = decode_step(next_tok, position)
             continue
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)
-        out = model(input_ids=next_tok[:, None], attention_mask=attention_mask, cache=cache)
+        out = model(
+            input_ids=next_tok[:, None],
+            attention_mask=attention_mask,
+            position_ids=position,
+            cache=cache,
+        )
         logits = out.logits[:, -1].float()
     return sequences
 
@@ -191,6 +239,7 @@ def _beam_search(
     input_ids: torch.Tensor,
     inputs_embeds: torch.Tensor | None,
     attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
     max_new_tokens: int,
     k: int,
     stop: torch.Tensor | None,
@@ -213,10 +262,12 @@ def _beam_search(
         input_ids=None if inputs_embeds is not None else rep(input_ids),
         inputs_embeds=None if inputs_embeds is None else rep(inputs_embeds),
         attention_mask=rep(attention_mask),
+        position_ids=rep(position_ids),
         use_cache=True,
     )
     cache: KVCache = out.cache
     mask = rep(attention_mask)
+    position = rep(position_ids)[:, -1:]  # (B*k, 1) last position of each beam
     run_seq = torch.full((b, k, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     run_scores = torch.zeros(b, k, device=device)
     run_scores[:, 1:] = neg  # only beam 0 is live at the first step (all beams are identical)
@@ -264,6 +315,12 @@ def _beam_search(
         flat_src = (beam_src + torch.arange(b, device=device)[:, None] * k).flatten()
         cache.reorder(flat_src)
         mask = torch.cat([mask.index_select(0, flat_src), mask.new_ones(b * k, 1)], dim=1)
-        out = model(input_ids=run_seq[:, :, t].reshape(-1, 1), attention_mask=mask, cache=cache)
+        position = position.index_select(0, flat_src) + 1
+        out = model(
+            input_ids=run_seq[:, :, t].reshape(-1, 1),
+            attention_mask=mask,
+            position_ids=position,
+            cache=cache,
+        )
     n = int(fin_len[:, 0].max())
     return torch.cat([input_ids, fin_seq[:, 0, :n]], dim=1)

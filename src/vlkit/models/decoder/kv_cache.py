@@ -111,8 +111,9 @@ class StaticKVCache:
             n: Number of new tokens L.
             attention_mask: (B, T + L) padding mask over written plus new slots (as for
                 `KVCache`, needs `cache_position` None), or None when the new tokens are real.
-            position_ids: (B, L) RoPE positions, or None for `cumsum(slot_mask) - 1` at the new
-                slots (what `DecoderLM.forward` computes for a `KVCache`).
+            position_ids: (B, L) RoPE positions, or None for the slots themselves
+                (`cache_position`, what `DecoderLM.forward` computes for a `KVCache`:
+                `past + arange(L)`, as transformers does).
             cache_position: (L,) slots to write; None means the L slots after `seq_len`, which
                 then advances by L.
 
@@ -137,14 +138,14 @@ class StaticKVCache:
             self.slot_mask.index_fill_(1, cache_position, True)
         self.cache_position = cache_position
         if position_ids is None:
-            pos = self.slot_mask.long().cumsum(-1) - 1  # (B, S)
-            pos = pos.masked_fill(~self.slot_mask, 1).index_select(1, cache_position)  # (B, L)
-            position_ids = pos
+            position_ids = cache_position[None].expand(self.batch_size, -1)  # (B, L)
         q_slot = cache_position[:, None]  # (L, 1)
         causal = self.slots[None, :] <= q_slot  # (L, S): also hides the unwritten slots
         mask = causal[None, None] & self.slot_mask[:, None, None, :]  # (B, 1, L, S)
-        # A padding query sees at least its own slot (no all-masked row: SDPA would give NaN).
-        return mask | (self.slots[None, :] == q_slot)[None, None], position_ids
+        # As `masks.attention_mask_4d`: a query that sees no slot (left padding) sees its own,
+        # so SDPA never gets an all-masked row (NaN on some backends).
+        empty = ~mask.any(-1, keepdim=True)  # (B, 1, L, 1)
+        return mask | (empty & (self.slots[None, :] == q_slot)[None, None]), position_ids
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor

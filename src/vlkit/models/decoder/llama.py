@@ -225,8 +225,10 @@ class DecoderLM(nn.Module):
             attention_mask: (B, T + L) padding mask over cached plus new positions, 1 = keep,
                 0 = padding (left padding for batched generation). May also be (B, L) when the
                 cache is empty. None means no padding.
-            position_ids: (B, L) RoPE positions; by default `cumsum(mask) - 1` (as HF does, so
-                left-padded rows start at 0), or `T + arange(L)` without a mask.
+            position_ids: (B, L) (or (1, L)) RoPE positions of the new tokens; by default
+                `T + arange(L)` whatever the mask (transformers' `LlamaModel.forward`: the mask
+                only hides keys). `generate` passes positions that follow the mask
+                (`masks.position_ids_from_mask`), as transformers' `generate` does.
             cache: A `KVCache` to read from and append to, or a `StaticKVCache` to write into.
             use_cache: Create a new (dynamic) cache when `cache` is None.
             cache_position: (L,) slots of a `StaticKVCache` to write the new tokens at, instead

@@ -1,7 +1,10 @@
 """Attention masks and RoPE positions of new decoder tokens, with or without a KV cache.
 
-Hugging Face's conventions: a (B, T) padding mask (1 = keep) over cached plus new tokens, left
-padding for batched generation, positions `cumsum(mask) - 1` so left-padded rows start at 0.
+Hugging Face's conventions (transformers 5.25): a (B, T) padding mask (1 = keep) over cached plus
+new tokens, left padding for batched generation. A forward without `position_ids` places the new
+tokens at `past + arange(L)` whatever the mask says (`LlamaModel.forward`); positions that follow
+the mask (`cumsum(mask) - 1`, so left-padded rows start at 0 and a hole in the mask does not
+advance the position) are what `generate` derives and passes (`position_ids_from_mask`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,12 @@ import torch
 
 from vlkit.models.decoder.kv_cache import KVCache, StaticKVCache
 
-__all__ = ["attention_mask_4d", "mask_and_positions", "position_ids_from_mask"]
+__all__ = [
+    "attention_mask_4d",
+    "mask_and_positions",
+    "next_position_ids",
+    "position_ids_from_mask",
+]
 
 
 def mask_and_positions(
@@ -25,9 +33,12 @@ def mask_and_positions(
     Shared by `DecoderLM` and the fusion decoders; the arguments are `DecoderLM.forward`'s.
     A `StaticKVCache` builds a fixed-shape (B, 1, L, S) mask over all its slots from tensors
     only; otherwise the mask covers the cached plus new positions (None where SDPA's
-    `is_causal` suffices).
+    `is_causal` suffices). Without `position_ids` the new tokens sit at `past + arange(L)`, as
+    in transformers' `LlamaModel.forward` (the mask only hides keys).
     """
     b, n, _ = inputs_embeds.shape
+    if position_ids is not None:
+        position_ids = _check_position_ids(position_ids, b, n)
     if isinstance(cache, StaticKVCache):
         return cache.prepare(n, attention_mask, position_ids, cache_position)
     if cache_position is not None:
@@ -39,23 +50,41 @@ def mask_and_positions(
             f"attention_mask has {attention_mask.shape[1]} columns, expected cached + new = {past + n}"
         )
     if position_ids is None:
-        position_ids = position_ids_from_mask(attention_mask, b, n, past, device)
+        position_ids = torch.arange(past, past + n, device=device).expand(b, n)
     return attention_mask_4d(attention_mask, b, n, past, device), position_ids
 
 
-def position_ids_from_mask(
-    attention_mask: torch.Tensor | None, b: int, n: int, past: int, device: torch.device
-) -> torch.Tensor:
-    """(B, L) RoPE positions of the new tokens: `cumsum(mask) - 1` (HF; left-padded rows start
-    at 0) or `past + t` without a mask. Shared by `DecoderLM` and the fusion decoders.
+def _check_position_ids(position_ids: torch.Tensor, b: int, n: int) -> torch.Tensor:
+    """(B, L) or (1, L) / (L,) positions (broadcast over the batch, as transformers allows)."""
+    if position_ids.dim() == 1:
+        position_ids = position_ids[None]
+    if position_ids.dim() != 2 or position_ids.shape[1] != n or position_ids.shape[0] not in (1, b):
+        raise ValueError(
+            f"position_ids has shape {tuple(position_ids.shape)}, expected ({b}, {n}) for "
+            f"{b} rows of {n} new tokens"
+        )
+    return position_ids.expand(b, n)
 
-    Args:
-        attention_mask: (B, past + L) padding mask (1 = keep), or None.
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) padding mask -> (B, T) positions `cumsum(mask) - 1`, 0 at masked columns.
+
+    What transformers' `generate` passes for a prompt (`GenerationMixin.
+    _prepare_position_ids_for_generation`, 5.25): left-padded rows start at 0 and a hole in the
+    mask does not advance the position. Masked columns get 0 (their keys are never attended).
     """
-    if attention_mask is None:
-        return torch.arange(past, past + n, device=device).expand(b, n)
     pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 1)[:, past:]  # (B, L)
+    return pos.masked_fill(attention_mask == 0, 0)
+
+
+def next_position_ids(position_ids: torch.Tensor, num_new: int = 1) -> torch.Tensor:
+    """(B, T) positions so far -> (B, num_new) positions of the next tokens: last + 1, + 2, ...
+
+    transformers' `_update_model_kwargs_for_generation`: each generated token continues from the
+    row's last position (not from the mask), so a left-padded row keeps counting from its prompt.
+    """
+    step = torch.arange(1, num_new + 1, device=position_ids.device, dtype=position_ids.dtype)
+    return position_ids[:, -1:] + step  # (B, num_new)
 
 
 def attention_mask_4d(
@@ -64,8 +93,11 @@ def attention_mask_4d(
     """Boolean (B, 1, L, past + L) causal + padding mask (True = attend) for SDPA.
 
     None when SDPA's `is_causal` suffices (no padding and no cache, or one query over the whole
-    cache). Query i sits at cache slot `past + i`; every query sees its own slot, so padding rows
-    never produce NaN (their outputs are garbage but never read by real tokens).
+    cache). Query i sits at cache slot `past + i` and sees the unmasked slots up to its own, as
+    transformers' `sdpa_mask` builds it (a query at a hole in the mask does not see itself). A
+    query that would see no slot at all (a left-padding position) sees its own slot instead, so
+    SDPA never gets an all-masked row (NaN on some backends); such outputs are never read by
+    real tokens.
     """
     if attention_mask is None and (past == 0 or n == 1):
         return None
@@ -75,5 +107,7 @@ def attention_mask_4d(
     mask = (k_slot <= q_slot)[None, None]  # (1, 1, L, T)
     if attention_mask is not None:
         keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
-        mask = (mask & keep) | (k_slot == q_slot)[None, None]
+        mask = mask & keep
+        empty = ~mask.any(-1, keepdim=True)  # (B, 1, L, 1) rows with nothing to attend
+        mask = mask | (empty & (k_slot == q_slot)[None, None])
     return mask.expand(b, 1, n, total)
