@@ -93,7 +93,7 @@ def test_bad_inputs_give_one_line_errors(checkpoint, photos, tmp_path, capsys):
     assert "bert" in err
     err = _run_error(["embed", "--model", str(checkpoint), "--images", str(tmp_path / "none"),
                       "--out", str(tmp_path / "x.npy")], capsys)  # fmt: skip
-    assert "not a directory" in err
+    assert "no such directory" in err
 
 
 def test_bad_train_settings_give_one_line_errors_naming_the_key(capsys):

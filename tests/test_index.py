@@ -193,7 +193,8 @@ def test_build_image_index_matches_the_model(checkpoint, photos, image_index):
     index, out = image_index
     assert index.names == list_image_files(photos.resolve())
     assert index.metadata == {"model": str(checkpoint.resolve()),
-                              "images_dir": str(photos.resolve()), "modality": "image"}  # fmt: skip
+                              "images_dir": str(photos.resolve()), "modality": "image",
+                              "skipped": []}  # fmt: skip
     assert EmbeddingIndex.load(out).names == index.names
     model = vlkit.from_pretrained(checkpoint)
     transform = vlkit.get_transform(checkpoint)

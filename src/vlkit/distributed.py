@@ -24,15 +24,51 @@ class DistributedInfo:
         return self.rank == 0
 
 
-def resolve_device(name: str | None = "auto") -> torch.device:
+# The device types a user may ask for; anything else (a typo such as "gpu", or torch's internal
+# "meta" / "lazy") is refused before a model is built.
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def resolve_device(name: str | torch.device | None = "auto", what: str = "device") -> torch.device:
     """The torch device for a device name; "auto" (or None) picks CUDA when it is available.
 
-    The one place that turns a `--device` / `device=` setting into a device (the trainer, the
-    evaluation CLI and the VLM recipes all call it).
+    The one place that turns a `--device` / `device=` setting into a device and checks it (the
+    trainer, the VLM recipes, `load_vlm`, the embedding, index and evaluation commands all call
+    it), so a request this machine cannot serve is one error naming the setting instead of a
+    CUDA traceback from deep inside the first `.to(device)`.
+
+    Args:
+        name: "auto", "cpu", "cuda", "cuda:N", "mps", or a torch.device.
+        what: How the caller names the setting in messages ("--device", "device").
+
+    Raises:
+        ValueError: An unknown device, or one that is not available here (CUDA without a GPU
+            or without a CUDA build of torch, a GPU index past the last one, mps off macOS).
     """
-    if name in (None, "auto"):
+    if name is None or (isinstance(name, str) and name.strip().lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = name if isinstance(name, torch.device) else torch.device(name.strip().lower())
+    except (RuntimeError, ValueError, TypeError, AttributeError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ValueError(f"{what} {name!r}: unknown device (use auto, {', '.join(DEVICE_TYPES)})")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            reason = (
+                "this torch has no CUDA support"
+                if torch.version.cuda is None
+                else ("no CUDA GPU is visible")
+            )
+            raise ValueError(f"{what} {name!r}: {reason}; use {what} cpu (or auto)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"{what} {name!r}: this machine has {count} CUDA GPU(s), 0..{count - 1}"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{what} {name!r}: Apple's mps backend is not available here")
+    return device
 
 
 def init_distributed(device_type: str) -> DistributedInfo:

@@ -1,18 +1,23 @@
 """`vlkit zeroshot` (rank labels for images) and `vlkit embed` (write embeddings to .npy).
 
     vlkit zeroshot IMAGE... --model PATH --labels "a cat,a dog" [--templates NAME|FILE] [--json]
-    vlkit embed --model PATH (--images DIR | --texts FILE) --out FILE.npy
+    vlkit embed --model PATH (--images DIR | --texts FILE) --out FILE.npy [--strict]
 
-The work is `vlkit.inference.embed.zeroshot` and `vlkit.inference.embed.embed`.
+The work is `vlkit.inference.embed.zeroshot` and `vlkit.inference.embed.embed`. `embed` shows a
+progress bar and skips images that cannot be read, with a warning naming each and a count at the
+end (`--strict`: stop at the first instead).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from vlkit.cli.arguments import int_at_least, output_file
 from vlkit.cli.errors import UsageError
-from vlkit.inference.embed import embed, zeroshot
+from vlkit.distributed import resolve_device
+from vlkit.inference.embed import embed, embeddings_path, zeroshot
 
 __all__ = ["add_embed_parsers", "embed_command", "zeroshot_command"]
 
@@ -24,15 +29,28 @@ def add_embed_parsers(commands: argparse._SubParsersAction) -> None:
     zs.add_argument("--model", required=True, help="checkpoint directory, file or hub id")
     zs.add_argument("--labels", required=True, help='comma-separated, e.g. "a cat,a dog"')
     zs.add_argument("--templates", default="none", help="openai-imagenet, cifar, none or a FILE")
-    zs.add_argument("--top", type=int, default=None, help="show only the best N labels")
+    zs.add_argument(
+        "--top", type=int_at_least(1), default=None, help="show the best N labels (N >= 1)"
+    )
     zs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    zs.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
 
     em = commands.add_parser("embed", help="write image or text embeddings to .npy")
-    em.add_argument("--model", required=True)
+    em.add_argument("--model", required=True, help="checkpoint directory, file or hub id")
     group = em.add_mutually_exclusive_group(required=True)
     group.add_argument("--images", help="directory of images")
     group.add_argument("--texts", help="text file, one text per line")
-    em.add_argument("--out", required=True, help="output .npy file")
+    em.add_argument("--out", required=True, help="output .npy file (.npy is added if missing)")
+    em.add_argument(
+        "--batch-size", type=int_at_least(1), default=64, help="images per forward pass (>= 1)"
+    )
+    em.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    em.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
+
+
+def warn_skipped(path: str, reason: str) -> None:
+    """Prints the one-line warning for an image that `embed` / `index` skip."""
+    print(f"vlkit: warning: skipped {reason.removeprefix('cannot load image ')}", file=sys.stderr)
 
 
 def zeroshot_command(args: argparse.Namespace) -> None:
@@ -40,7 +58,8 @@ def zeroshot_command(args: argparse.Namespace) -> None:
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     if not labels:
         raise UsageError("--labels is empty: give comma-separated class names")
-    results = zeroshot(args.images, args.model, labels, args.templates, args.top)
+    device = resolve_device(args.device, "--device")  # before the model loads
+    results = zeroshot(args.images, args.model, labels, args.templates, args.top, device)
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -52,5 +71,18 @@ def zeroshot_command(args: argparse.Namespace) -> None:
 
 def embed_command(args: argparse.Namespace) -> None:
     """Runs `vlkit embed`; prints one line saying what it wrote."""
-    embeddings = embed(args.model, args.out, args.images, args.texts, what=("--images", "--texts"))
-    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.out}")
+    output_file(args.out, "--out")  # a directory there is a mistake, not DIR.npy beside it
+    out = output_file(embeddings_path(args.out), "--out")
+    device = resolve_device(args.device, "--device")
+    skipped: list[str] = []
+
+    def on_skip(path: str, reason: str) -> None:
+        skipped.append(path)
+        warn_skipped(path, reason)
+
+    embeddings = embed(args.model, args.out, args.images, args.texts, ("--images", "--texts"),
+                       device, args.batch_size, args.strict, progress=True, on_skip=on_skip)  # fmt: skip
+    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {out} "
+          f"(row names: {out.with_suffix('.json')})")  # fmt: skip
+    if skipped:
+        print(f"vlkit: warning: skipped {len(skipped)} unreadable image(s)", file=sys.stderr)

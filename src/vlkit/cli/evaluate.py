@@ -8,6 +8,9 @@
 * captions: COCO captions references and a COCO results list ``[{"image_id", "caption"}]``
   (`caption_scores`).
 
+Image files are counted on a progress bar (images, rate, time left) while they are encoded. A file
+that cannot be read stops the evaluation (skipping it would change the benchmark).
+
 This module defines the `eval` subcommands' parsers, reads the files
 (`vlkit.evaluation.benchmark_files`), runs the evaluators and writes the outputs. Malformed input
 raises a ValueError whose first line names the file and the key, which the CLI prints as one line.
@@ -16,11 +19,12 @@ raises a ValueError whose first line names the file and the key, which the CLI p
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from vlkit.api import load_clip
+from vlkit.cli.arguments import int_at_least, output_directory
 from vlkit.cli.errors import UsageError
 from vlkit.distributed import resolve_device
 from vlkit.evaluation import report
@@ -54,7 +58,9 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     rt.add_argument("--model", required=True, help="checkpoint directory or hub id")
     rt.add_argument("--captions", required=True, help="COCO captions JSON (images + annotations)")
     rt.add_argument("--images", required=True, help="folder holding the images' file_name")
-    rt.add_argument("--max-k", type=int, default=10, help="Recall@K curve up to this K")
+    rt.add_argument(
+        "--max-k", type=int_at_least(1), default=10, help="Recall@K curve up to K (>= 1)"
+    )
 
     vq = kinds.add_parser("vqa", help="official VQAv2 accuracy of a results file")
     vq.add_argument("--annotations", required=True, help="VQAv2 annotations JSON")
@@ -66,9 +72,16 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     cp.add_argument("--results", required=True, help="[{image_id, caption}, ...] JSON")
     cp.add_argument("--metrics", default="bleu,rouge_l,cider_d", help="comma-separated")
     cp.add_argument("--tokenizer", default="ptb", choices=["ptb", "ptb-java", "none"])
+    cp.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="score a results file that captions only some of the referenced images",
+    )
 
     for sub in (zs, rt):
-        sub.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+        sub.add_argument(
+            "--batch-size", type=int_at_least(1), default=64, help="images per forward pass (>= 1)"
+        )
         sub.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
     for sub in (zs, rt, vq, cp):
         sub.add_argument("--out", required=True, help="output directory")
@@ -76,6 +89,9 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
 
 def eval_command(args: argparse.Namespace) -> dict[str, Any]:
     """Runs `vlkit eval KIND`; returns the metrics, NaN/inf as None (printed as strict JSON)."""
+    output_directory(args.out, "--out")  # before any file is read or model loaded
+    if args.eval_command in ("zeroshot", "retrieval"):
+        args.device = str(resolve_device(args.device, "--device"))
     if args.eval_command == "zeroshot":
         metrics = eval_zeroshot(args.model, args.images, args.out, args.templates,
                                 args.batch_size, args.device)  # fmt: skip
@@ -87,7 +103,8 @@ def eval_command(args: argparse.Namespace) -> dict[str, Any]:
     else:
         tokenizer = None if args.tokenizer == "none" else args.tokenizer
         metric_names = parse_metric_list(args.metrics)
-        metrics = eval_captions(args.references, args.results, args.out, metric_names, tokenizer)
+        metrics = eval_captions(args.references, args.results, args.out, metric_names, tokenizer,
+                                allow_missing=args.allow_missing)  # fmt: skip
     return report.json_safe(metrics)
 
 
@@ -95,6 +112,16 @@ def load_model(model_dir: str, device: str | None = None) -> tuple[Any, Any, Any
     """(model, tokenizer, transform) of a CLIP-like checkpoint, in eval mode on `device`."""
     model, tokenizer, transform = load_clip(model_dir)
     return model.to(resolve_device(device)), tokenizer, transform
+
+
+def _with_progress(batches: Iterator[Any], total: int) -> Iterator[Any]:
+    """`batches` of images (or (images, labels)), counted on a tqdm bar in images (rate, ETA)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc="encode images", unit="img") as bar:
+        for batch in batches:
+            bar.update(len(batch[0] if isinstance(batch, tuple) else batch))
+            yield batch
 
 
 def _out_dir(out_dir: str) -> Path:
@@ -121,7 +148,8 @@ def eval_zeroshot(
     prompts = load_templates(templates)
     model, tokenizer, transform = load_model(model_dir, device)
     evaluator = ZeroShotClassification(tokenizer, names, prompts, per_class_recall=True)
-    scores = evaluator.evaluate(model, image_file_batches(paths, transform, batch_size, labels))
+    batches = _with_progress(image_file_batches(paths, transform, batch_size, labels), len(paths))
+    scores = evaluator.evaluate(model, batches)
     metrics: dict[str, Any] = {k: v for k, v in scores.items() if not k.startswith(_RECALL)}
     metrics["per_class_recall"] = {name: scores[_RECALL + name] for name in names}
     metrics.update(num_images=len(paths), num_classes=len(names), templates=templates)
@@ -158,7 +186,8 @@ def eval_retrieval(
     files, captions, ids = read_coco_retrieval(captions_file, "--captions")
     model, tokenizer, transform = load_model(model_dir, device)
     evaluator = ImageTextRetrieval(tokenizer, batch_size=batch_size)
-    images = image_file_batches([Path(images_root) / name for name in files], transform, batch_size)
+    paths = [Path(images_root) / name for name in files]
+    images = _with_progress(image_file_batches(paths, transform, batch_size), len(paths))
     i2t, t2i = ranks = evaluator.predict(model, RetrievalData(images, captions, ids))
     metrics: dict[str, Any] = evaluator.score(ranks)
     ks = list(range(1, max_k + 1))
@@ -211,14 +240,22 @@ def eval_captions(
     out_dir: str,
     metrics: Sequence[str] = DEFAULT_CAPTION_METRICS,
     tokenizer: str | None = "ptb",
+    allow_missing: bool = False,
 ) -> dict[str, Any]:
     """COCO caption metrics of a results file; writes metrics.json, report.md, a CIDEr-D histogram.
+
+    Args:
+        allow_missing: Score a results file that captions only some of the referenced images
+            (refused otherwise; see `read_caption_results`).
 
     Returns:
         caption_scores' corpus scores, plus "num_images".
     """
     references, candidates = read_caption_results(
-        references_file, results_file, ("--references", "--results")
+        references_file,
+        results_file,
+        ("--references", "--results", "--allow-missing"),
+        allow_missing=allow_missing,
     )
     scores = caption_scores(references, candidates, metrics, tokenizer=tokenizer, per_item=True)
     per_item = scores.pop("per_item")

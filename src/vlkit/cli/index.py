@@ -6,16 +6,22 @@
 
 The index remembers the model that built it (`--model` overrides it, e.g. after moving the
 checkpoint). `--templates` turns a text query into a prompt ensemble, as zero-shot
-classification does. Scores are cosine similarities.
+classification does. Scores are cosine similarities. `index` shows a progress bar and skips
+images that cannot be read, with a warning naming each and their count in the summary
+(`--strict`: stop at the first instead).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from vlkit.cli.arguments import int_at_least, output_directory
+from vlkit.cli.embed import warn_skipped
 from vlkit.cli.errors import UsageError
 from vlkit.data.images import load_image
+from vlkit.distributed import resolve_device
 from vlkit.inference.image_search import ImageSearcher, build_image_index
 
 __all__ = [
@@ -35,26 +41,38 @@ def add_index_parsers(commands: argparse._SubParsersAction) -> None:
     ix.add_argument("--out", required=True, help="output index directory")
     ix.add_argument("--kind", default="flat", choices=["flat", "ivf", "hnsw"],
                     help="flat: exact; ivf, hnsw: approximate, for large folders")  # fmt: skip
-    ix.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    ix.add_argument(
+        "--batch-size", type=int_at_least(1), default=64, help="images per forward pass (>= 1)"
+    )
+    ix.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    ix.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
 
     se = commands.add_parser("search", help="search an image index by text or by image")
     se.add_argument("--index", required=True, help="index directory written by `vlkit index`")
     query = se.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help="text query")
     query.add_argument("--image", help="query image file")
-    se.add_argument("--k", type=int, default=5, help="number of results")
+    se.add_argument("--k", type=int_at_least(1), default=5, help="number of results (>= 1)")
     se.add_argument("--model", default=None, help="model (default: the one that built the index)")
     se.add_argument("--templates", default="none", help="openai-imagenet, cifar, none or a FILE")
     se.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def index_command(args: argparse.Namespace) -> dict:
-    """Runs `vlkit index`; returns a summary (index directory, size, dim, kind, model)."""
+    """Runs `vlkit index`; returns a summary (index directory, size, dim, kind, model, and the
+    number of unreadable images skipped)."""
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
-    index = build_image_index(args.model, args.images, args.out, args.kind, args.batch_size)
+    output_directory(args.out, "--out")
+    device = resolve_device(args.device, "--device")
+    index = build_image_index(args.model, args.images, args.out, args.kind, args.batch_size,
+                              device, args.strict, progress=True, on_skip=warn_skipped,
+                              what="--images")  # fmt: skip
+    skipped = len(index.metadata.get("skipped", []))
+    if skipped:
+        print(f"vlkit: warning: skipped {skipped} unreadable image(s)", file=sys.stderr)
     return {"index": str(args.out), "images": len(index), "dim": index.dim, "kind": index.kind,
-            "model": index.metadata["model"]}  # fmt: skip
+            "model": index.metadata["model"], "skipped": skipped}  # fmt: skip
 
 
 def search_command(args: argparse.Namespace) -> list[dict]:

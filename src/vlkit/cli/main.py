@@ -17,15 +17,20 @@
 
 Each command is a module of `vlkit.cli` that defines its subparser (`add_*_parser(s)`) and its
 handler; this module builds the `vlkit` parser from them and dispatches through `HANDLERS`.
-Bad input (missing or unreadable image, unsupported checkpoint, bad arguments: `UsageError`)
-prints one line naming the problem and exits with status 2.
+Bad input (missing or unreadable image, unsupported checkpoint, bad arguments: `UsageError`;
+the library raises ValueError subclasses naming the key, flag or file, and OSError for files it
+cannot write) prints one line naming the problem and exits with status 2. `--debug` (anywhere
+before or after the command) or the environment variable VLKIT_DEBUG=1 prints the traceback
+as well.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,8 +45,6 @@ from vlkit.cli.serve import add_serve_parser, serve_command
 from vlkit.cli.shard import add_shard_parsers, shard_command
 from vlkit.cli.train import add_train_parser, add_train_vlm_parser, train_command, train_vlm_command
 from vlkit.cli.viz import add_viz_parsers, explain_command, similarity_command
-from vlkit.data.images import ImageLoadError
-from vlkit.errors import CheckpointError
 from vlkit.training.trainer import TrainingDiverged
 
 __all__ = ["HANDLERS", "UsageError", "build_parser", "main"]
@@ -64,7 +67,38 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_parsers(commands)
     add_viz_parsers(commands)
     add_serve_parser(commands)
+    _add_debug_flag(parser)
     return parser
+
+
+def _add_debug_flag(parser: argparse.ArgumentParser, top: bool = True) -> None:
+    """`--debug` on the `vlkit` parser and on every subcommand's, so it works in either place."""
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,  # a subcommand's default keeps vlkit's
+        # Listed once, in `vlkit --help`; the subcommands accept it without cluttering usage.
+        help="print the full traceback of an error (also: VLKIT_DEBUG=1)"
+        if top
+        else argparse.SUPPRESS,
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                _add_debug_flag(subparser, top=False)
+
+
+def _one_line(error: BaseException) -> str:
+    """The message the CLI prints: an OSError as 'FILE: reason', anything else its first line."""
+    if isinstance(error, OSError) and error.strerror:
+        names = [str(n) for n in (error.filename, error.filename2) if n is not None]
+        return ": ".join([" -> ".join(names), error.strerror] if names else [error.strerror])
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _debugging(args: argparse.Namespace) -> bool:
+    return args.debug or os.environ.get("VLKIT_DEBUG", "") not in ("", "0")
 
 
 def _prints_json(command: Callable[[argparse.Namespace], Any]) -> Handler:
@@ -96,17 +130,29 @@ HANDLERS: dict[str, Handler] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs `vlkit ARGS`; returns the exit status (2: bad input, 1: training diverged)."""
-    args = build_parser().parse_args(argv)
+    """Runs `vlkit ARGS`; returns the exit status (2: bad input, 1: training diverged,
+    130: interrupted)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or argparse's own usage error (2), already printed
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     try:
         HANDLERS[args.command](args)
-    except (UsageError, ImageLoadError, CheckpointError, FileNotFoundError, ValueError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"vlkit: error: {message}", file=sys.stderr)
+    except (ValueError, OSError, ImportError) as error:
+        # ValueError: UsageError, ConfigError, CheckpointError, ImageLoadError and the library's
+        # checks; OSError: a file that cannot be read or written; ImportError: a missing extra.
+        if _debugging(args):
+            traceback.print_exc()
+        print(f"vlkit: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:
+        if _debugging(args):
+            traceback.print_exc()
         print(f"vlkit: training stopped: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("vlkit: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

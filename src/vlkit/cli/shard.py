@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from vlkit.cli.arguments import int_at_least, output_directory
 from vlkit.data.shards import write_annotated_shards
 
 
@@ -19,13 +20,15 @@ def add_shard_parsers(commands: argparse._SubParsersAction) -> None:
     shard.add_argument("--root", required=True, help="image folder")
     shard.add_argument("--annotations", required=True, help="CSV or JSONL with image + caption")
     shard.add_argument("--out", required=True, help="output directory for .tar shards")
-    shard.add_argument("--samples-per-shard", type=int, default=1000)
+    shard.add_argument("--samples-per-shard", type=int_at_least(1), default=1000,
+                       help="samples per .tar shard (>= 1)")  # fmt: skip
     shard.add_argument("--image-column", default="image")
     shard.add_argument("--caption-column", default="caption")
 
 
 def shard_command(args: argparse.Namespace) -> dict[str, Any]:
     """Runs `vlkit data shard`; returns the JSON-serialisable summary that the CLI prints."""
+    output_directory(args.out, "--out")
     return write_annotated_shards(
         args.root,
         args.annotations,

@@ -20,9 +20,11 @@ from typing import Any
 import torch
 
 from vlkit.api import load_clip
+from vlkit.cli.arguments import output_file
 from vlkit.cli.errors import UsageError
 from vlkit.data.images import load_image
 from vlkit.data.transforms import ImageTransform
+from vlkit.hub.download import is_hub_id
 from vlkit.viz.relevance import relevance_overlay, text_image_relevance
 from vlkit.viz.similarity import similarity_figure
 
@@ -48,7 +50,7 @@ def add_viz_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def _check_files(model: str, images: Sequence[str]) -> None:
-    if not Path(model).is_dir():
+    if not Path(model).is_dir() and not is_hub_id(model):  # a hub id is downloaded by load_clip
         raise FileNotFoundError(f"{model}: no such model directory")
     for path in images:
         if not Path(path).is_file():
@@ -78,6 +80,7 @@ def explain_command(args: argparse.Namespace) -> dict[str, Any]:
     texts = [text.strip() for text in args.text if text.strip()]
     if not texts:
         raise UsageError("give at least one non-empty --text")
+    output_file(args.out, "--out")
     _check_files(args.model, [args.image])
     model, tokenizer, pixels, display = _load(args.model, [args.image])
     ids = tokenizer(texts)
@@ -102,6 +105,7 @@ def similarity_command(args: argparse.Namespace) -> dict[str, Any]:
     texts = [text.strip() for text in args.texts.split(",") if text.strip()]
     if not texts:
         raise UsageError('--texts is empty: give comma-separated captions, e.g. "a cat,a dog"')
+    output_file(args.out, "--out")
     _check_files(args.model, args.images)
     model, tokenizer, pixels, display = _load(args.model, args.images)
     similarity = _cosine(model, pixels, tokenizer(texts))

@@ -41,6 +41,8 @@ def read_json(path: str | Path, what: str) -> Any:
         what: How the caller names it (e.g. "--captions"), for the message.
     """
     file = Path(path)
+    if file.is_dir():
+        raise ValueError(f"{what} {file}: is a directory, expected a JSON file")
     if not file.is_file():
         raise ValueError(f"{what} {file}: no such file")
     try:
@@ -66,11 +68,26 @@ def require_list(obj: Any, key: str, file: str | Path) -> list:
     return value
 
 
-def records(items: Iterable[Any], keys: Sequence[str], file: Path, name: str) -> list[tuple]:
-    """The `keys` of every record of a list, as tuples; names the first record lacking one."""
-    return [
-        tuple(require(item, k, file, f"{name}[{i}]") for k in keys) for i, item in enumerate(items)
-    ]
+def records(
+    items: Iterable[Any],
+    keys: Sequence[str],
+    file: Path,
+    name: str,
+    strings: Sequence[str] = (),
+) -> list[tuple]:
+    """The `keys` of every record of a list, as tuples; names the first record lacking one, or
+    whose value for a key of `strings` is not a string (a caption, an answer)."""
+    rows = []
+    for i, item in enumerate(items):
+        row = tuple(require(item, k, file, f"{name}[{i}]") for k in keys)
+        for key, value in zip(keys, row, strict=True):
+            if key in strings and not isinstance(value, str):
+                raise ValueError(
+                    f"{file}: key {key!r} of {name}[{i}] must be a string, got "
+                    f"{type(value).__name__} {json.dumps(value)[:40]}"
+                )
+        rows.append(row)
+    return rows
 
 
 def image_folder(root: str | Path, what: str) -> tuple[list[Path], list[int], list[str]]:
@@ -104,9 +121,15 @@ def read_coco_captions(path: str | Path, what: str) -> tuple[list[tuple], list[t
     """
     data = read_json(path, what)
     file = Path(path)
-    images = records(require_list(data, "images", file), ("id", "file_name"), file, "images")
+    images = records(
+        require_list(data, "images", file), ("id", "file_name"), file, "images", ("file_name",)
+    )
     captions = records(
-        require_list(data, "annotations", file), ("image_id", "caption"), file, "annotations"
+        require_list(data, "annotations", file),
+        ("image_id", "caption"),
+        file,
+        "annotations",
+        strings=("caption",),
     )
     known = {image_id for image_id, _ in images}
     unknown = [image_id for image_id, _ in captions if image_id not in known]
@@ -145,7 +168,7 @@ def _read_results(path: str | Path, key: str, value: str, duplicate: str, what: 
     if not isinstance(data, list):
         raise ValueError(f"{what} {file}: expected a JSON list of {{{key}, {value}}}")
     results: dict[Any, str] = {}
-    for record_key, record_value in records(data, (key, value), file, "results"):
+    for record_key, record_value in records(data, (key, value), file, "results", (value,)):
         if record_key in results:
             raise ValueError(f"{file}: {key!r} {record_key!r} {duplicate}")
         results[record_key] = record_value
@@ -158,8 +181,12 @@ def _check_vqa_annotations(items: list, file: Path) -> None:
         if not isinstance(answers, list) or not answers:
             raise ValueError(f"{file}: key 'answers' of annotations[{i}] must be a non-empty list")
         for j, answer in enumerate(answers):
-            if isinstance(answer, Mapping):
-                require(answer, "answer", file, f"annotations[{i}].answers[{j}]")
+            where = f"annotations[{i}].answers[{j}]"
+            text = require(answer, "answer", file, where) if isinstance(answer, Mapping) else answer
+            if not isinstance(text, str):
+                raise ValueError(
+                    f"{file}: {where} must be a string answer, got {type(text).__name__}"
+                )
 
 
 def _check_same_ids(qids: Sequence[Any], present: set, file: Path, problem: str) -> None:
@@ -203,19 +230,28 @@ def read_vqa(
 def read_caption_results(
     references_file: str | Path,
     results_file: str | Path,
-    what: tuple[str, str] = ("references_file", "results_file"),
+    what: tuple[str, ...] = ("references_file", "results_file", "allow_missing=True"),
+    allow_missing: bool = False,
 ) -> tuple[dict[Any, list[str]], dict[Any, str]]:
     """(references {image_id: [captions]}, candidates {image_id: caption}) to score.
 
     The images scored are those of the results file, as in COCOEvalCap with
     ``params["image_id"] = cocoRes.getImgIds()``; each needs references. One caption per image,
-    since CIDEr-D scores exactly one candidate per image (pycocoevalcap asserts it).
+    since CIDEr-D scores exactly one candidate per image (pycocoevalcap asserts it). Unlike
+    COCOEvalCap, a results file that captions only some of the referenced images is refused
+    unless `allow_missing` (corpus scores over a subset are not the benchmark's numbers, and
+    CIDEr-D's document frequencies change with the subset).
+
+    Args:
+        what: How the caller names the two files and the `allow_missing` switch in messages
+            (the CLI passes its flags).
     """
     ref_file = Path(references_file)
     data = read_json(ref_file, what[0])
     references: dict[Any, list[str]] = {}
     annotations = require_list(data, "annotations", ref_file)
-    for image_id, caption in records(annotations, ("image_id", "caption"), ref_file, "annotations"):
+    rows = records(annotations, ("image_id", "caption"), ref_file, "annotations", ("caption",))
+    for image_id, caption in rows:
         references.setdefault(image_id, []).append(caption)
     candidates = _read_results(
         results_file, "image_id", "caption", "has more than one caption", what[1]
@@ -227,5 +263,13 @@ def read_caption_results(
         raise ValueError(
             f"{results_file}: 'image_id' {unknown[0]!r} has no caption in {ref_file} "
             f"({len(unknown)} images affected)"
+        )
+    missing = [image_id for image_id in references if image_id not in candidates]
+    if missing and not allow_missing:
+        switch = what[2] if len(what) > 2 else "allow_missing=True"
+        raise ValueError(
+            f"{what[1]} {results_file}: no caption for {len(missing)} of the {len(references)} "
+            f"images in {ref_file} (first: image_id {missing[0]!r}); caption every image or "
+            f"pass {switch} to score only the {len(candidates)} captioned"
         )
     return {image_id: references[image_id] for image_id in candidates}, candidates

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from vlkit.data.transforms import to_batch
 from vlkit.evaluation.embeddings import labelled_batches
 from vlkit.evaluation.evaluator import eval_mode
 
@@ -99,14 +103,18 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     """top-1, top-5 (NaN with fewer than 5 classes) and mean per-class recall.
 
     Mean per-class recall averages the recall of the classes present in `labels`, as
-    CLIP_benchmark's `balanced_accuracy_score` does.
+    CLIP_benchmark's `balanced_accuracy_score` does. The predictions come from the calls
+    CLIP_benchmark makes (metrics/zeroshot_classification.py): top-1 and top-5 from one
+    `topk(5)` (`topk(1)` with fewer than 5 classes), the per-class recall from `argmax`, so exact
+    ties between class scores are resolved as there.
     """
     num_classes = logits.shape[1]
-    ranked = logits.topk(min(5, num_classes), dim=1).indices
+    ranked = logits.topk(5 if num_classes >= 5 else 1, dim=1).indices
     correct = ranked == labels[:, None]
     top1 = correct[:, 0].float().mean().item()
     top5 = correct.any(dim=1).float().mean().item() if num_classes >= 5 else math.nan
-    recalls = [correct[labels == c, 0].float().mean().item() for c in labels.unique()]
+    predicted = logits.argmax(dim=1)
+    recalls = [(predicted[labels == c] == c).float().mean().item() for c in labels.unique()]
     return {"top1": top1, "top5": top5, "mean_per_class_recall": sum(recalls) / len(recalls)}
 
 
@@ -222,6 +230,16 @@ def _with_labels(
         raise ValueError("labels are missing or do not match the number of images")
 
 
+def _is_image_list(value: Any) -> bool:
+    """A list of single images (PIL, numpy, path) rather than of batches or (images, labels)."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    first = value[0]
+    if isinstance(first, (str, os.PathLike, Image.Image)):
+        return True
+    return isinstance(first, np.ndarray) and first.ndim in (2, 3) and first.dtype == np.uint8
+
+
 def zero_shot(
     model: torch.nn.Module,
     tokenizer: Callable[[list[str]], torch.Tensor],
@@ -230,21 +248,29 @@ def zero_shot(
     classnames: Sequence[str],
     templates: Sequence[str] | str = "openai-imagenet",
     batch_size: int = 256,
+    transform: Callable[[Any], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Zero-shot classification of preprocessed images: top-1, top-5, mean per-class recall.
+    """Zero-shot classification of images: top-1, top-5, mean per-class recall.
 
     A function form of `ZeroShotClassification(...).evaluate`.
 
     Args:
         model: A CLIP-like model.
         tokenizer: Its tokenizer.
-        images_or_loader: A (N, 3, S, S) tensor, or an iterable of image batches or of
-            (images, labels) batches (labels then come from the loader).
-        labels: (N,) class indices when `images_or_loader` is a tensor or yields images only.
+        images_or_loader: A list of images (PIL images, uint8 arrays or image file paths),
+            preprocessed here with `transform`; a (N, 3, S, S) tensor of preprocessed images;
+            or an iterable of image batches or of (images, labels) batches (labels then come
+            from the loader).
+        labels: (N,) class indices when `images_or_loader` is a list, a tensor or yields
+            images only.
         classnames: One name per class, in label order.
         templates: Template strings or a template-set name for `load_templates`.
-        batch_size: Images per forward pass for a tensor input.
+        batch_size: Images per forward pass for a list or tensor input.
+        transform: The preprocessing of a list of images (default: the eval transform of
+            `model.config.preprocess`, what `vlkit.get_transform(model)` returns).
     """
+    if _is_image_list(images_or_loader):
+        images_or_loader = to_batch(images_or_loader, transform or model.config.preprocess)
     if isinstance(images_or_loader, torch.Tensor):
         if labels is None:
             raise ValueError("labels are missing or do not match the number of images")

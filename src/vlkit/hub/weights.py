@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -37,13 +39,33 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt file, or a pickle that is more than weights
-        raise CheckpointError(f"cannot read weights from {path}: {error}") from error
+    except pickle.UnpicklingError as error:
+        # torch's own message advises `weights_only=False`, i.e. running the file's code: not
+        # advice to pass on. Name what was refused and the safe ways forward instead.
+        blocked = _blocked_global(str(error))
+        raise CheckpointError(
+            f"{path}: refused to load: the pickle holds more than tensors{blocked}, and "
+            "unpickling it could run code from the file. Use a .safetensors copy of the weights, "
+            "or convert this file to safetensors yourself only if you trust where it came from"
+        ) from error
+    except Exception as error:  # corrupt or truncated file
+        raise CheckpointError(f"cannot read weights from {path}: {_first_line(error)}") from error
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]  # a training checkpoint (open_clip's `epoch_N.pt`)
     if not isinstance(loaded, dict):
         raise CheckpointError(f"{path} does not hold a state dict (found {type(loaded).__name__})")
     return {key: value for key, value in loaded.items() if isinstance(value, torch.Tensor)}
+
+
+def _blocked_global(message: str) -> str:
+    """' (posix.system)' from torch's "unsupported GLOBAL posix.system ..." message, or ''."""
+    match = re.search(r"GLOBAL ([\w.]+)", message)
+    return f" ({match.group(1)})" if match else ""
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def find_weights(directory: Path, names: Iterable[str]) -> Path:
@@ -55,13 +77,27 @@ def find_weights(directory: Path, names: Iterable[str]) -> Path:
     raise CheckpointError(f"no weights in {directory}: looked for {', '.join(names)}")
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> None:
-    """Calls `write(tmp_path)`, fsyncs, then renames over `path`, so readers never see half a file."""
+    """Calls `write(tmp_path)`, fsyncs, then renames over `path`, so readers never see half a file.
+
+    The file gets the permissions a plain `open(path, "w")` would give it (0644 under the usual
+    umask 022): `mkstemp` creates its file 0600, which made saved models unreadable to anyone
+    else sharing them (issue 18).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        # After `write`: some writers (safetensors) replace the file rather than fill it.
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

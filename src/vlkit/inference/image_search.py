@@ -16,9 +16,11 @@ import torch
 from PIL import Image
 
 from vlkit.data.images import IMAGE_SUFFIXES, to_rgb
+from vlkit.distributed import resolve_device
 from vlkit.evaluation.embeddings import encode_image_files
 from vlkit.evaluation.zero_shot import build_zero_shot_classifier, load_templates
 from vlkit.hub.clip_checkpoint import load_clip
+from vlkit.inference.image_files import encode_image_paths
 from vlkit.inference.index import KINDS, EmbeddingIndex, SearchHit
 
 __all__ = [
@@ -34,20 +36,25 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def list_image_files(directory: str | os.PathLike[str]) -> list[str]:
-    """Image files under `directory` (recursively, by suffix: IMAGE_SUFFIXES), sorted."""
+def list_image_files(directory: str | os.PathLike[str], what: str = "") -> list[str]:
+    """Image files under `directory` (recursively, by suffix: IMAGE_SUFFIXES), sorted.
+
+    Args:
+        what: How the caller names `directory` in messages (the CLI passes "--images").
+    """
     root = Path(directory)
+    name = f"{what} {root}" if what else str(root)
     if not root.exists():
-        raise FileNotFoundError(f"{root}: no such directory")
+        raise FileNotFoundError(f"{name}: no such directory")
     if not root.is_dir():
-        raise ValueError(f"{root}: not a directory")
+        raise ValueError(f"{name}: is a file, expected a directory of images")
     files = sorted(
         str(path)
         for path in root.rglob("*")
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
     )
     if not files:
-        raise ValueError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise ValueError(f"{name}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
 
 
@@ -62,21 +69,41 @@ def build_image_index(
     out_dir: str | None = None,
     kind: str = "flat",
     batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    strict: bool = False,
+    progress: bool = False,
+    on_skip: Callable[[str, str], None] | None = None,
+    what: str = "images_dir",
 ) -> EmbeddingIndex:
     """Embeds every image under `images_dir` with a CLIP model and indexes them.
 
     Rows are named by absolute image path; `metadata` records the model (absolute path, or the
-    hub id), the image folder and `"modality": "image"`. Saved to `out_dir` when given.
+    hub id), the image folder, `"modality": "image"` and the files skipped because they could
+    not be read (`"skipped"`: [path, ...]). Saved to `out_dir` when given.
+
+    Args:
+        device: Where the model runs ("cpu", "cuda", "auto", ...; checked by `resolve_device`).
+        strict: Stop at the first unreadable image instead of skipping it.
+        progress: Show a tqdm bar while images are encoded.
+        on_skip: Called with (path, reason) for each unreadable image that is skipped.
+        what: How the caller names `images_dir` in messages (the CLI passes "--images").
+
+    Raises:
+        ValueError: An unknown kind or device, no images, or none that could be read.
     """
     if kind not in KINDS:
         raise ValueError(f"index kind {kind!r}: expected one of {', '.join(KINDS)}")
+    target = resolve_device(device)
     root = Path(images_dir).expanduser().resolve()
-    paths = list_image_files(root)
+    paths = list_image_files(root, what)
     model, _, transform = load_clip(model_path)
-    embeddings = encode_image_files(model, transform, paths, batch_size)
+    model = model.to(target)
+    encoded = encode_image_paths(model, transform, paths, batch_size, strict, progress, on_skip)
+    if not encoded.paths:
+        raise ValueError(f"{what} {root}: none of its {len(paths)} images could be read")
     metadata = {"model": _absolute_model_path(model_path), "images_dir": str(root),
-                "modality": "image"}  # fmt: skip
-    index = EmbeddingIndex.build(embeddings, paths, kind=kind, metadata=metadata)
+                "modality": "image", "skipped": [path for path, _ in encoded.skipped]}  # fmt: skip
+    index = EmbeddingIndex.build(encoded.embeddings, encoded.paths, kind=kind, metadata=metadata)
     if out_dir is not None:
         index.save(out_dir)
     return index

@@ -282,6 +282,8 @@ class EmbeddingIndex:
         """Reads an index written by `save`; errors name the problem in one line."""
         faiss = _faiss()
         directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise ValueError(f"{directory}: is a file, not an index directory")
         if not directory.is_dir():
             raise FileNotFoundError(f"{directory}: no such index directory")
         for name in (INDEX_FILE, META_FILE):

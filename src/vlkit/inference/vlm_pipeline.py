@@ -61,9 +61,20 @@ def sampling_options(
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """`generate` keywords for sampling (a seeded generator on `device`), or {} for greedy."""
+    """`generate` keywords for sampling (a seeded generator on `device`), or {} for greedy.
+
+    Raises:
+        ValueError: With `do_sample`, a temperature that is not > 0 (greedy decoding is
+            `do_sample=False`) or a top_p outside (0, 1].
+    """
     if not do_sample:
         return {}
+    if not temperature > 0:
+        raise ValueError(
+            f"temperature={temperature}: must be > 0 when sampling (greedy: no sampling)"
+        )
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p}: must be in (0, 1]")
     generator = torch.Generator(device=device).manual_seed(seed)
     return {"do_sample": True, "temperature": temperature, "top_p": top_p, "generator": generator}
 
@@ -109,7 +120,8 @@ class VLMPipeline(ABC):
     @property
     @abstractmethod
     def eos_token_id(self) -> int | list[int]:
-        """The id(s) that end an answer."""
+        """The id(s) that end an answer; an empty list means none (generation then runs to
+        `max_new_tokens`, as transformers does with `eos_token_id=[]`)."""
         raise NotImplementedError
 
     @property

@@ -26,6 +26,7 @@ from torch import nn
 
 from vlkit.data.tokenizers.word import WordTokenizer
 from vlkit.data.transforms import ImageTransform
+from vlkit.errors import CheckpointError
 from vlkit.hub.weights import load_into, read_weights, write_json, write_safetensors
 from vlkit.inference.vlm_pipeline import VLMInputs, VLMPipeline
 from vlkit.models.clip import CLIP, CLIPConfig
@@ -176,13 +177,16 @@ def load_vlm_run(directory: str | Path, device: str = "cpu") -> VLMRun:
     for name in (RUN_CONFIG, "model.safetensors", "tokenizer.json"):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory} is not a VLM run directory: no {name}")
-    saved = json.loads((directory / RUN_CONFIG).read_text())
-    recipe = VLMRecipe.from_dict(saved["recipe"])
-    clip = CLIP(CLIPConfig.from_dict(saved["vision_clip"]))
-    model = build_fusion_vlm_on_clip(
-        FusionVLMConfig.from_dict(saved["fusion"]), clip, recipe.vision.trainable,
-        recipe.vision.tokens,
-    )  # fmt: skip
+    try:  # a hand-edited or truncated vlm_config.json: one error naming the file and the key
+        saved = json.loads((directory / RUN_CONFIG).read_text())
+        recipe = VLMRecipe.from_dict(saved["recipe"])
+        clip = CLIP(CLIPConfig.from_dict(saved["vision_clip"]))
+        fusion = FusionVLMConfig.from_dict(saved["fusion"])
+    except KeyError as error:
+        raise CheckpointError(f"{directory / RUN_CONFIG}: missing key {error}") from error
+    except (ValueError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{directory / RUN_CONFIG}: {error}") from error
+    model = build_fusion_vlm_on_clip(fusion, clip, recipe.vision.trainable, recipe.vision.tokens)
     weights = directory / "model.safetensors"
     load_into(model, read_weights(weights), str(weights))
     summary_path = directory / "summary.json"

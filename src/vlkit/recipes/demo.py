@@ -297,7 +297,7 @@ def _tokenizer(model: CLIP) -> Callable[[list[str]], torch.Tensor]:
 def _preload(examples: Sequence[EasyVQAExample], model: CLIP) -> torch.Tensor:
     """All images, decoded and preprocessed (eval transform) into one (N, 3, S, S) tensor."""
     transform = get_transform(model.config.preprocess, train=False)
-    return torch.stack([transform(load_image(e.path)) for e in examples])
+    return torch.stack([transform(load_image(e.path, keep_mode=True)) for e in examples])
 
 
 class _History(Callback):

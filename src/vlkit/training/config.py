@@ -22,6 +22,7 @@ from vlkit.overrides import (
     accepts_aliases,
     apply_overrides,
     check_fields,
+    check_range,
     from_dict,
     to_dict,
 )
@@ -56,6 +57,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        check_range("data.shuffle_buffer", self.shuffle_buffer, 1)
+        check_range("data.num_samples", self.num_samples, 1)
+        check_range("data.num_workers", self.num_workers, 0)
 
 
 @dataclass
@@ -93,6 +97,29 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        # A zero or negative length "trains" nothing and writes step_00000000; a zero
+        # micro-batch silently turned accumulation off (issue 18): all refused here.
+        check_range("optim.batch_size", self.batch_size, 1)
+        check_range("optim.micro_batch_size", self.micro_batch_size, 1)
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise ConfigError(
+                f"optim.micro_batch_size: must be at most optim.batch_size={self.batch_size} "
+                f"(it splits each batch for GradCache; none: no splitting), "
+                f"got {self.micro_batch_size}"
+            )
+        check_range("optim.epochs", self.epochs, 1)
+        check_range("optim.max_steps", self.max_steps, 1)
+        check_range("optim.max_seconds", self.max_seconds, 0, low_open=True)
+        check_range("optim.lr", self.lr, 0, low_open=True)
+        check_range("optim.weight_decay", self.weight_decay, 0)
+        for i, beta in enumerate(self.betas):
+            check_range(f"optim.betas[{i}]", beta, 0, 1, high_open=True)
+        check_range("optim.eps", self.eps, 0, low_open=True)
+        check_range("optim.warmup_steps", self.warmup_steps, 0)
+        check_range("optim.min_lr_ratio", self.min_lr_ratio, 0, 1)
+        check_range("optim.grad_clip", self.grad_clip, 0, low_open=True)
+        check_range("optim.max_nonfinite_steps", self.max_nonfinite_steps, 1)
+        check_range("optim.lock_image_unlocked_groups", self.lock_image_unlocked_groups, 0)
 
 
 @dataclass
@@ -109,6 +136,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        check_range("loss.label_smoothing", self.label_smoothing, 0, 1, high_open=True)
 
 
 @dataclass
@@ -117,7 +145,7 @@ class CheckpointConfig:
 
     Attributes:
         every: Save every N steps (0: only at the end).
-        keep_last: Keep the newest N checkpoints.
+        keep_last: Keep the newest N checkpoints (0: all of them).
     """
 
     every: int = 0
@@ -125,6 +153,8 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        check_range("checkpoint.every", self.every, 0)
+        check_range("checkpoint.keep_last", self.keep_last, 0)
 
 
 # The data sources with a held-out split that `eval.every` evaluates on (recipes/clip_run.py).
@@ -235,6 +265,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        check_range("log_every", self.log_every, 1)
         if self.optim.batch_size < 2:
             raise ConfigError("optim.batch_size: contrastive training needs a batch of >= 2")
         every = self.eval.every
@@ -286,14 +317,33 @@ def load_train_config(source: str | None, overrides: list[str] | None = None) ->
             if not builtin.is_file():
                 raise ValueError(f"config {source!r}: no such file or built-in config")
             path = builtin
-        if path.suffix == ".json":
-            config = TrainConfig.from_json(path)
-        else:
-            loaded = runpy.run_path(str(path)).get("CONFIG")
-            if loaded is None:
-                raise ValueError(f"{path} defines no CONFIG")
-            config = loaded if isinstance(loaded, TrainConfig) else TrainConfig.from_dict(loaded)
+        config = _read_config_file(path)
     return apply_overrides(config, overrides or [], FLAT_KEYS)
+
+
+def _read_config_file(path: Path) -> TrainConfig:
+    """A config file's TrainConfig; every problem is one error naming the file (and the key)."""
+    try:
+        if path.suffix == ".json":
+            try:
+                values = json.loads(path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise ValueError(f"not valid JSON ({error})") from None
+            if not isinstance(values, dict):
+                raise ValueError(f"expected a JSON object of settings, got {type(values).__name__}")
+            return TrainConfig.from_dict(values)
+        loaded = runpy.run_path(str(path)).get("CONFIG")
+        if loaded is None:
+            raise ValueError("defines no CONFIG")
+        if isinstance(loaded, TrainConfig):
+            return loaded
+        if not isinstance(loaded, dict):
+            raise ValueError(f"CONFIG must be a dict or a TrainConfig, got {type(loaded).__name__}")
+        return TrainConfig.from_dict(loaded)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 __all__ = [

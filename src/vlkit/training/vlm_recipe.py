@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlkit.models.fusion_vlm import FUSION_KINDS
-from vlkit.overrides import ConfigError, accepts_aliases, check_fields, from_dict, to_dict
+from vlkit.overrides import (
+    ConfigError,
+    accepts_aliases,
+    check_fields,
+    check_range,
+    from_dict,
+    to_dict,
+)
 from vlkit.training.config import FLAT_KEYS, OptimConfig
 from vlkit.training.vlm_task import TOKEN_SOURCES
 
@@ -72,6 +79,13 @@ class DecoderShape:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads"):
+            check_range(f"decoder.{name}", getattr(self, name), 1)
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"decoder.hidden_size: must be a multiple of decoder.num_heads={self.num_heads}, "
+                f"got {self.hidden_size}"
+            )
 
 
 def _optim() -> OptimConfig:
@@ -138,6 +152,10 @@ class VLMRecipe:
                               f"got {self.kind!r}")  # fmt: skip
         if self.task not in TASKS:
             raise ConfigError(f"task: expected one of {', '.join(TASKS)}, got {self.task!r}")
+        check_range("steps", self.steps, 1)
+        check_range("connector_only_steps", self.connector_only_steps, 0)
+        for name in ("num_queries", "max_length", "train_scenes", "test_scenes", "max_test"):
+            check_range(name, getattr(self, name), 1)
         if self.optim.max_steps is not None:
             raise ConfigError("optim.max_steps: a VLM run's length is `steps` (and "
                               "`connector_only_steps`), not optim.max_steps")  # fmt: skip

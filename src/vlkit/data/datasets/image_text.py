@@ -424,7 +424,7 @@ class ImageTextDataset(Dataset):
         if problem is not None:
             return self._skip(index, str(path), f"{path}: {problem} ({self._where(index)})")
         try:
-            image = load_image(path)
+            image = load_image(path, keep_mode=True)  # the transform converts as its reference does
         except ImageLoadError as error:
             # load_image's message is one line and already names the file.
             return self._skip(index, str(path), f"{error} ({self._where(index)})")
