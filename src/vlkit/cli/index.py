@@ -81,7 +81,9 @@ def search_command(args: argparse.Namespace) -> list[dict]:
         raise UsageError("give exactly one of --text or --image")
     if args.k < 1:
         raise UsageError(f"--k {args.k}: must be at least 1")
-    image = load_image(args.image) if args.image is not None else None  # fail before loading
+    # Loaded before the index so a bad file fails fast; the decoded mode is kept so the model's
+    # transform converts it as the checkpoint's reference does.
+    image = None if args.image is None else load_image(args.image, keep_mode=True)
     searcher = ImageSearcher.from_directory(args.index, args.model, args.templates)
     if image is not None:
         hits = searcher.search_image(image, args.k)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from vlkit.data.images import IMAGE_SUFFIXES, to_rgb
+from vlkit.data.images import IMAGE_SUFFIXES
 from vlkit.distributed import resolve_device
 from vlkit.evaluation.embeddings import encode_image_files
 from vlkit.evaluation.zero_shot import build_zero_shot_classifier, load_templates
@@ -177,8 +177,8 @@ class ImageSearcher:
 
     @torch.no_grad()
     def embed_image(self, image: Image.Image) -> torch.Tensor:
-        """The unit-length query vector (D,) for a PIL image."""
-        pixels = self.transform(to_rgb(image)).unsqueeze(0).to(_model_device(self.model))
+        """The unit-length query vector (D,) for a PIL image of any mode (the transform converts it)."""
+        pixels = self.transform(image).unsqueeze(0).to(_model_device(self.model))
         return self.model.encode_image(pixels, normalize=True).float()[0].cpu()
 
     def search_text(self, text: str, k: int = 10) -> list[SearchHit]:

@@ -154,9 +154,12 @@ def _build_app(
     def classifier_for(labels: tuple[str, ...], templates: str) -> torch.Tensor:
         return build_zero_shot_classifier(model, tokenizer, list(labels), load_templates(templates))
 
-    def read_image(upload: UploadFile) -> Any:
+    def read_image(upload: UploadFile, keep_mode: bool = False) -> Any:
+        # keep_mode: CLIP transforms convert the decoded mode as the checkpoint's reference does
+        # (as `vlkit zeroshot` / `search` on the same file); the VLM paths take RGB like `generate`.
+        name = upload.filename or "upload"
         try:
-            return decode_upload(upload.file.read(), upload.filename or "upload", limits.max_pixels)
+            return decode_upload(upload.file.read(), name, limits.max_pixels, keep_mode)
         except TooLarge as error:
             raise HTTPException(413, str(error)) from None
         except ImageLoadError as error:
@@ -209,7 +212,7 @@ def _build_app(
                 f"prompts: this server encodes at most {limits.max_prompts} (--max-prompts)"
             )  # fmt: skip
         with gate.slot():
-            pixels = transform(read_image(image)).unsqueeze(0)
+            pixels = transform(read_image(image, keep_mode=True)).unsqueeze(0)
             with torch.no_grad():
                 embedding = model.encode_image(pixels, normalize=True)
             classifier = classifier_for(tuple(names), templates)
@@ -251,7 +254,7 @@ def _build_app(
             raise HTTPException(400, f"k={k}: between 1 and {MAX_HITS}")
         index = require_index()
         with gate.slot():
-            return hits_json(index.search_image(read_image(image), k=k))
+            return hits_json(index.search_image(read_image(image, keep_mode=True), k=k))
 
     @app.get("/api/images/{position}")
     def indexed_image(position: int) -> FileResponse:

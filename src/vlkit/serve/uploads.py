@@ -9,7 +9,9 @@ allocates it. An upload over `max_pixels`:
 - any other format (PNG, WebP, GIF, TIFF, ...) has no reduced decode: refused with `TooLarge`.
 
 Accepted images are decoded like `vlkit.data.images.load_image_bytes` (EXIF orientation, then
-`to_rgb`), so an image within the budget gives the same pixels as the CLI; a JPEG shrunk by
+`to_rgb`, or the decoded mode with `keep_mode` so a CLIP transform converts it the way the
+checkpoint's reference does, as the CLI's `zeroshot` / `search` do), so an image within the
+budget gives the same pixels as the CLI; a JPEG shrunk by
 `draft` differs from the CLI's (which decodes it in full) by the resampling, documented in the
 README's serve section.
 """
@@ -53,13 +55,14 @@ def _shrink_before_decoding(image: Image.Image, max_pixels: int) -> None:
             image.reduce = int(math.log2(level))  # type: ignore[assignment,method-assign]
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """An uploaded image as RGB, never decoding more than `max_pixels` pixels.
+def decode_upload(data: bytes, name: str, max_pixels: int, keep_mode: bool = False) -> Image.Image:
+    """An uploaded image as RGB (or its decoded mode), never decoding more than `max_pixels` pixels.
 
     Args:
         data: The encoded image.
         name: The uploaded file's name, for messages.
         max_pixels: The pixel budget (width x height of the decoded image).
+        keep_mode: Return the decoded mode ("RGBA", "P", "I;16", ...) instead of RGB.
 
     Raises:
         TooLarge: The image is over the budget and its format cannot decode it smaller.
@@ -79,7 +82,7 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> Image.Image:
                 )
             opened.load()
             image = ImageOps.exif_transpose(opened)
-        return to_rgb(image)
+        return image if keep_mode else to_rgb(image)
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as error:  # PIL's own limit, above ours by default
