@@ -60,12 +60,28 @@ def _check_files(model: str, images: Sequence[str]) -> None:
 def _load(model_path: str, image_paths: Sequence[str]):
     """The model, tokenizer, preprocessed images (B, 3, S, S) and their display crops."""
     model, tokenizer, transform = load_clip(model_path)
-    images = [load_image(path) for path in image_paths]
+    # The decoded mode is kept so the transform converts it as the checkpoint's reference does.
+    images = [load_image(path, keep_mode=True) for path in image_paths]
     pixels = torch.stack([transform(image) for image in images])
-    # The same resize and crop as the model's input, at a size worth looking at.
-    size = max(DISPLAY_SIZE, model.config.preprocess.image_size)
-    display = ImageTransform(dataclasses.replace(model.config.preprocess, image_size=size))
+    # The same resize and crop as the model's input, scaled to a size worth looking at.
+    preprocess = model.config.preprocess
+    scale = max(1.0, DISPLAY_SIZE / min(preprocess.output_size))
+    display = ImageTransform(
+        dataclasses.replace(
+            preprocess,
+            image_size=_scaled(preprocess.image_size, scale),
+            resize_size=_scaled(preprocess.resize_size, scale),
+        )
+    )
     return model, tokenizer, pixels, [display.resize_and_crop(image) for image in images]
+
+
+def _scaled(size: int | tuple[int, int] | None, scale: float) -> int | tuple[int, int] | None:
+    if size is None:
+        return None
+    if isinstance(size, tuple):
+        return (round(size[0] * scale), round(size[1] * scale))
+    return round(size * scale)
 
 
 def _cosine(model: Any, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
