@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlkit.data.images import load_image
+from vlkit.data.images import load_image, to_rgb
 
 __all__ = [
     "SmolVLMImageConfig",
@@ -225,23 +225,17 @@ def as_rgb_image(image: Any, do_convert_rgb: bool = True) -> Image.Image:
     """A PIL image, a uint8 numpy array (HWC or CHW, 1, 3 or 4 channels) or a uint8 torch tensor
     -> the PIL image transformers' PIL backend resizes (`PilBackend.process_image`).
 
-    RGB conversion is transformers' `image_transforms.convert_to_rgb`: a band "A" or a
-    `transparency` entry is composited onto white, every other mode goes through PIL's
-    `convert("RGB")` (so 16-bit and float images are clipped to 0..255, as in transformers; this
-    differs from `vlkit.data.images.to_rgb`, which rescales them). Arrays: 1 channel is
-    repeated, 4 channels are blended onto white and rounded.
+    RGB conversion of PIL images is `vlkit.data.images.to_rgb`, which is transformers'
+    `image_transforms.convert_to_rgb`: a band "A" or a `transparency` entry is composited onto
+    white, every other mode goes through PIL's `convert("RGB")` (16-bit and float images are
+    clipped to 0..255, as in transformers). Arrays: 1 channel is repeated, 4 channels are
+    blended onto white and rounded.
 
     Raises:
         ValueError: An array that is not uint8, or has no 1/3/4-channel axis first or last.
     """
     if isinstance(image, Image.Image):
-        if not do_convert_rgb:
-            return image
-        if "A" in image.getbands() or image.info.get("transparency") is not None:
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return image.convert("RGB")
+        return to_rgb(image) if do_convert_rgb else image
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray):
