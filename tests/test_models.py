@@ -1,6 +1,7 @@
 """Contracts every model honours, published parameter counts, and configuration round trips."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -169,3 +170,31 @@ def test_wrong_input_shapes_are_named():
         model.encode_image(torch.randn(2, 3, 64, 64))
     with pytest.raises(ValueError, match="L <= 32"):
         model.encode_text(torch.zeros(1, 40, dtype=torch.long))
+
+
+def test_image_size_need_not_be_a_multiple_of_the_patch_size():
+    # transformers and open_clip ignore the remainder pixels (stride-p convolution).
+    config = copy.deepcopy(vlkit.PRESETS["tiny"])
+    config.vision.image_size, config.vision.patch_size = 30, 8  # 3x3 patches, 6 pixels unused
+    model = vlkit.create_model(CLIPConfig.from_dict(config.to_dict())).eval()
+    pixels = torch.randn(2, 3, 30, 30)
+    assert model.vision(pixels).tokens.shape[1] == 3 * 3 + 1
+    changed = pixels.clone()
+    changed[:, :, 24:, :] = changed[:, :, :, 24:] = 5.0  # only the unused rows and columns
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(changed), model.encode_image(pixels))
+    with pytest.raises(ValueError, match=r"patch_size must be in \[1, image_size=30\], got 31"):
+        vlkit.models.vit.ViTConfig(image_size=30, patch_size=31)
+
+
+def test_temperature_is_not_clamped_outside_training():
+    # CLIP's clamp at 100 is applied to the parameter by the trainer after each optimizer step
+    # (as open_clip's training/train.py does); loaded checkpoints keep their value.
+    model = vlkit.create_model("tiny")
+    with torch.no_grad():
+        model.logit_scale.fill_(5.0)
+    image, text = torch.randn(2, 64), torch.randn(3, 64)
+    cosine = (
+        torch.nn.functional.normalize(image, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).T
+    )
+    torch.testing.assert_close(model.logits(image, text), math.exp(5.0) * cosine)

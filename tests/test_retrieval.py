@@ -156,6 +156,37 @@ def test_matches_clip_benchmark_with_several_captions_per_image():
     assert 0 < ours["t2i_r1"] < ours["t2i_r10"] < 1
 
 
+def test_float32_ties_follow_the_rule_for_the_scores_as_computed():
+    """Duplicate images: the positive ties exactly with its copy in the score matrix.
+
+    An elementwise dot product for the positive and a matrix product for the rest disagree in the
+    last bit (1.0 vs 1.0000001) for most captions here, which used to rank a tied copy above the
+    positive. Every score now comes from the same matrix product, so the rule (1 + strictly
+    higher negatives) holds for the scores as computed.
+    """
+    g = torch.Generator().manual_seed(0)
+    unique = F.normalize(torch.randn(50, 512, generator=g), dim=1)
+    img = torch.cat([unique, unique])  # image i and i + 50 are identical
+    ids = torch.arange(100)
+    txt = F.normalize(img + 0.5 * torch.randn(100, 512, generator=g), dim=1)
+    scores = txt @ img.T  # the dense (texts x images) matrix: one block, as retrieval_ranks uses
+    positive = scores[ids, ids]
+    assert ((txt * img[ids]).sum(1) != positive).any()  # the elementwise product differs
+    i2t, t2i = retrieval_ranks(img, txt, ids)
+    torch.testing.assert_close(t2i, 1 + (scores > positive[:, None]).sum(1), rtol=0, atol=0)
+    torch.testing.assert_close(i2t, 1 + (positive[:, None] < scores.T).sum(1), rtol=0, atol=0)
+    # Blockwise (captions in chunks of 37, images in blocks of 29): the rule holds for the
+    # matrix assembled from the same block products.
+    blocks = torch.cat([
+        torch.cat([txt[t : t + 37] @ img[i : i + 29].T for i in range(0, 100, 29)], dim=1)
+        for t in range(0, 100, 37)
+    ])  # fmt: skip
+    positive = blocks[ids, ids]
+    i2t, t2i = retrieval_ranks(img, txt, ids, chunk_size=37, image_chunk_size=29)
+    torch.testing.assert_close(t2i, 1 + (blocks > positive[:, None]).sum(1), rtol=0, atol=0)
+    torch.testing.assert_close(i2t, 1 + (positive[:, None] < blocks.T).sum(1), rtol=0, atol=0)
+
+
 def test_numpy_memmap_input(tmp_path):
     img, txt, ids = _tied_data(n_img=20, n_txt=60, dim=4, seed=5)
     path = tmp_path / "txt.npy"

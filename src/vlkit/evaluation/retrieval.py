@@ -8,8 +8,11 @@ Definitions (the ones of CLIP-style papers, open_clip and CLIP_benchmark):
 * Each caption belongs to one image (`text_image_ids[j]`); an image may have several captions
   (COCO and Flickr30k have 5).
 * Rank of a query = 1 + the number of NEGATIVE candidates whose score is STRICTLY greater than the
-  score of its (best) positive. Ties therefore count in the query's favour, deterministically
-  (torch.topk in CLIP_benchmark and argsort in open_clip break ties arbitrarily).
+  score of its (best) positive. Exact ties therefore count in the query's favour,
+  deterministically. open_clip (`get_clip_metrics`: argsort) and CLIP_benchmark
+  (`recall_at_k`: torch.topk) resolve exact ties by the order their sort returns, which depends on
+  the positions and the backend; their numbers equal vlkit's when positives win every tie, and
+  without exact ties all three agree.
 * text -> image (t2i): one rank per caption (its own image is the only positive); metrics are
   averaged over captions.
 * image -> text (i2t): one rank per image, the rank of its best-scoring caption; R@K is 1 when any
@@ -27,16 +30,20 @@ Memory: the full (texts x images) score matrix is never built. Texts are process
 `chunk_size`, images in chunks of `image_chunk_size`; each score block is compared with the
 positive scores (t2i) and with the best positive score of each image (i2t), and only the counts
 are kept. Working memory is two `chunk_size x image_chunk_size` buffers plus the image
-embeddings in the compute dtype, independent of the number of texts. The score matrix is computed
-once (one matrix product per block serves both directions).
+embeddings in the compute dtype, independent of the number of texts. One matrix product per
+block serves both directions; a first pass reads the positive scores from the blocks that hold a
+positive (one or two per caption chunk when captions are grouped by image, as in COCO; every
+block when the images fit in one block), so that pass costs at most as much as the second.
 
-Floating point: ranks are exact for the scores as computed. The positive score of a caption is an
-elementwise dot product while the other scores come from a matrix product, so a negative within
-rounding distance (~1e-7 relative) of the positive can be counted differently than by a dense
-implementation, or by another BLAS/GPU. The positive itself is never counted against itself.
-Measured effect: at 100,000 x 20,000 on CUDA, t2i mean rank differed from the dense baseline by
-3e-5 (three ranks in total), R@K and median ranks were identical; likewise CPU vs GPU at
-1,000,000 x 200,000. Exact ties (e.g. duplicate embeddings) are resolved in the query's favour.
+Floating point: every score, the positive's included, comes from the same blockwise matrix
+product (same operands, same shapes), and ranks are exact for the scores as computed: a negative
+that ties with its positive in float32 (e.g. a duplicate image) never outranks it. An elementwise
+dot product for the positive would differ from the matrix product in the last bit (1.0 vs
+1.0000001) and break that rule. Another blocking, BLAS or GPU can round a score differently
+(~1e-7 relative), so a negative within rounding distance of a positive may count differently
+there. Measured effect of that (before this change, with elementwise positives): at 100,000 x
+20,000 on CUDA, t2i mean rank differed from the dense baseline by 3e-5 (three ranks in total),
+R@K and median ranks were identical; likewise CPU vs GPU at 1,000,000 x 200,000.
 """
 
 from __future__ import annotations
@@ -156,16 +163,6 @@ def retrieval_ranks(
     img = _rows(images, 0, n_img, dev, compute_dtype)
     ids_dev = ids.to(dev)
 
-    # Positive score of every caption, and the best positive score of every image.
-    pos = torch.empty(n_txt, device=dev, dtype=compute_dtype)
-    for s in range(0, n_txt, bt):
-        t = _rows(texts, s, s + bt, dev, compute_dtype)
-        pos[s : s + t.shape[0]] = (t * img[ids_dev[s : s + t.shape[0]]]).sum(dim=1)
-    best = torch.full((n_img,), -torch.inf, device=dev, dtype=compute_dtype)
-    best.scatter_reduce_(0, ids_dev, pos, reduce="amax")
-
-    t2i_count = torch.zeros(n_txt, device=dev, dtype=torch.int64)
-    i2t_count = torch.zeros(n_img, device=dev, dtype=torch.int64)
     # Scratch buffers, reused for every full-size block (a partial block uses a view).
     scores_buf = torch.empty(bt * bi, device=dev, dtype=compute_dtype)
     # The 0/1 masks are float32 whatever the compute dtype, so that their row/column sums are
@@ -173,6 +170,33 @@ def retrieval_ranks(
     mask_buf = torch.empty(bt * bi, device=dev, dtype=torch.float32)
     ones = torch.ones(max(bt, bi), device=dev, dtype=torch.float32)
 
+    def block_scores(t: torch.Tensor, is_: int) -> torch.Tensor:
+        """Scores (nt, ni) of a caption chunk against the image block starting at `is_`.
+
+        Every score, positive or negative, comes from this one call with the same operands and
+        shapes, so a positive compares with its negatives exactly as computed (an elementwise dot
+        product differs from the matrix product in the last bit, which broke ties).
+        """
+        im = img[is_ : is_ + bi]
+        scores = scores_buf[: t.shape[0] * im.shape[0]].view(t.shape[0], im.shape[0])
+        return torch.mm(t, im.T, out=scores)
+
+    # Pass 1: the positive score of every caption, read from the score blocks that hold a
+    # positive (for captions grouped by image, as in COCO, one or two blocks per caption chunk),
+    # and the best positive score of every image.
+    pos = torch.empty(n_txt, device=dev, dtype=compute_dtype)
+    for ts in range(0, n_txt, bt):
+        t = _rows(texts, ts, ts + bt, dev, compute_dtype)
+        ids_t = ids_dev[ts : ts + t.shape[0]]
+        for is_ in torch.unique(ids_t // bi).mul_(bi).tolist():
+            rows = torch.nonzero((ids_t >= is_) & (ids_t < is_ + bi)).squeeze(1)
+            pos[ts + rows] = block_scores(t, is_)[rows, ids_t[rows] - is_]
+    best = torch.full((n_img,), -torch.inf, device=dev, dtype=compute_dtype)
+    best.scatter_reduce_(0, ids_dev, pos, reduce="amax")
+
+    # Pass 2: count, for every caption and every image, the negatives that score strictly higher.
+    t2i_count = torch.zeros(n_txt, device=dev, dtype=torch.int64)
+    i2t_count = torch.zeros(n_img, device=dev, dtype=torch.int64)
     for ts in range(0, n_txt, bt):
         t = _rows(texts, ts, ts + bt, dev, compute_dtype)
         nt = t.shape[0]
@@ -181,12 +205,10 @@ def retrieval_ranks(
         ids_t = ids_dev[ts:te]
         row_count = torch.zeros(nt, device=dev, dtype=torch.int64)
         for is_ in range(0, n_img, bi):
-            im = img[is_ : is_ + bi]
-            ni = im.shape[0]
+            scores = block_scores(t, is_)
+            ni = scores.shape[1]
             ie = is_ + ni
-            scores = scores_buf[: nt * ni].view(nt, ni)
             mask = mask_buf[: nt * ni].view(nt, ni)
-            torch.mm(t, im.T, out=scores)
             # Counting with a float 0/1 mask and a matrix-vector product is several times faster
             # on CPU than summing a bool tensor; the counts are exact (integers < 2**24).
             torch.gt(scores, pos_t, out=mask)
@@ -194,9 +216,9 @@ def retrieval_ranks(
             torch.gt(scores, best[None, is_:ie], out=mask)
             i2t_count[is_:ie] += torch.mv(mask.T, ones[:nt]).to(torch.int64)
             # Positive pairs in this block were compared above too; only negatives may count.
-            # Take back exactly what was counted for them, with the same score values, so a
-            # positive is never ranked against itself even if its block score differs from
-            # `pos` in the last bit.
+            # Take back what was counted for them (nothing for t2i, whose positive is this very
+            # score; for i2t a positive is at most its image's best), so a positive is never
+            # ranked against itself even on a backend whose matrix product is not reproducible.
             rows = torch.nonzero((ids_t >= is_) & (ids_t < ie)).squeeze(1)
             if rows.numel():
                 img_of_row = ids_t[rows]

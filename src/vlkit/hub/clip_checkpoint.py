@@ -81,18 +81,24 @@ def load_clip(model_path: str | Path) -> tuple[CLIP, Any, Any]:
         CheckpointError: The path holds no checkpoint, or one that is not CLIP-like (e.g. a
             generative VLM).
     """
-    model = from_pretrained(str(model_path))
+    directory = resolve_checkpoint(model_path)  # a hub id is downloaded once, here
+    model = from_pretrained(directory)
     if not isinstance(model, CLIP):
         raise CheckpointError(
             f"{model_path}: a {type(model).__name__}, not a CLIP-like model "
             "(this needs encode_image / encode_text)"
         )
-    tokenizer = get_tokenizer(str(model_path), context_length=model.config.text.context_length)
+    tokenizer = get_tokenizer(directory, context_length=model.config.text.context_length)
     return model.eval(), tokenizer, get_transform(model.config.preprocess, train=False)
 
 
 def get_transform(name_or_path: str | Path | CLIP | PreprocessConfig, train: bool = False) -> Any:
-    """The image transform (PIL image -> (3, S, S) tensor) for a preset, checkpoint or model."""
+    """The image transform for a preset, checkpoint or model.
+
+    It maps a PIL image (any mode), numpy array or torch tensor to the `(3, H, W)` float32
+    input, reproducing the checkpoint's reference (open_clip, or transformers' default image
+    processor for a Hugging Face `preprocessor_config.json`; see `vlkit.data.transforms`).
+    """
     if isinstance(name_or_path, CLIP):
         return transforms.get_transform(name_or_path.config.preprocess, train=train)
     if isinstance(name_or_path, PreprocessConfig):

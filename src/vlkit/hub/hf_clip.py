@@ -15,6 +15,7 @@ import torch
 
 from vlkit.data.preprocess_config import SIGLIP_MEAN, SIGLIP_STD, PreprocessConfig
 from vlkit.errors import CheckpointError
+from vlkit.hub.hf_config_checks import check_hf_clip_config
 from vlkit.hub.weights import state_dict_problems
 from vlkit.models.clip import CLIP, CLIPConfig
 from vlkit.models.resnet import ResNetConfig
@@ -155,6 +156,7 @@ def _encoder_to_hf(tower: TextConfig | ViTConfig) -> dict[str, Any]:
 
 def config_from_hf(hf: dict[str, Any], source: str) -> CLIPConfig:
     """Translates a Hugging Face `config.json` (model_type clip or siglip) into a CLIPConfig."""
+    check_hf_clip_config(hf, source)  # types and ranges, key by key, naming the file (H7)
     model_type = hf.get("model_type")
     if model_type not in _HF_DEFAULTS:
         raise CheckpointError(
@@ -198,14 +200,17 @@ def config_from_hf(hf: dict[str, Any], source: str) -> CLIPConfig:
             vision_projection=False, text_projection_bias=True, init_logit_scale=math.log(10.0),
             init_logit_bias=-10.0, max_logit_scale=None,
             preprocess=PreprocessConfig(image_size=vision_config.image_size, resize_mode="squash",
-                                        mean=SIGLIP_MEAN, std=SIGLIP_STD),
+                                        mean=SIGLIP_MEAN, std=SIGLIP_STD, center_crop=False,
+                                        crop_rounding="floor", pipeline="transformers"),
         )  # fmt: skip
     return CLIPConfig(
         vision=vision_config,
         text=text_config,
         embed_dim=hf.get("projection_dim", 512),
         init_logit_scale=hf.get("logit_scale_init_value", 2.6592),
-        preprocess=PreprocessConfig(image_size=vision_config.image_size),
+        preprocess=PreprocessConfig(
+            image_size=vision_config.image_size, crop_rounding="floor", pipeline="transformers"
+        ),
     )
 
 

@@ -24,18 +24,30 @@ from vlkit.models.vit import ViTConfig
 # Keys that old OpenAI-converted state dicts carry but that are not weights.
 _IGNORED = {"input_resolution", "context_length", "vocab_size", "attn_mask", "visual.attn_mask"}
 
-# open_clip option -> its default; any other value has no vlkit equivalent.
+# open_clip option -> its default (open_clip/model.py CLIPVisionCfg / CLIPTextCfg), or a tuple of
+# the values vlkit accepts; any other value has no vlkit equivalent.
 _UNSUPPORTED_VISION = {
     "timm_model_name": None, "ls_init_value": None, "attentional_pool": False,
     "pos_embed_type": "learnable", "pool_type": "tok", "qk_norm": False,
     "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
-    "scale_attn": False, "scale_fc": False,
+    "scale_attn": False, "scale_fc": False, "block_type": (None, "default"),
 }  # fmt: skip
 _UNSUPPORTED_TEXT = {
     "hf_model_name": None, "ls_init_value": None, "embed_cls": False, "proj_type": "linear",
     "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
     "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
+    "block_type": (None, "default"), "pool_type": ("argmax", "last", "eos"),
 }  # fmt: skip
+# What the most common unsupported options are, for the error message.
+_MEANING = {
+    "timm_model_name": "a timm image tower",
+    "hf_model_name": "a Hugging Face text tower, e.g. the XLM-R / RoBERTa / mT5 / NLLB CLIPs",
+    "attentional_pool": "CoCa's attentional pooler",
+    "embed_cls": "CoCa's text CLS embedding",
+    "ls_init_value": "LayerScale",
+}
+# GELU keyword arguments (`act_kwargs`) -> vlkit activation; open_clip passes them to nn.GELU.
+_GELU_VARIANTS = {"tanh": "gelu_pytorch_tanh", "none": "gelu"}
 
 _BLOCK_RULES = [
     (r"resblocks\.(\d+)\.ln_1\.", r"blocks.\1.norm1."),
@@ -65,16 +77,96 @@ _TEXT_RULES = [
 _TRANSPOSED = {"visual.proj", "text_projection"}
 
 
-def _check_supported(section: dict[str, Any], unsupported: dict[str, Any], where: str) -> None:
-    for option, default in unsupported.items():
-        if section.get(option, default) != default:
-            raise CheckpointError(
-                f"open_clip {where} option {option}={section[option]!r} is not supported by vlkit"
-            )
+def _check_supported(model_cfg: dict[str, Any]) -> None:
+    """Raises one error naming every option of `model_cfg` that vlkit cannot reproduce."""
+    found = []
+    if model_cfg.get("multimodal_cfg"):
+        found.append("multimodal_cfg (CoCa's text decoder)")
+    for where, unsupported in (
+        ("vision_cfg", _UNSUPPORTED_VISION),
+        ("text_cfg", _UNSUPPORTED_TEXT),
+    ):
+        section = model_cfg.get(where) or {}
+        for option, accepted in unsupported.items():
+            accepted = accepted if isinstance(accepted, tuple) else (accepted,)
+            value = section.get(option, accepted[0])
+            if value not in accepted:
+                meaning = f" ({_MEANING[option]})" if option in _MEANING else ""
+                found.append(f"{where}.{option}={value!r}{meaning}")
+        act_kwargs = section.get("act_kwargs") or {}
+        if act_kwargs and (
+            model_cfg.get("quick_gelu") or set(act_kwargs) != {"approximate"}
+            or act_kwargs["approximate"] not in _GELU_VARIANTS
+        ):  # fmt: skip
+            found.append(f"{where}.act_kwargs={act_kwargs!r}")
+    if found:
+        raise CheckpointError(
+            "open_clip config options not supported by vlkit: " + "; ".join(found)
+        )
+
+
+def _activation(model_cfg: dict[str, Any], section: dict[str, Any]) -> str:
+    """A tower's activation: QuickGELU, or nn.GELU with the tower's `act_kwargs`."""
+    if model_cfg.get("quick_gelu", False):
+        return "quick_gelu"
+    return _GELU_VARIANTS[(section.get("act_kwargs") or {}).get("approximate", "none")]
 
 
 def _norm_eps(section: dict[str, Any]) -> float:
     return float((section.get("norm_kwargs") or {}).get("eps", 1e-5))
+
+
+def _open_clip_stats(value: Any, default: tuple, key: str) -> tuple[float, ...]:
+    # open_clip `image_transform`: a falsy value takes the default, a scalar fills 3 channels.
+    if not value:
+        return default
+    values = tuple(value) if isinstance(value, (list, tuple)) else (value,) * 3
+    if len(values) != 3:
+        raise CheckpointError(
+            f"open_clip preprocess_cfg {key!r} needs 1 or 3 values, got {value!r}"
+        )
+    return tuple(float(v) for v in values)
+
+
+def preprocess_from_open_clip(image_size: int, preprocess_cfg: dict | None) -> PreprocessConfig:
+    """open_clip's `PreprocessCfg` (open_clip/transform.py) as a `PreprocessConfig`.
+
+    Every key open_clip reads is honoured: `mean`, `std`, `interpolation` ("bicubic",
+    "bilinear", "random" = bicubic at eval time), `resize_mode` ("shortest", "longest",
+    "squash"), `fill_color` (the letterbox padding), `mode` (only "RGB", as open_clip asserts);
+    `size` is replaced by the vision tower's `image_size`, as open_clip's `create_model` does.
+    Unknown keys are dropped, as open_clip's `merge_preprocess_dict` drops them.
+
+    Raises:
+        CheckpointError: A value open_clip would reject; the message names the key.
+    """
+    cfg = {k: v for k, v in (preprocess_cfg or {}).items() if v is not None}
+    resize_mode = cfg.get("resize_mode") or "shortest"
+    if resize_mode not in ("shortest", "longest", "squash"):
+        raise CheckpointError(
+            f"open_clip preprocess_cfg 'resize_mode' must be shortest, longest or squash; "
+            f"got {resize_mode!r}"
+        )
+    interpolation = cfg.get("interpolation") or "bicubic"
+    if interpolation not in ("bicubic", "bilinear", "random"):
+        raise CheckpointError(
+            f"open_clip preprocess_cfg 'interpolation' must be bicubic, bilinear or random; "
+            f"got {interpolation!r}"
+        )
+    if cfg.get("mode", "RGB") != "RGB":
+        raise CheckpointError(f"open_clip preprocess_cfg 'mode' must be 'RGB', got {cfg['mode']!r}")
+    fill = cfg.get("fill_color", 0)
+    if isinstance(fill, bool) or not isinstance(fill, int):
+        raise CheckpointError(f"open_clip preprocess_cfg 'fill_color' must be an int, got {fill!r}")
+    return PreprocessConfig(
+        image_size=image_size,
+        resize_mode=resize_mode,
+        interpolation=interpolation,
+        mean=_open_clip_stats(cfg.get("mean"), OPENAI_CLIP_MEAN, "mean"),
+        std=_open_clip_stats(cfg.get("std"), OPENAI_CLIP_STD, "std"),
+        fill_color=fill,
+        pipeline="open_clip",
+    )
 
 
 def config_from_open_clip(
@@ -84,11 +176,7 @@ def config_from_open_clip(
     `model_cfg`) into a CLIPConfig."""
     vision = dict(model_cfg.get("vision_cfg") or {})
     text = dict(model_cfg.get("text_cfg") or {})
-    if model_cfg.get("custom_text") and text.get("hf_model_name"):
-        raise CheckpointError("open_clip configs with a Hugging Face text tower are not supported")
-    _check_supported(vision, _UNSUPPORTED_VISION, "vision_cfg")
-    _check_supported(text, _UNSUPPORTED_TEXT, "text_cfg")
-    activation = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
+    _check_supported(model_cfg)
     embed_dim = int(model_cfg["embed_dim"])
     image_size = vision.get("image_size", 224)
     if isinstance(image_size, (list, tuple)):
@@ -107,12 +195,11 @@ def config_from_open_clip(
         vision_config = ViTConfig(
             image_size=image_size, patch_size=int(vision.get("patch_size", 16)), width=width,
             layers=int(layers), heads=width // head_width,
-            mlp_dim=int(width * vision.get("mlp_ratio", 4.0)), activation=activation,
+            mlp_dim=int(width * vision.get("mlp_ratio", 4.0)),
+            activation=_activation(model_cfg, vision),
             layer_norm_eps=_norm_eps(vision), pre_norm=not vision.get("no_ln_pre", False),
         )  # fmt: skip
     pool_type = text.get("pool_type", "argmax")
-    if pool_type not in ("argmax", "last", "eos"):
-        raise CheckpointError(f"open_clip text pool_type {pool_type!r} is not supported")
     text_width = int(text.get("width", 512))
     text_config = TextConfig(
         vocab_size=int(text.get("vocab_size", 49408)),
@@ -121,21 +208,15 @@ def config_from_open_clip(
         layers=int(text.get("layers", 12)),
         heads=int(text.get("heads", 8)),
         mlp_dim=int(text_width * text.get("mlp_ratio", 4.0)),
-        activation=activation,
+        activation=_activation(model_cfg, text),
         layer_norm_eps=_norm_eps(text),
         causal=not text.get("no_causal_mask", False),
         pooling=pool_type,
-        eos_token_id=int(text.get("eos_id", 49407)),
+        # open_clip's CLIPTextCfg defaults eos_id to 2, which only "eos" pooling reads.
+        eos_token_id=int(text.get("eos_id", 2 if pool_type == "eos" else 49407)),
         pad_token_id=int(text.get("pad_id", 0)),
     )
-    preprocess_cfg = preprocess_cfg or {}
-    preprocess = PreprocessConfig(
-        image_size=image_size,
-        resize_mode="squash" if preprocess_cfg.get("resize_mode") == "squash" else "shortest",
-        interpolation=preprocess_cfg.get("interpolation", "bicubic"),
-        mean=tuple(preprocess_cfg.get("mean", OPENAI_CLIP_MEAN)),
-        std=tuple(preprocess_cfg.get("std", OPENAI_CLIP_STD)),
-    )
+    preprocess = preprocess_from_open_clip(image_size, preprocess_cfg)
     bias = model_cfg.get("init_logit_bias")
     return CLIPConfig(
         vision=vision_config,
@@ -155,7 +236,9 @@ def from_open_clip_state_dict(
     resnet = isinstance(config.vision, ResNetConfig)
     out = {}
     for key, value in state.items():
-        key = key.removeprefix("module.")
+        # `CustomTextCLIP` (model_cfg "custom_text") keeps its text tower under `text.`; `CLIP`
+        # stores the same tensors at the top level (open_clip/model.py).
+        key = key.removeprefix("module.").removeprefix("text.")
         if key in _IGNORED:
             continue
         if key in _TRANSPOSED:

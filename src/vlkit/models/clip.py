@@ -1,9 +1,12 @@
 """CLIP (Radford et al. 2021) and SigLIP (Zhai et al. 2023): two towers and a learned temperature.
 
 Both embed images and texts into one space; `logits` compares them by cosine similarity times a
-learned scale t = exp(logit_scale). CLIP clamps t at 100 (Sec. 2.5: "clipped to prevent scaling the
-logits by more than 100"); SigLIP adds a learned bias b and its released checkpoints have t > 100,
-so it is not clamped.
+learned scale t = exp(logit_scale). CLIP's training keeps t <= 100 (Sec. 2.5: "clipped to prevent
+scaling the logits by more than 100"); like transformers (modeling_clip.py) and open_clip
+(training/train.py clamps the parameter after each optimizer step), vlkit clamps the parameter in
+the training loop (`vlkit.training`), never in the forward, so a loaded checkpoint whose
+logit_scale exceeds ln 100 gives the reference logits. SigLIP adds a learned bias b and its released
+checkpoints have t > 100, so its training does not clamp.
 """
 
 from __future__ import annotations
@@ -96,11 +99,8 @@ class CLIP(nn.Module):
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
     def temperature(self) -> torch.Tensor:
-        """The logit multiplier exp(logit_scale), clamped at `config.max_logit_scale`."""
-        scale = self.logit_scale.exp()
-        if self.config.max_logit_scale is not None:
-            scale = scale.clamp(max=self.config.max_logit_scale)
-        return scale
+        """The logit multiplier exp(logit_scale), as stored (no clamp: see the module docstring)."""
+        return self.logit_scale.exp()
 
     def logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """Scaled cosine similarities (N_images, N_texts), plus the bias when the model has one."""

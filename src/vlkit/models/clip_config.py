@@ -16,6 +16,7 @@ from vlkit.data.preprocess_config import PreprocessConfig
 from vlkit.models.resnet import ResNetConfig
 from vlkit.models.text import TextConfig
 from vlkit.models.vit import ViTConfig
+from vlkit.overrides import check_json_types
 
 __all__ = ["CLIPConfig"]
 
@@ -32,7 +33,10 @@ class CLIPConfig:
         init_logit_scale: log of the initial temperature multiplier (ln(1/0.07) for CLIP, ln 10
             for SigLIP, Sec. 3.1 of the SigLIP paper).
         init_logit_bias: Initial logit bias (-10 for SigLIP), or None for no bias.
-        max_logit_scale: Clamp for exp(logit_scale) (100 for CLIP), or None.
+        max_logit_scale: Training clamp for exp(logit_scale) (100 for CLIP), or None: the
+            trainer clamps `logit_scale` to [0, ln max_logit_scale] after each optimizer step, as
+            open_clip's training/train.py does. The forward never clamps, so a checkpoint whose
+            logit_scale exceeds it gives the same logits as in transformers and open_clip.
     """
 
     vision: ViTConfig | ResNetConfig = field(default_factory=ViTConfig)
@@ -82,7 +86,13 @@ class CLIPConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> CLIPConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Reads `to_json` output; a problem is one ValueError naming the file and the key."""
+        try:  # (H7) field by field first, so a mistyped value is named rather than a TypeError
+            data = json.loads(Path(path).read_text())
+            check_json_types(cls, data)
+            return cls.from_dict(data)
+        except ValueError as error:  # JSONDecodeError, ConfigError, a constructor's check
+            raise ValueError(f"{path}: {error}") from None
 
 
 def _build(kind: type, values: dict[str, Any], where: str) -> Any:

@@ -48,13 +48,17 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.pool must be 'cls' or 'map', got {self.pool!r}")
         if self.pool == "cls" and not self.class_token:
             raise ValueError("ViTConfig.pool='cls' needs class_token=True")
-        if self.image_size % self.patch_size:
+        if not 0 < self.patch_size <= self.image_size:
             raise ValueError(
-                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+                f"ViTConfig.patch_size must be in [1, image_size={self.image_size}], "
+                f"got {self.patch_size}"
             )
 
     @property
     def grid_size(self) -> int:
+        """Patches per side. An image size that is not a multiple of the patch size leaves its
+        last `image_size % patch_size` rows and columns unused, as the stride-p convolution of
+        transformers' CLIPVisionEmbeddings and open_clip's VisionTransformer does."""
         return self.image_size // self.patch_size
 
     @property
@@ -116,7 +120,8 @@ class VisionTransformer(nn.Module):
                 f"expected images of shape (B, {', '.join(map(str, expected))}), "
                 f"got {tuple(images.shape)}"
             )
-        x = self.patch_embed(images.to(self.patch_embed.weight.dtype))  # (B, D, g, g)
+        # Stride-p convolution: (B, D, g, g), g = image_size // p (remainder pixels unused).
+        x = self.patch_embed(images.to(self.patch_embed.weight.dtype))
         x = x.flatten(2).transpose(1, 2)  # (B, g*g, D)
         if self.class_token is not None:
             cls = self.class_token.to(x.dtype).expand(x.shape[0], 1, -1)
