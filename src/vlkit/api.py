@@ -2,11 +2,13 @@
 
 `get_tokenizer` and `get_transform` answer "what does this model expect?" for anything
 `create_model` or `from_pretrained` accepts, so user code never has to know which format a
-checkpoint came in; `load_clip` returns a CLIP-like checkpoint ready for inference. They are
+checkpoint came in; `get_processor` returns the processor of a generative checkpoint (SmolVLM,
+LLaVA: prompt and images -> model inputs, as transformers' `AutoProcessor`); `load_clip` returns a CLIP-like checkpoint ready for inference. They are
 implemented in `vlkit.hub.clip_checkpoint` (so the library's own layers can use them); this
 facade is what users import, and nothing inside vlkit imports it.
 """
 
 from vlkit.hub.clip_checkpoint import get_tokenizer, get_transform, load_clip
+from vlkit.hub.processors import get_processor
 
-__all__ = ["get_tokenizer", "get_transform", "load_clip"]
+__all__ = ["get_processor", "get_tokenizer", "get_transform", "load_clip"]

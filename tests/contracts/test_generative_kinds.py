@@ -4,8 +4,9 @@
 .loss)` with the loss of transformers' causal LMs (shifted next-token cross-entropy, -100 ignored,
 mean over the targets), and `generate(input_ids, pixel_values=None, attention_mask=None, *,
 max_new_tokens, ...)` returning the prompt plus the new tokens, with transformers' conventions for
-positions (left padding changes nothing), padding and stop tokens. `save_pretrained(dir)` for the
-generative kinds is planned work (checkpoint formats, a later issue).
+positions (left padding changes nothing), padding and stop tokens. `save_pretrained(dir)`: the
+llava kind writes a transformers LLaVA directory; the other generative kinds are planned work
+(checkpoint formats, a later issue).
 """
 
 from __future__ import annotations
@@ -139,11 +140,17 @@ def test_generative_signature(kind: str) -> None:
     assert "max_new_tokens" in inspect.signature(model.generate).parameters
 
 
-@pytest.mark.parametrize("kind", GENERATIVE_KINDS)
-@pytest.mark.xfail(
+_SAVE_PLANNED = pytest.mark.xfail(
     raises=AssertionError,
     strict=False,
     reason="planned (a later issue, checkpoint formats): save_pretrained for the generative kinds",
+)
+
+
+# llava writes a transformers LlavaForConditionalGeneration directory (vlkit.hub.hf_llava; the
+# round trips are in tests/parity/test_transformers_llava.py); the other kinds are planned.
+@pytest.mark.parametrize(
+    "kind", [k if k == "llava" else pytest.param(k, marks=_SAVE_PLANNED) for k in GENERATIVE_KINDS]
 )
 def test_generative_save_pretrained(kind: str) -> None:
     model, _ = build_generative(kind)

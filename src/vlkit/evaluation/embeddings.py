@@ -72,7 +72,9 @@ def image_file_batches(
         raise ValueError(f"batch_size={batch_size}: must be at least 1")
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
-        pixels = torch.stack([transform(load_image(path, keep_mode=True)) for path in chunk])  # (B, 3, S, S)
+        pixels = torch.stack(
+            [transform(load_image(path, keep_mode=True)) for path in chunk]
+        )  # (B, 3, S, S)
         if labels is None:
             yield pixels
         else:

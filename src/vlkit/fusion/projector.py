@@ -12,12 +12,37 @@ from __future__ import annotations
 
 import re
 
+import torch
 from torch import Tensor, nn
 
 from vlkit.losses.next_token import IGNORE_INDEX
 
+# transformers' `projector_hidden_act` names (activations.py ACT2FN) -> modules. "gelu_new" and
+# "gelu_pytorch_tanh" are both the tanh approximation (equal up to float rounding).
+PROJECTOR_ACTIVATIONS = {
+    "gelu": lambda: nn.GELU(),
+    "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
+    "gelu_new": lambda: nn.GELU(approximate="tanh"),
+    "quick_gelu": lambda: QuickGELU(),
+    "silu": lambda: nn.SiLU(),
+    "relu": lambda: nn.ReLU(),
+}
 
-def build_projector(projector_type: str, vision_dim: int, text_dim: int) -> nn.Module:
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x), OpenAI CLIP's GELU approximation (transformers' "quick_gelu")."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def build_projector(
+    projector_type: str,
+    vision_dim: int,
+    text_dim: int,
+    bias: bool = True,
+    activation: str = "gelu",
+) -> nn.Module:
     """Build a LLaVA projector.
 
     Args:
@@ -25,12 +50,20 @@ def build_projector(projector_type: str, vision_dim: int, text_dim: int) -> nn.M
             ``"mlp2x_gelu"``: Linear -> GELU -> Linear).
         vision_dim: Vision feature width ``Dv``.
         text_dim: LLM hidden width ``D``.
+        bias: Biases in the linear layers (transformers' ``multimodal_projector_bias``).
+        activation: The MLP's activation, a key of ``PROJECTOR_ACTIVATIONS`` (transformers'
+            ``projector_hidden_act``; LLaVA-1.5's ``mlp2x_gelu`` is ``"gelu"``).
 
     Returns:
         A module mapping (..., Dv) -> (..., D).
     """
+    if activation not in PROJECTOR_ACTIVATIONS:
+        raise ValueError(
+            f"projector activation {activation!r} is not supported "
+            f"(supported: {', '.join(PROJECTOR_ACTIVATIONS)})"
+        )
     if projector_type == "linear":
-        return nn.Linear(vision_dim, text_dim)
+        return nn.Linear(vision_dim, text_dim, bias=bias)
     if projector_type == "identity":
         if vision_dim != text_dim:
             raise ValueError("identity projector needs vision_dim == text_dim")
@@ -38,9 +71,12 @@ def build_projector(projector_type: str, vision_dim: int, text_dim: int) -> nn.M
     match = re.fullmatch(r"mlp(\d+)x_gelu", projector_type)
     if match:
         depth = int(match.group(1))
-        layers: list[nn.Module] = [nn.Linear(vision_dim, text_dim)]
+        layers: list[nn.Module] = [nn.Linear(vision_dim, text_dim, bias=bias)]
         for _ in range(1, depth):
-            layers += [nn.GELU(), nn.Linear(text_dim, text_dim)]
+            layers += [
+                PROJECTOR_ACTIVATIONS[activation](),
+                nn.Linear(text_dim, text_dim, bias=bias),
+            ]
         return nn.Sequential(*layers)
     raise ValueError(f"unknown projector_type {projector_type!r}")
 
@@ -52,12 +88,23 @@ class LlavaProjector(nn.Module):
         vision_dim: Vision feature width ``Dv``.
         text_dim: LLM hidden width ``D``.
         projector_type: See :func:`build_projector`.
+        bias, activation: See :func:`build_projector` (transformers' LLaVA:
+            ``multimodal_projector_bias``, ``projector_hidden_act``).
     """
 
-    def __init__(self, vision_dim: int, text_dim: int, projector_type: str = "mlp2x_gelu") -> None:
+    def __init__(
+        self,
+        vision_dim: int,
+        text_dim: int,
+        projector_type: str = "mlp2x_gelu",
+        bias: bool = True,
+        activation: str = "gelu",
+    ) -> None:
         super().__init__()
         self.projector_type = projector_type
-        self.proj = build_projector(projector_type, vision_dim, text_dim)
+        self.bias = bias
+        self.activation = activation
+        self.proj = build_projector(projector_type, vision_dim, text_dim, bias, activation)
 
     def forward(self, media_tokens: Tensor) -> Tensor:
         """Project (B, N, Dv) -> (B, N, D)."""
@@ -132,6 +179,7 @@ def splice_image_tokens(
 
 __all__ = [
     "IGNORE_INDEX",
+    "PROJECTOR_ACTIVATIONS",
     "LlavaProjector",
     "build_projector",
     "splice_image_tokens",

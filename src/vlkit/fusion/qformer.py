@@ -28,6 +28,8 @@ initialised from BERT-base. Attention is `F.scaled_dot_product_attention` with b
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -160,12 +162,12 @@ class _Attention(nn.Module):
 
 
 class _FeedForward(nn.Module):
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0, eps: float = 1e-12):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
-        self.norm = nn.LayerNorm(dim, eps=1e-12)
+        self.norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """BERT `Intermediate` + `Output`: post-LN residual FFN on (..., D)."""
@@ -182,6 +184,10 @@ class QFormerLayer(nn.Module):
         has_cross_attention: Whether this block cross-attends to the image.
         mlp_ratio: FFN hidden size / D.
         dropout: Dropout on attention probabilities and residual branches.
+        mlp_dim: FFN hidden size; overrides `mlp_ratio` (HF `intermediate_size`).
+        layer_norm_eps: Epsilon of the post-LayerNorms (BERT's 1e-12).
+        text_ffn: Build the text FFN. A Q-Former that never sees text (transformers'
+            `Blip2ForConditionalGeneration`, `use_qformer_text_input=False`) has none.
     """
 
     def __init__(
@@ -192,17 +198,21 @@ class QFormerLayer(nn.Module):
         has_cross_attention: bool,
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
+        mlp_dim: int | None = None,
+        layer_norm_eps: float = 1e-12,
+        text_ffn: bool = True,
     ):
         super().__init__()
+        eps = layer_norm_eps
         self.self_attn = _Attention(dim, num_heads, dropout=dropout)
-        self.self_norm = nn.LayerNorm(dim, eps=1e-12)
+        self.self_norm = nn.LayerNorm(dim, eps=eps)
         self.has_cross_attention = has_cross_attention
         if has_cross_attention:
             self.cross_attn = _Attention(dim, num_heads, kv_dim=encoder_dim, dropout=dropout)
-            self.cross_norm = nn.LayerNorm(dim, eps=1e-12)
-        hidden = int(dim * mlp_ratio)
-        self.ffn_query = _FeedForward(dim, hidden, dropout)
-        self.ffn_text = _FeedForward(dim, hidden, dropout)
+            self.cross_norm = nn.LayerNorm(dim, eps=eps)
+        hidden = mlp_dim if mlp_dim is not None else int(dim * mlp_ratio)
+        self.ffn_query = _FeedForward(dim, hidden, dropout, eps)
+        self.ffn_text = _FeedForward(dim, hidden, dropout, eps) if text_ffn else None
         self.drop = nn.Dropout(dropout)
 
     def forward(
@@ -232,6 +242,8 @@ class QFormerLayer(nn.Module):
             )
         queries = self.ffn_query(queries)
         if text.shape[1]:
+            if self.ffn_text is None:
+                raise ValueError("this Q-Former has no text FFN (built with text_ffn=False)")
             text = self.ffn_text(text)
         return torch.cat([queries, text], dim=1)
 
@@ -251,6 +263,11 @@ class QFormer(nn.Module):
         max_text_len: Number of learned text position embeddings.
         mlp_ratio: FFN hidden size / D.
         dropout: Dropout rate.
+        mlp_dim: FFN hidden size; overrides `mlp_ratio`.
+        layer_norm_eps: Epsilon of the embedding and block LayerNorms.
+        image_norm: LayerNorm the image features first (LAVIS's `ln_vision`). transformers'
+            BLIP-2 has none here: its vision tower's `post_layernorm` plays that role.
+        text_ffn: Build the text FFNs (see `QFormerLayer`).
     """
 
     def __init__(
@@ -265,15 +282,20 @@ class QFormer(nn.Module):
         max_text_len: int = 512,
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
+        mlp_dim: int | None = None,
+        layer_norm_eps: float = 1e-12,
+        image_norm: bool = True,
+        text_ffn: bool = True,
     ):
         super().__init__()
         self.num_queries = num_queries
+        self.dim = dim
         self.query_tokens = nn.Parameter(torch.randn(1, num_queries, dim) * 0.02)
-        self.image_norm = nn.LayerNorm(encoder_dim)
+        self.image_norm = nn.LayerNorm(encoder_dim) if image_norm else nn.Identity()
         if vocab_size:
             self.word_embed = nn.Embedding(vocab_size, dim)
             self.pos_embed = nn.Embedding(max_text_len, dim)
-        self.embed_norm = nn.LayerNorm(dim, eps=1e-12)
+        self.embed_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.embed_drop = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
             QFormerLayer(
@@ -283,9 +305,30 @@ class QFormer(nn.Module):
                 has_cross_attention=(i % cross_attention_frequency == 0),
                 mlp_ratio=mlp_ratio,
                 dropout=dropout,
+                mlp_dim=mlp_dim,
+                layer_norm_eps=layer_norm_eps,
+                text_ffn=text_ffn,
             )
             for i in range(num_layers)
         )
+
+    def add_text_input(self, vocab_size: int, max_text_len: int = 512) -> None:
+        """Give a queries-only Q-Former (e.g. loaded from transformers'
+        `Blip2ForConditionalGeneration`, which keeps no text side) what stage-1 training needs:
+        text embeddings (normal, std 0.02, as BERT's init) and, where missing, text FFNs
+        copied from the query FFNs (BLIP-2 initialises both FFNs from the same BERT weights,
+        Sec. 3.1). Existing text embeddings and FFNs are kept. Then
+        `QFormerPretrainer(qformer)` computes ITC / ITM / ITG on the loaded weights.
+        """
+        if not hasattr(self, "word_embed"):
+            device = self.query_tokens.device
+            self.word_embed = nn.Embedding(vocab_size, self.dim, device=device)
+            self.pos_embed = nn.Embedding(max_text_len, self.dim, device=device)
+            for table in (self.word_embed, self.pos_embed):
+                nn.init.normal_(table.weight, std=0.02)
+        for layer in self.layers:
+            if layer.ffn_text is None:
+                layer.ffn_text = copy.deepcopy(layer.ffn_query)
 
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, T, D) word + position embeddings (not normalised)."""

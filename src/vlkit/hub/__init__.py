@@ -2,8 +2,9 @@
 configs, open_clip and vlkit's own (safetensors + JSON). Models never import this package.
 
 `from_pretrained` / `save_pretrained` (loading.py) recognise the format of a directory; the
-conversions live one format a file (`hf_clip`, `hf_llama`, `hf_smolvlm`, `hf_preprocess`,
-`open_clip`); `clip_checkpoint` answers what a CLIP checkpoint needs (tokenizer, transform).
+conversions live one format a file (`hf_clip`, `hf_llama`, `hf_smolvlm`, `hf_llava`,
+`hf_llava_processor`, `hf_preprocess`, `open_clip`); `clip_checkpoint` answers what a CLIP
+checkpoint needs (tokenizer, transform), `processors.get_processor` what a generative one does.
 """
 
 from vlkit.hub.clip_checkpoint import get_tokenizer, get_transform, load_clip

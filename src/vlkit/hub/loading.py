@@ -2,8 +2,18 @@
 
 `from_pretrained(name_or_path)` recognises:
 - a Hugging Face directory (`config.json` with model_type clip or siglip + weights);
+- a Llama / Qwen2 / Qwen3 causal-LM directory (`model_type` llama, qwen2 or qwen3, or
+  `architectures` `*ForCausalLM`), loaded as a `vlkit.models.decoder.DecoderLM` by
+  `vlkit.hub.hf_causal_lm.load_causal_lm`;
 - a SmolVLM / SmolVLM2 / Idefics3 directory (`config.json` with model_type smolvlm or idefics3),
   loaded as a `vlkit.models.smolvlm.GenerativeVLM` by `vlkit.hub.hf_smolvlm.load_smolvlm`;
+- a LLaVA directory (`config.json` with model_type llava), loaded as a
+  `vlkit.models.llava.LlavaVLM` by `vlkit.hub.hf_llava.load_llava`;
+- a BLIP-2 directory (`config.json` with model_type blip-2; OPT or Llama-family LM), loaded as a
+  `vlkit.models.qformer_vlm.QFormerVLM` (or, for `Blip2ForImageTextRetrieval`, a
+  `vlkit.hub.hf_blip2.Blip2Retrieval`) by `vlkit.hub.hf_blip2.load_blip2`;
+- an OPT directory (`config.json` with model_type opt), loaded as a
+  `vlkit.models.decoder.opt.OPTLM` by `vlkit.hub.hf_opt.load_opt`;
 - an open_clip directory (`open_clip_config.json` + `open_clip_model.safetensors` or
   `open_clip_pytorch_model.bin`), or an open_clip weights file plus `open_clip_config=`;
 - a vlkit directory (`vlkit_config.json` + `model.safetensors`), e.g. a ResNet CLIP;
@@ -20,6 +30,8 @@ from typing import Any
 
 from vlkit.errors import CheckpointError
 from vlkit.hub.download import download_checkpoint, parse_hub_id
+from vlkit.hub.hf_blip2 import Blip2Retrieval, is_blip2_directory, load_blip2
+from vlkit.hub.hf_causal_lm import is_causal_lm_directory, load_causal_lm, save_causal_lm
 from vlkit.hub.hf_clip import (
     HF_WEIGHT_FILES,
     config_from_hf,
@@ -28,6 +40,8 @@ from vlkit.hub.hf_clip import (
     hf_format_problem,
     to_hf_state_dict,
 )
+from vlkit.hub.hf_llava import is_llava_directory, load_llava
+from vlkit.hub.hf_opt import is_opt_directory, load_opt
 from vlkit.hub.hf_preprocess import (
     HF_PREPROCESSOR_CONFIG,
     preprocess_config_from_hf,
@@ -42,6 +56,8 @@ from vlkit.hub.open_clip import (
 )
 from vlkit.hub.weights import find_weights, load_into, read_weights, write_json, write_safetensors
 from vlkit.models.clip import CLIP, CLIPConfig, create_model
+from vlkit.models.decoder import DecoderLM
+from vlkit.models.decoder.opt import OPTLM
 from vlkit.models.smolvlm import GenerativeVLM
 
 VLKIT_CONFIG = "vlkit_config.json"
@@ -85,8 +101,8 @@ def from_pretrained(
     *,
     revision: str | None = None,
     token: str | bool | None = None,
-) -> CLIP | GenerativeVLM:
-    """Loads a CLIP / SigLIP checkpoint, or a SmolVLM / Idefics3 generative VLM (see the module
+) -> CLIP | GenerativeVLM | DecoderLM | OPTLM | Blip2Retrieval:
+    """Loads a CLIP / SigLIP checkpoint, a causal LM, or a SmolVLM / Idefics3 generative VLM (see the module
     docstring for the formats; `revision` and `token` apply to hub ids, see
     `resolve_checkpoint`)."""
     path = resolve_checkpoint(name_or_path, revision=revision, token=token)
@@ -107,6 +123,14 @@ def from_pretrained(
     if (path / "config.json").is_file():
         if is_smolvlm_directory(path):
             return load_smolvlm(path)
+        if is_llava_directory(path):
+            return load_llava(path)
+        if is_blip2_directory(path):
+            return load_blip2(path)
+        if is_opt_directory(path):
+            return load_opt(path)
+        if is_causal_lm_directory(path):
+            return load_causal_lm(path)
         return _load_hf(path)
     raise CheckpointError(
         f"{path} is not a checkpoint directory: expected config.json (Hugging Face), "
@@ -139,8 +163,9 @@ def _load_open_clip(weights: Path, model_cfg: dict, preprocess_cfg: dict | None)
     return model.eval()
 
 
-def save_pretrained(model: CLIP, directory: str | Path, format: str = "auto") -> None:
-    """Writes `model` so that it loads back unchanged.
+def save_pretrained(model: CLIP | DecoderLM, directory: str | Path, format: str = "auto") -> None:
+    """Writes `model` so that it loads back unchanged. A `DecoderLM` (causal LM) is written as
+    a transformers Llama / Qwen2 / Qwen3 directory (`vlkit.hub.hf_causal_lm.save_causal_lm`).
 
     Args:
         format: "hf" writes a directory that transformers' `CLIPModel` / `SiglipModel` loads
@@ -151,6 +176,11 @@ def save_pretrained(model: CLIP, directory: str | Path, format: str = "auto") ->
     if format not in ("auto", "hf", "vlkit"):
         raise ValueError(f"format must be 'auto', 'hf' or 'vlkit', got {format!r}")
     directory = Path(directory)
+    if isinstance(model, DecoderLM):  # a causal LM: transformers' Llama / Qwen2 / Qwen3 layout
+        if format == "vlkit":
+            raise ValueError("a causal LM is saved in the Hugging Face format only (format='hf')")
+        save_causal_lm(model, directory)
+        return
     config = model.config
     if format == "auto":
         format = "vlkit" if hf_format_problem(config) else "hf"

@@ -11,13 +11,15 @@ from pathlib import Path
 
 from vlkit.distributed import resolve_device
 from vlkit.hub.download import download_checkpoint, is_hub_id
+from vlkit.inference.blip2_pipeline import Blip2Pipeline
+from vlkit.inference.llava_pipeline import LlavaPipeline
 from vlkit.inference.smolvlm_pipeline import SmolVLMPipeline
 from vlkit.inference.vlm_pipeline import VLMPipeline
 from vlkit.inference.vlm_run_directory import VLMRun
 
 __all__ = ["PIPELINES", "load_vlm", "vlm_directory", "vlm_pipeline_class"]
 
-PIPELINES: tuple[type[VLMPipeline], ...] = (VLMRun, SmolVLMPipeline)
+PIPELINES: tuple[type[VLMPipeline], ...] = (VLMRun, SmolVLMPipeline, Blip2Pipeline, LlavaPipeline)
 
 
 def vlm_directory(path: str | Path, what: str = "VLM directory") -> Path:
@@ -55,8 +57,8 @@ def load_vlm(path: str | Path, device: str = "cpu", int8: bool = False) -> VLMPi
     """Loads a generative VLM directory (weights only, never code) for answering.
 
     Args:
-        path: A `vlkit train-vlm` run or a SmolVLM / SmolVLM2 / Idefics3 directory, or a hub
-            id of one (downloaded through `vlm_directory`).
+        path: A `vlkit train-vlm` run, a SmolVLM / SmolVLM2 / Idefics3, BLIP-2 or LLaVA
+            directory, or a hub id of one (downloaded through `vlm_directory`).
         device: Where the model runs.
         int8: Dynamic INT8 linear layers (`inference.quantize`; CPU only).
 

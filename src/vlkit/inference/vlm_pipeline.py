@@ -16,8 +16,11 @@ Kinds (one subclass each, listed in `vlm_loading.PIPELINES`):
 * `SmolVLMPipeline` (smolvlm_pipeline.py): a Hugging Face SmolVLM / SmolVLM2 / Idefics3
   directory (`config.json`); its processor builds the chat prompt, tiles the images and samples
   video frames.
+* `LlavaPipeline` (llava_pipeline.py): a transformers LLaVA directory (`config.json`, model_type
+  llava); its `LlavaProcessor` renders the chat template and expands `<image>`; any number of
+  images.
 
-A new kind (e.g. LLaVA or BLIP-2 loaded from Hugging Face) is one more subclass with `accepts`,
+A new kind is one more subclass with `accepts`,
 `load`, `prepare`, `decode` and `eos_token_id`, added to `PIPELINES`. The CLI (`vlkit
 generate`) and the web app (`vlkit serve --vlm`) only go through this interface.
 """

@@ -7,19 +7,96 @@ eval mode when the model around it trains (`keep_frozen_in_eval`): training must
 BatchNorm running statistics of a pretrained ResNet, nor apply its dropout. `VisionTokens` holds
 both rules; the generative VLMs apply the second to whatever vision module they hold, so a raw
 frozen tower behaves the same.
+
+LLaVA reads a ViT's hidden states instead of its output (Liu et al. 2024, LLaVA-1.5: the
+penultimate layer, CLS dropped): source "hidden:-2" (or "hidden:-2,-5,-8", concatenated along the
+width) selects them with transformers' indexing (`vit_hidden_states`), and `drop_first=True` drops
+token 0, transformers' `vision_feature_select_strategy="default"`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vlkit.models.resnet import ModifiedResNet
+from vlkit.models.vit import VisionTransformer
 
-__all__ = ["TOKEN_SOURCES", "VisionTokens", "is_frozen", "keep_frozen_in_eval", "tower_tokens"]
+__all__ = [
+    "TOKEN_SOURCES",
+    "VisionTokens",
+    "hidden_layers",
+    "is_frozen",
+    "keep_frozen_in_eval",
+    "tower_tokens",
+    "vit_hidden_states",
+]
 
 TOKEN_SOURCES = ("final", "layer1", "layer2", "layer3", "layer4")
+HIDDEN_PREFIX = "hidden:"
+
+
+def hidden_layers(source: str) -> list[int] | None:
+    """The layer indices of a "hidden:-2" / "hidden:-2,-5" source; None for other sources.
+
+    Raises:
+        ValueError: A "hidden:" source whose indices are not integers.
+    """
+    if not source.startswith(HIDDEN_PREFIX):
+        return None
+    try:
+        layers = [int(part) for part in source[len(HIDDEN_PREFIX) :].split(",")]
+    except ValueError:
+        raise ValueError(
+            f"token source {source!r}: expected 'hidden:' and comma-separated layer indices"
+        ) from None
+    return layers
+
+
+def _check_source(source: str) -> None:
+    if source not in TOKEN_SOURCES and hidden_layers(source) is None:
+        raise ValueError(
+            f"token source must be one of {TOKEN_SOURCES} or 'hidden:<layer>[,<layer>...]', "
+            f"got {source!r}"
+        )
+
+
+def vit_hidden_states(
+    tower: VisionTransformer, images: torch.Tensor, layers: Sequence[int]
+) -> list[torch.Tensor]:
+    """(N, T, D) hidden states of a ViT at `layers`, indexed as transformers' `hidden_states`.
+
+    Index 0 is the input of the first block (the embeddings, after CLIP's pre-LayerNorm), index i
+    the output of block i, negative indices count from the end (-1: the last block's output,
+    before the final LayerNorm) -- transformers' `CLIPVisionModel` / `SiglipVisionModel`
+    `hidden_states`, which LLaVA's `vision_feature_layer` indexes (modeling_llava.py,
+    `get_image_features`). The states are recorded with hooks on the blocks while the tower runs,
+    so the embedding code is the tower's own.
+
+    Raises:
+        ValueError: An index outside [-(L + 1), L] for L blocks.
+    """
+    blocks = tower.transformer.blocks
+    count = len(blocks) + 1
+    for layer in layers:
+        if not -count <= layer < count:
+            raise ValueError(
+                f"vision feature layer {layer} is out of range for a tower of {count - 1} blocks"
+            )
+    states: list[torch.Tensor] = []
+    handles = [blocks[0].register_forward_pre_hook(lambda _, args: states.append(args[0]))]
+    handles += [
+        block.register_forward_hook(lambda _, __, out: states.append(out[0])) for block in blocks
+    ]
+    try:
+        tower(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [states[layer] for layer in layers]
 
 
 def tower_tokens(tower: nn.Module, images: torch.Tensor, source: str = "final") -> torch.Tensor:
@@ -32,14 +109,23 @@ def tower_tokens(tower: nn.Module, images: torch.Tensor, source: str = "final") 
             ModifiedResNet's last feature map, (S/32)^2 tokens, before the attention pool).
             "layerK" (ModifiedResNet only): the feature map after stage K, flattened row-major:
             (S/2^(K+1))^2 tokens of width 4 * width * 2^(K-1) ("layer4" equals "final").
+            "hidden:I[,J...]" (VisionTransformer only): the hidden states at those indices
+            (`vit_hidden_states`), concatenated along the width (LLaVA's feature layers).
 
     Raises:
-        ValueError: An unknown source, or a stage source for a tower that is not a ResNet.
+        ValueError: An unknown source, or a stage (hidden) source for a tower that is not a
+            ResNet (a VisionTransformer).
     """
     if source == "final":
         return tower(images).tokens
-    if source not in TOKEN_SOURCES:
-        raise ValueError(f"token source must be one of {TOKEN_SOURCES}, got {source!r}")
+    _check_source(source)
+    layers = hidden_layers(source)
+    if layers is not None:
+        if not isinstance(tower, VisionTransformer):
+            raise ValueError(
+                f"token source {source!r} needs a VisionTransformer, got {type(tower)}"
+            )
+        return torch.cat(vit_hidden_states(tower, images, layers), dim=-1)  # (N, T, Dv * k)
     if not isinstance(tower, ModifiedResNet):
         raise ValueError(f"token source {source!r} needs a ModifiedResNet, got {type(tower)}")
     x = images.to(tower.conv1.weight.dtype)
@@ -72,16 +158,25 @@ class VisionTokens(nn.Module):
 
     Args:
         tower: e.g. `vlkit.create_model("small-rn-64").vision`.
-        source: Which tokens (`tower_tokens`): "final" or a ResNet stage ("layer3").
+        source: Which tokens (`tower_tokens`): "final", a ResNet stage ("layer3") or ViT hidden
+            states ("hidden:-2").
         freeze: Freeze the tower now (no gradients, eval mode).
+        drop_first: Drop token 0 (a ViT's CLS token): transformers' LLaVA
+            `vision_feature_select_strategy="default"`, which drops it whatever the tower.
     """
 
-    def __init__(self, tower: nn.Module, source: str = "final", freeze: bool = False) -> None:
+    def __init__(
+        self,
+        tower: nn.Module,
+        source: str = "final",
+        freeze: bool = False,
+        drop_first: bool = False,
+    ) -> None:
         super().__init__()
-        if source not in TOKEN_SOURCES:
-            raise ValueError(f"token source must be one of {TOKEN_SOURCES}, got {source!r}")
+        _check_source(source)
         self.tower = tower.eval().requires_grad_(False) if freeze else tower
         self.source = source
+        self.drop_first = drop_first
 
     def train(self, mode: bool = True) -> VisionTokens:
         super().train(mode)
@@ -92,4 +187,5 @@ class VisionTokens(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) images -> (N, T, Dv) token features."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not is_frozen(self.tower)):
-            return tower_tokens(self.tower, images, self.source)
+            tokens = tower_tokens(self.tower, images, self.source)
+        return tokens[:, 1:] if self.drop_first else tokens

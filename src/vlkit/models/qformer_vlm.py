@@ -9,6 +9,8 @@ carries each text position's attention through the queries' last cross-attention
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -32,22 +34,33 @@ class QFormerConnector(nn.Module):
         num_queries: Learned queries Q (32 in BLIP-2) = tokens per image given to the LM.
         num_layers: Q-Former blocks.
         num_heads: Q-Former attention heads.
+        qformer: A Q-Former built elsewhere (e.g. loaded from a transformers BLIP-2 checkpoint by
+            `vlkit.hub.hf_blip2`), used instead of building one from the arguments above; the
+            projection then maps its width to `text_dim` (BLIP-2's `language_projection`).
     """
 
     def __init__(
-        self, vision_dim: int, text_dim: int, num_queries: int, num_layers: int, num_heads: int
+        self,
+        vision_dim: int,
+        text_dim: int,
+        num_queries: int,
+        num_layers: int,
+        num_heads: int,
+        qformer: QFormer | None = None,
     ) -> None:
         super().__init__()
-        self.qformer = QFormer(
-            encoder_dim=vision_dim,
-            dim=text_dim,
-            num_queries=num_queries,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            cross_attention_frequency=1,
-            vocab_size=0,
-        )
-        self.proj = nn.Linear(text_dim, text_dim)  # the "fully-connected layer" of Fig. 3
+        if qformer is None:
+            qformer = QFormer(
+                encoder_dim=vision_dim,
+                dim=text_dim,
+                num_queries=num_queries,
+                num_layers=num_layers,
+                num_heads=num_heads,
+                cross_attention_frequency=1,
+                vocab_size=0,
+            )
+        self.qformer = qformer
+        self.proj = nn.Linear(qformer.dim, text_dim)  # the "fully-connected layer" of Fig. 3
 
     def forward(self, media_tokens: torch.Tensor) -> torch.Tensor:
         """(N, T, Dv) vision tokens -> (N, Q, D) soft visual prompts."""
@@ -83,6 +96,36 @@ class QFormerVLM(SplicingVLM):
     """
 
     connector: QFormerConnector
+    # The LM's BOS token: a caption without a prompt starts from Q placeholders + BOS, as
+    # transformers' `Blip2ForConditionalGeneration.generate(pixel_values)` does.
+    bos_token_id: int | None = None
+
+    def caption_prompt(self, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(B, Q + 1) ids of an empty prompt: the Q image placeholders, then BOS (if any)."""
+        ids = [self.image_token_id] * self.num_image_tokens
+        if self.bos_token_id is not None:
+            ids.append(int(self.bos_token_id))
+        return torch.tensor([ids], dtype=torch.long, device=device).repeat(batch_size, 1)
+
+    @torch.no_grad()
+    def generate(  # type: ignore[override]
+        self,
+        input_ids: torch.Tensor | None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int = 20,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """As `GenerativeVLM.generate`; `input_ids=None` captions `pixel_values` from
+        `caption_prompt` (the result then starts with that prompt, as in transformers)."""
+        if input_ids is None:
+            if pixel_values is None:
+                raise ValueError("pass input_ids or pixel_values")
+            input_ids = self.caption_prompt(pixel_values.shape[0], pixel_values.device)
+        return super().generate(
+            input_ids, pixel_values, attention_mask, max_new_tokens=max_new_tokens, **kwargs
+        )
 
     def slot_to_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, Q, T): the queries' last cross-attention to the image tokens, head-averaged."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlkit.models.frozen_vision import hidden_layers
 from vlkit.models.fusion_vlm import FUSION_KINDS
 from vlkit.overrides import (
     ConfigError,
@@ -47,7 +48,9 @@ class VisionSource:
         trainable: Train the image tower with the rest (default: frozen, as LLaVA).
         tokens: Which tower tokens the connector reads (`tower_tokens`): "final" (default;
             `small-rn-64`: its 2x2 last feature map) or, for a ResNet tower, an earlier stage's
-            finer map ("layer3": 4x4, "layer2": 8x8 at 64x64 pixels).
+            finer map ("layer3": 4x4, "layer2": 8x8 at 64x64 pixels); for a ViT tower, hidden
+            states ("hidden:-2", LLaVA-1.5's penultimate layer: the model then saves as a
+            transformers LLaVA, `LlavaVLM.save_pretrained`).
     """
 
     path: str = ""
@@ -57,9 +60,13 @@ class VisionSource:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if self.tokens not in TOKEN_SOURCES:
-            raise ConfigError(f"vision.tokens: expected one of {', '.join(TOKEN_SOURCES)}, "
-                              f"got {self.tokens!r}")  # fmt: skip
+        try:  # a ViT's hidden states, "hidden:-2": LLaVA's feature layer (frozen_vision.py)
+            hidden = hidden_layers(self.tokens)
+        except ValueError as error:
+            raise ConfigError(f"vision.tokens: {error}") from error
+        if self.tokens not in TOKEN_SOURCES and hidden is None:
+            raise ConfigError(f"vision.tokens: expected one of {', '.join(TOKEN_SOURCES)} or "
+                              f"'hidden:<layer>', got {self.tokens!r}")  # fmt: skip
 
 
 @dataclass

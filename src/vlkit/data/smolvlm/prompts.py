@@ -15,13 +15,11 @@ becomes an intro naming the frame count in words and the duration, then one
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from vlkit.data.chat_template import render_chat_template as chat_template_rendering
 
 __all__ = [
     "FRAME_TIMESTAMP",
@@ -134,7 +132,8 @@ def render_chat_template(
     add_generation_prompt: bool,
     variables: dict[str, Any],
 ) -> list[str]:
-    """Renders each conversation with a Jinja chat template, as transformers does.
+    """Renders each conversation with a Jinja chat template, as transformers does
+    (`vlkit.data.chat_template`, shared with the language-model tokenizers).
 
     Args:
         chat_template: The Jinja source.
@@ -145,25 +144,4 @@ def render_chat_template(
     Returns:
         One prompt string per conversation.
     """
-    # transformers' `_compile_jinja_template` environment (chat_template_utils.py).
-    environment = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-    )
-    environment.filters["tojson"] = _tojson
-    environment.globals["raise_exception"] = _raise_template_error
-    template = environment.from_string(chat_template)
-    return [
-        template.render(
-            messages=conversation, add_generation_prompt=add_generation_prompt, **variables
-        )
-        for conversation in conversations
-    ]
-
-
-def _tojson(value: Any, indent: int | None = None) -> str:
-    # transformers' `tojson` filter: no HTML escaping, unlike Jinja's built-in one.
-    return json.dumps(value, ensure_ascii=False, indent=indent)
-
-
-def _raise_template_error(message: str) -> None:
-    raise jinja2.exceptions.TemplateError(message)
+    return chat_template_rendering(chat_template, conversations, add_generation_prompt, variables)

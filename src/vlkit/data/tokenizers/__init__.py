@@ -12,6 +12,7 @@ All of them are called as `tok(texts, context_length=None) -> LongTensor (N, con
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def get_tokenizer(
       the argument, else 77).
     * A directory with `vocab.json` + `merges.txt`: `CLIPTokenizer` with that vocabulary.
     * A directory with `spiece.model`: `SigLIPTokenizer`.
-    * A directory with only `tokenizer.json`: `HFTokenizer`.
+    * A directory with only `tokenizer.json`, or a causal language model's directory (Llama,
+      Qwen2, Qwen3 `config.json`, or a chat template in `tokenizer_config.json`) with
+      `tokenizer.json`: `HFTokenizer` (with `apply_chat_template`).
 
     For directories the context length defaults to `config.json` `text_config.
     max_position_embeddings`, else a sane `tokenizer_config.json` `model_max_length`, else 77
@@ -68,6 +71,8 @@ def get_tokenizer(
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        if (path / "tokenizer.json").is_file() and _is_language_model(path):
+            return HFTokenizer.from_pretrained(path, context_length)
         if (path / "vocab.json").is_file() or (path / "merges.txt").is_file():
             return CLIPTokenizer.from_pretrained(path, context_length)
         if (path / "spiece.model").is_file():
@@ -93,3 +98,25 @@ def get_tokenizer(
         "containing vocab.json + merges.txt, spiece.model or tokenizer.json (vlkit preset "
         "names are resolved by vlkit.get_tokenizer)"
     )
+
+
+_LANGUAGE_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+
+
+def _is_language_model(directory: Path) -> bool:
+    """Whether a directory holds a causal LM's tokenizer (whose `vocab.json` + `merges.txt` must
+    not be mistaken for CLIP's): its config.json model_type, or a chat template."""
+    config = _read_object(directory / "config.json")
+    if config.get("model_type") in _LANGUAGE_MODEL_TYPES:
+        return True
+    if (directory / "chat_template.jinja").is_file():
+        return True
+    return "chat_template" in _read_object(directory / "tokenizer_config.json")
+
+
+def _read_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,10 +1,12 @@
 """The Llama-style decoder of vlkit's generative VLMs, and how it generates.
 
-`config` (shape, output), `llama` (RMSNorm, RoPE, grouped-query attention, SwiGLU, the LM),
+`config` (shape, output), `llama` (RMSNorm, grouped-query attention with optional q/k/v biases
+and q/k norms, SwiGLU, the LM), `rope` (rotary embeddings and the linear / dynamic / llama3
+scalings),
 `kv_cache` (dynamic and static caches), `masks` (padding/causal masks and RoPE positions),
 `generation` (greedy, sampling, beam search) and `fast_decode` (the static-cache decode step,
-replayed from a CUDA graph on GPUs). Converting Hugging Face Llama checkpoints is the format
-layer's job: `vlkit.hub.hf_llama`.
+replayed from a CUDA graph on GPUs). Converting Hugging Face Llama / Qwen2 / Qwen3 checkpoints is
+the format layer's job: `vlkit.hub.hf_llama`, `vlkit.hub.hf_causal_lm`.
 """
 
 from vlkit.models.decoder.config import DecoderConfig, DecoderOutput

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +21,15 @@ class DecoderConfig:
         num_kv_heads: Key/value heads (GQA); `num_heads % num_kv_heads == 0`. Equal to `num_heads`
             gives multi-head attention, 1 gives multi-query attention.
         head_dim: Per-head width; `hidden_size // num_heads` when None.
+        attention_bias: Biases on the q/k/v/o projections (Llama's `attention_bias`).
+        qkv_bias: Biases on q/k/v only (Qwen2); None follows `attention_bias`.
+        hidden_act: The gate's activation: "silu" (SwiGLU, every released Llama / Qwen), or
+            "gelu", "gelu_pytorch_tanh", "relu" (transformers' names; its test configs use "gelu").
+        qk_norm: RMSNorm over each head of the queries and keys before RoPE (Qwen3).
+        rope_scaling: The checkpoint's rope parameters when scaled (`rope_type` "linear",
+            "dynamic" or "llama3" plus their keys, see `rope.scaled_inv_freq`), else None.
+        bos_token_id, eos_token_id, pad_token_id: Special ids of a pretrained LM
+            (`generation_config.json`); `DecoderLM.generate` stops at `eos_token_id`.
     """
 
     vocab_size: int = 32000
@@ -36,6 +45,13 @@ class DecoderConfig:
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     mlp_bias: bool = False
+    qkv_bias: bool | None = None
+    hidden_act: str = "silu"
+    qk_norm: bool = False
+    rope_scaling: dict[str, Any] | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -44,6 +60,8 @@ class DecoderConfig:
             )
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_heads
+        if self.qkv_bias is None:
+            self.qkv_bias = self.attention_bias
 
 
 @dataclass

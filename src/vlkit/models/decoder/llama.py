@@ -11,6 +11,8 @@ can splice image embeddings into the token sequence.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,7 @@ from torch import nn
 from vlkit.models.decoder.config import DecoderConfig, DecoderOutput
 from vlkit.models.decoder.kv_cache import KVCache, StaticKVCache
 from vlkit.models.decoder.masks import mask_and_positions
+from vlkit.models.decoder.rope import RotaryEmbedding
 
 __all__ = [
     "MLP",
@@ -48,25 +51,6 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-class RotaryEmbedding(nn.Module):
-    """RoPE (Su et al. 2021): cos/sin tables for integer positions, half-rotation layout."""
-
-    def __init__(self, head_dim: int, theta: float) -> None:
-        super().__init__()
-        inv_freq = 1.0 / (
-            theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
-        )
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-
-    def forward(
-        self, position_ids: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L) positions -> cos, sin of shape (B, 1, L, Dh) in `dtype` (computed in float32)."""
-        freqs = position_ids[..., None].float() * self.inv_freq.float()  # (B, L, Dh/2)
-        emb = torch.cat([freqs, freqs], dim=-1)  # (B, L, Dh)
-        return emb.cos()[:, None].to(dtype), emb.sin()[:, None].to(dtype)
-
-
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """(x1, x2) -> (-x2, x1) over the two halves of the last axis (HF Llama's RoPE layout)."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -86,20 +70,26 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
         self.head_dim = config.head_dim
-        d, bias = config.hidden_size, config.attention_bias
+        d, bias = config.hidden_size, config.qkv_bias
         self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=config.attention_bias)
+        if config.qk_norm:  # Qwen3: per-head RMSNorm of queries and keys (modeling_qwen3.py)
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
     def project(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rotated queries (B, H, L, Dh) and keys, values (B, H_kv, L, Dh) of x (B, L, D)."""
         b, n, _ = x.shape
-        q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def forward(
@@ -138,18 +128,33 @@ class Attention(nn.Module):
         return out.transpose(1, 2).reshape(b, n, -1)
 
 
+# transformers' ACT2FN entries for the names its Llama-family configs use.
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
 class MLP(nn.Module):
-    """SwiGLU feed-forward (Shazeer 2020): down(silu(gate(x)) * up(x))."""
+    """SwiGLU feed-forward (Shazeer 2020): down(silu(gate(x)) * up(x)) (another gate activation
+    with `config.hidden_act`)."""
 
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
+        if config.hidden_act not in ACTIVATIONS:
+            raise ValueError(
+                f"hidden_act {config.hidden_act!r} is not supported (supported: {', '.join(ACTIVATIONS)})"
+            )
+        self.act = ACTIVATIONS[config.hidden_act]
         d, h, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
         self.gate_proj = nn.Linear(d, h, bias=bias)
         self.up_proj = nn.Linear(d, h, bias=bias)
         self.down_proj = nn.Linear(h, d, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
@@ -189,7 +194,9 @@ class DecoderModel(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.rotary_emb = RotaryEmbedding(
+            config.head_dim, config.rope_theta, config.rope_scaling, config.max_position_embeddings
+        )
 
 
 class DecoderLM(nn.Module):
@@ -202,6 +209,17 @@ class DecoderLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    # The format layer (`vlkit.hub`) sits above the models: it installs its writer here
+    # (`hf_causal_lm.save_causal_lm`) when imported, as for `CLIP.save_pretrained`.
+    checkpoint_writer: ClassVar[Callable[[DecoderLM, str | Path], None] | None] = None
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Writes a transformers Llama / Qwen2 / Qwen3 directory (`vlkit.hub.hf_causal_lm`)."""
+        writer = DecoderLM.checkpoint_writer
+        if writer is None:
+            raise RuntimeError("saving checkpoints needs vlkit.hub: `import vlkit.hub` first")
+        writer(self, directory)
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The token embedding table (VLMs embed text ids with it before splicing images in)."""
@@ -244,6 +262,32 @@ class DecoderLM(nn.Module):
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, cache)
         return self.output(x, cache)
+
+    def generate(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Prompt plus new tokens, (B, P + N); see `vlkit.models.decoder.generation.generate`.
+
+        `eos_token_id` and `pad_token_id` default to the config's (a pretrained LM's
+        `generation_config.json`), as transformers' `generate` reads them.
+        """
+        from vlkit.models.decoder.generation import generate  # generation imports this module
+
+        kwargs.setdefault("eos_token_id", self.config.eos_token_id)
+        kwargs.setdefault("pad_token_id", self.config.pad_token_id)
+        return generate(
+            self,
+            input_ids,
+            max_new_tokens,
+            do_sample=do_sample,
+            attention_mask=attention_mask,
+            **kwargs,
+        )
 
     def prepare_inputs(
         self,

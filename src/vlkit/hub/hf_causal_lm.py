@@ -1,0 +1,233 @@
+"""Hugging Face causal LMs -> vlkit's `DecoderLM`: `LlamaForCausalLM` (SmolLM2, TinyLlama,
+Llama 3 with its RoPE scaling), `Qwen2ForCausalLM` and `Qwen3ForCausalLM`.
+
+The three share Llama's layout and parameter names; they differ only in (transformers 5.25,
+`models/{llama,qwen2,qwen3}/modeling_*.py`):
+- Qwen2: biases on q/k/v (not o); an optional sliding window, off in released checkpoints.
+- Qwen3: RMSNorm over each query and key head before RoPE (`q_norm`, `k_norm`); `head_dim` is
+  its own config key (default 128), not `hidden_size // num_attention_heads`.
+Sliding-window attention is refused, as are RoPE types other than default / linear / dynamic /
+llama3 (`hf_llama.rope_from_hf`); both errors name config.json and the key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from vlkit.errors import CheckpointError
+from vlkit.hub.hf_llama import config_from_hf_llama
+from vlkit.hub.weights import find_weights, load_into, read_weights, write_json, write_safetensors
+from vlkit.models.decoder import DecoderConfig, DecoderLM
+from vlkit.models.decoder.llama import ACTIVATIONS
+
+__all__ = [
+    "CAUSAL_LM_ARCHITECTURES",
+    "CAUSAL_LM_MODEL_TYPES",
+    "causal_lm_config",
+    "causal_lm_config_to_hf",
+    "causal_lm_model_type",
+    "is_causal_lm_directory",
+    "load_causal_lm",
+    "save_causal_lm",
+]
+
+CAUSAL_LM_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+CAUSAL_LM_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"cannot read {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
+    return data
+
+
+def causal_lm_model_type(hf_config: Mapping[str, Any]) -> str | None:
+    """The family of a supported config, "llama", "qwen2" or "qwen3" (by `model_type`, else
+    `architectures`), else None."""
+    model_type = hf_config.get("model_type")
+    if model_type in CAUSAL_LM_MODEL_TYPES:
+        return model_type
+    for name in hf_config.get("architectures") or ():
+        if name in CAUSAL_LM_ARCHITECTURES:
+            return CAUSAL_LM_ARCHITECTURES[name]
+    return None
+
+
+def is_causal_lm_directory(directory: str | Path) -> bool:
+    """Whether `directory/config.json` describes a supported causal LM."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return False
+    try:
+        hf_config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(hf_config, dict) and causal_lm_model_type(hf_config) is not None
+
+
+def causal_lm_config(hf_config: Mapping[str, Any], source: str = "config.json") -> DecoderConfig:
+    """The `DecoderConfig` of a Llama / Qwen2 / Qwen3 `config.json`.
+
+    Raises:
+        CheckpointError: An unsupported `model_type`, a sliding window, an unsupported RoPE
+            type or a missing key (one line naming `source` and the key).
+    """
+    family = causal_lm_model_type(hf_config)
+    if family is None:
+        raise CheckpointError(
+            f"{source}: model_type {hf_config.get('model_type')!r} is not a supported causal LM "
+            f"(supported: {', '.join(CAUSAL_LM_MODEL_TYPES)})"
+        )
+    act = hf_config.get("hidden_act", "silu")
+    if act not in ACTIVATIONS:
+        raise CheckpointError(
+            f"{source}: hidden_act {act!r} is not supported (supported: {', '.join(ACTIVATIONS)})"
+        )
+    overrides: dict[str, Any] = {}
+    if family in ("qwen2", "qwen3"):
+        layer_types = hf_config.get("layer_types") or ()
+        if hf_config.get("use_sliding_window") or "sliding_attention" in layer_types:
+            key = "use_sliding_window" if hf_config.get("use_sliding_window") else "layer_types"
+            raise CheckpointError(
+                f"{source}: {key} asks for sliding-window attention, which vlkit does not "
+                "implement (set use_sliding_window to false)"
+            )
+    if family == "qwen2":
+        overrides["qkv_bias"] = True  # Qwen2Attention: q/k/v biases always, o_proj none
+        overrides["attention_bias"] = False
+    if family == "qwen3":
+        overrides["qk_norm"] = True
+        overrides["head_dim"] = hf_config.get("head_dim") or 128  # Qwen3Config's default
+    try:
+        return config_from_hf_llama(hf_config, source, **overrides)
+    except KeyError as error:
+        raise CheckpointError(f"{source}: missing key {error.args[0]!r}") from error
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(
+            str(error) if source in str(error) else f"{source}: {error}"
+        ) from error
+
+
+def _special_ids(directory: Path, hf_config: Mapping[str, Any]) -> dict[str, Any]:
+    """bos/eos/pad ids as transformers' `generate` reads them: `generation_config.json` first,
+    then config.json."""
+    generation: dict[str, Any] = {}
+    if (directory / "generation_config.json").is_file():
+        generation = _read_json(directory / "generation_config.json")
+    ids = {}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = generation.get(key, hf_config.get(key))
+        ids[key] = value if value is None or isinstance(value, int) else list(value)
+    return ids
+
+
+def load_causal_lm(directory: str | Path) -> DecoderLM:
+    """Load a Llama / Qwen2 / Qwen3 causal-LM directory into a `DecoderLM` (float32, eval).
+
+    Raises:
+        CheckpointError: Unsupported config (see `causal_lm_config`), or weights with missing,
+            unknown or mis-shaped keys.
+    """
+    directory = Path(directory)
+    hf_config = _read_json(directory / "config.json")
+    config = causal_lm_config(hf_config, str(directory / "config.json"))
+    for key, value in _special_ids(directory, hf_config).items():
+        setattr(config, key, value)
+    weights = find_weights(directory, WEIGHT_FILES)
+    state = {
+        key: value
+        for key, value in read_weights(weights).items()
+        if not key.endswith("rotary_emb.inv_freq")
+    }
+    if config.tie_word_embeddings and "model.embed_tokens.weight" in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model = DecoderLM(config)
+    load_into(model, state, str(weights))
+    return model.eval()
+
+
+def causal_lm_config_to_hf(config: DecoderConfig) -> dict[str, Any]:
+    """The `config.json` of a `DecoderConfig` for transformers: Qwen3 when it has q/k norms,
+    Qwen2 when it has q/k/v biases without an o_proj bias, else Llama. The RoPE settings are
+    written in both layouts (v5 `rope_parameters`, v4 `rope_theta` + `rope_scaling`)."""
+    if config.qk_norm:
+        model_type, architecture = "qwen3", "Qwen3ForCausalLM"
+    elif config.qkv_bias and not config.attention_bias:
+        model_type, architecture = "qwen2", "Qwen2ForCausalLM"
+    else:
+        model_type, architecture = "llama", "LlamaForCausalLM"
+    if model_type != "llama" and config.mlp_bias:
+        raise ValueError(f"{architecture} has no MLP biases; this decoder has mlp_bias=True")
+    rope = {"rope_type": "default", "rope_theta": config.rope_theta}
+    if config.rope_scaling:
+        rope.update(config.rope_scaling)
+    hf: dict[str, Any] = {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": config.hidden_act,
+        "rms_norm_eps": config.rms_norm_eps,
+        "max_position_embeddings": config.max_position_embeddings,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "rope_parameters": rope,
+        "rope_theta": config.rope_theta,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+    }
+    if config.rope_scaling:
+        hf["rope_scaling"] = dict(config.rope_scaling)
+    if model_type == "llama":
+        hf["attention_bias"] = config.attention_bias
+        hf["mlp_bias"] = config.mlp_bias
+    elif model_type == "qwen3":
+        hf["attention_bias"] = config.attention_bias
+    return hf
+
+
+def save_causal_lm(model: DecoderLM, directory: str | Path) -> None:
+    """Write `model` as a transformers causal-LM directory (config.json, generation_config.json,
+    model.safetensors) that `AutoModelForCausalLM` and `load_causal_lm` load unchanged."""
+    if type(model) is not DecoderLM:  # Flamingo / CogVLM decoders carry layers Llama has not
+        raise ValueError(f"only a plain DecoderLM saves as a causal LM, not {type(model).__name__}")
+    directory = Path(directory)
+    config = model.config
+    hf = causal_lm_config_to_hf(config)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # shared with the embedding, as transformers saves it
+    write_safetensors(state, directory / "model.safetensors", metadata={"format": "pt"})
+    write_json(hf, directory / "config.json")
+    generation = {
+        key: getattr(config, key)
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id")
+        if getattr(config, key) is not None
+    }
+    write_json(generation, directory / "generation_config.json")
+
+
+# `DecoderLM.save_pretrained` delegates here (the models cannot import the format layer).
+DecoderLM.checkpoint_writer = save_causal_lm
