@@ -213,3 +213,19 @@ def test_unsupported_and_missing_checkpoints_have_clear_errors(tmp_path):
         from_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="could not be downloaded"):
         from_pretrained("someone/not-a-real-model-xyz")
+
+
+def test_unknown_model_type_lists_every_supported_family(tmp_path):
+    # One line naming the file and the value, then every family `from_pretrained` dispatches on
+    # (hub/loading.py's table), not only CLIP's.
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(CheckpointError) as raised:
+        from_pretrained(tmp_path)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / 'config.json'}: unsupported model_type 'bert'")
+    families = ["CLIP/SigLIP (clip, siglip)", "SmolVLM/Idefics3 (smolvlm, idefics3)",
+                "LLaVA (llava)", "BLIP-2 (blip-2", "OPT (opt)",
+                "Llama/Qwen2/Qwen3 causal LM (llama, qwen2, qwen3)"]  # fmt: skip
+    for family in families:
+        assert family in message

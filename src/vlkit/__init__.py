@@ -1,6 +1,6 @@
 """vlkit: native multimodal (vision-language) models in PyTorch."""
 
-from vlkit.api import get_processor, get_tokenizer, get_transform, load_clip
+from vlkit.api import compose_vlm, get_processor, get_tokenizer, get_transform, load_clip
 from vlkit.hub import CheckpointError, from_pretrained
 from vlkit.models import CLIP, CLIPConfig, SigLIP
 from vlkit.models.clip import create_model
@@ -14,6 +14,7 @@ __all__ = [
     "PRESETS",
     "SigLIP",
     "__version__",
+    "compose_vlm",
     "create_model",
     "from_pretrained",
     "get_processor",

@@ -2,9 +2,11 @@
 configs, open_clip and vlkit's own (safetensors + JSON). Models never import this package.
 
 `from_pretrained` / `save_pretrained` (loading.py) recognise the format of a directory; the
-conversions live one format a file (`hf_clip`, `hf_llama`, `hf_smolvlm`, `hf_llava`,
-`hf_llava_processor`, `hf_preprocess`, `open_clip`); `clip_checkpoint` answers what a CLIP
-checkpoint needs (tokenizer, transform), `processors.get_processor` what a generative one does.
+conversions live one format a file (`hf_clip`, `hf_llama`, `hf_causal_lm`, `hf_opt`,
+`hf_smolvlm`, `hf_llava` with `hf_llava_config`, `hf_llava_processor`, `hf_blip2`,
+`hf_preprocess`, `open_clip`), reading config.json / generation_config.json through
+`hf_config_files`; `clip_checkpoint` answers what a CLIP checkpoint needs (tokenizer,
+transform), `processors.get_processor` what a generative one does.
 """
 
 from vlkit.hub.clip_checkpoint import get_tokenizer, get_transform, load_clip

@@ -44,8 +44,8 @@ __all__ = [
 ]
 
 HUB_PREFIX = "hf-hub:"
-# The weights each loader reads, in the order it looks for them (hub/loading.py, hf_clip.py
-# HF_WEIGHT_FILES, hf_smolvlm.py SMOLVLM_WEIGHT_FILES, open_clip.py OPEN_CLIP_WEIGHT_FILES).
+# The weights each loader reads, in the order it looks for them (hub/loading.py, weights.py
+# HF_WEIGHT_FILES, open_clip.py OPEN_CLIP_WEIGHT_FILES).
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 VLKIT_WEIGHTS = ("model.safetensors",)
 HF_WEIGHTS = (

@@ -23,7 +23,6 @@ Layout (transformers 5.25, `models/blip_2/modeling_blip_2.py`):
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,8 +35,9 @@ from vlkit.errors import CheckpointError
 from vlkit.fusion.qformer import QFormer
 from vlkit.fusion.qformer_pretraining import QFormerPretrainer
 from vlkit.hub.hf_causal_lm import CAUSAL_LM_MODEL_TYPES, causal_lm_config, causal_lm_model_type
+from vlkit.hub.hf_config_files import config_model_type, generation_default, read_json_object
 from vlkit.hub.hf_opt import config_from_hf_opt, opt_state_dict
-from vlkit.hub.weights import find_weights, load_into, read_weights
+from vlkit.hub.weights import HF_WEIGHT_FILES, find_weights, load_into, read_weights
 from vlkit.models.decoder import DecoderLM
 from vlkit.models.decoder.opt import OPTLM
 from vlkit.models.frozen_vision import VisionTokens
@@ -55,12 +55,6 @@ __all__ = [
 
 BLIP2_MODEL_TYPES = ("blip-2", "blip_2")
 BLIP2_LANGUAGE_MODEL_TYPES = ("opt", *CAUSAL_LM_MODEL_TYPES)
-BLIP2_WEIGHT_FILES = [
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-]
 
 # transformers key (below `vision_model.`) -> vlkit `VisionTransformer` key.
 _VISION_RULES = [
@@ -122,10 +116,7 @@ def read_blip2_config(directory: str | Path) -> dict[str, Any]:
         CheckpointError: Unreadable, or its `model_type` is not blip-2 (one line, naming the file).
     """
     path = Path(directory) / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"cannot read {path}: {error}") from error
+    config = read_json_object(path)
     if config.get("model_type") not in BLIP2_MODEL_TYPES:
         raise CheckpointError(f"{path}: model_type {config.get('model_type')!r} is not blip-2")
     return config
@@ -133,11 +124,7 @@ def read_blip2_config(directory: str | Path) -> dict[str, Any]:
 
 def is_blip2_directory(directory: str | Path) -> bool:
     """Whether `directory` has a `config.json` with `model_type` "blip-2" (nothing loaded)."""
-    try:
-        model_type = json.loads((Path(directory) / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return model_type in BLIP2_MODEL_TYPES
+    return config_model_type(directory) in BLIP2_MODEL_TYPES
 
 
 def _vision_tower(vision: Mapping[str, Any]) -> VisionTransformer:
@@ -400,7 +387,7 @@ def load_blip2(directory: str | Path) -> QFormerVLM | Blip2Retrieval:
     directory = Path(directory)
     source = str(directory / "config.json")
     hf = read_blip2_config(directory)
-    weights = find_weights(directory, BLIP2_WEIGHT_FILES)
+    weights = find_weights(directory, HF_WEIGHT_FILES)
     state = read_weights(weights)
     if "Blip2ForImageTextRetrieval" in (hf.get("architectures") or []):
         retrieval = build_blip2_retrieval(hf, source)
@@ -409,22 +396,7 @@ def load_blip2(directory: str | Path) -> QFormerVLM | Blip2Retrieval:
     model = build_blip2(hf, source)
     load_into(model, blip2_state_dict(state, model), str(weights))
     text = hf.get("text_config") or {}
-    model.eos_token_id = _generation_value(directory, hf, "eos_token_id")
-    model.pad_token_id = _generation_value(directory, hf, "pad_token_id")
+    model.eos_token_id = generation_default(directory, hf, "eos_token_id")
+    model.pad_token_id = generation_default(directory, hf, "pad_token_id")
     model.bos_token_id = text.get("bos_token_id", model.bos_token_id)
     return model.eval()
-
-
-def _generation_value(directory: Path, hf: Mapping[str, Any], key: str) -> Any:
-    """`key` as transformers' `generate` picks it: generation_config.json, else the config's
-    top level, else its text_config."""
-    path = directory / "generation_config.json"
-    if path.is_file():
-        try:
-            value = json.loads(path.read_text()).get(key)
-        except json.JSONDecodeError as error:
-            raise CheckpointError(f"cannot read {path}: {error}") from error
-        if value is not None:
-            return value
-    value = hf.get(key)
-    return value if value is not None else (hf.get("text_config") or {}).get(key)

@@ -18,8 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from vlkit.errors import CheckpointError
+from vlkit.hub.hf_config_files import read_json_object
 from vlkit.hub.hf_llama import config_from_hf_llama
-from vlkit.hub.weights import find_weights, load_into, read_weights, write_json, write_safetensors
+from vlkit.hub.weights import (
+    HF_WEIGHT_FILES,
+    find_weights,
+    load_into,
+    read_weights,
+    write_json,
+    write_safetensors,
+)
 from vlkit.models.decoder import DecoderConfig, DecoderLM
 from vlkit.models.decoder.llama import ACTIVATIONS
 
@@ -40,22 +48,6 @@ CAUSAL_LM_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
 }
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"cannot read {path}: {error}") from error
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} does not hold a JSON object")
-    return data
 
 
 def causal_lm_model_type(hf_config: Mapping[str, Any]) -> str | None:
@@ -130,7 +122,7 @@ def _special_ids(directory: Path, hf_config: Mapping[str, Any]) -> dict[str, Any
     then config.json."""
     generation: dict[str, Any] = {}
     if (directory / "generation_config.json").is_file():
-        generation = _read_json(directory / "generation_config.json")
+        generation = read_json_object(directory / "generation_config.json")
     ids = {}
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         value = generation.get(key, hf_config.get(key))
@@ -146,11 +138,11 @@ def load_causal_lm(directory: str | Path) -> DecoderLM:
             unknown or mis-shaped keys.
     """
     directory = Path(directory)
-    hf_config = _read_json(directory / "config.json")
+    hf_config = read_json_object(directory / "config.json")
     config = causal_lm_config(hf_config, str(directory / "config.json"))
     for key, value in _special_ids(directory, hf_config).items():
         setattr(config, key, value)
-    weights = find_weights(directory, WEIGHT_FILES)
+    weights = find_weights(directory, HF_WEIGHT_FILES)
     state = {
         key: value
         for key, value in read_weights(weights).items()

@@ -128,6 +128,7 @@ _HF_DEFAULTS = {
                        hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, vision_use_head=True),
     },
 }  # fmt: skip
+HF_CLIP_MODEL_TYPES = tuple(_HF_DEFAULTS)  # clip, siglip
 
 
 # The transformer-encoder keys both towers' Hugging Face configs share: HF key -> vlkit field of
@@ -160,7 +161,8 @@ def config_from_hf(hf: dict[str, Any], source: str) -> CLIPConfig:
     model_type = hf.get("model_type")
     if model_type not in _HF_DEFAULTS:
         raise CheckpointError(
-            f"{source}: unsupported model_type {model_type!r} (supported: clip, siglip)"
+            f"{source}: unsupported model_type {model_type!r} "
+            f"(supported: {', '.join(HF_CLIP_MODEL_TYPES)})"
         )
     text = {**_HF_DEFAULTS[model_type]["text"], **(hf.get("text_config") or {})}
     vision = {**_HF_DEFAULTS[model_type]["vision"], **(hf.get("vision_config") or {})}
@@ -278,11 +280,3 @@ def config_to_hf(config: CLIPConfig) -> dict[str, Any]:
         "text_config": text_hf,
         "vision_config": vision_hf,
     }
-
-
-HF_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)

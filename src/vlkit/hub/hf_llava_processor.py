@@ -11,7 +11,6 @@ transformers' precedence).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from vlkit.data.llava_processor import LlavaProcessor
 from vlkit.data.tokenizers.base import token_content
 from vlkit.data.transforms import ImageTransform
 from vlkit.errors import CheckpointError
+from vlkit.hub.hf_config_files import read_json_object
 from vlkit.hub.hf_preprocess import preprocess_config_from_hf, preprocess_config_to_hf
 from vlkit.hub.weights import write_json
 
@@ -36,13 +36,7 @@ def _read_json(path: Path, required: bool = False) -> dict[str, Any]:
         if required:
             raise CheckpointError(f"{path.parent}: no {path.name} in this directory")
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path)
 
 
 def _chat_template(root: Path, processor: dict[str, Any]) -> str | None:

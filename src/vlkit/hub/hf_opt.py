@@ -7,7 +7,6 @@ language model of BLIP-2 checkpoints (`hf_blip2`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,12 @@ from typing import Any
 import torch
 
 from vlkit.errors import CheckpointError
-from vlkit.hub.weights import find_weights, load_into, read_weights
+from vlkit.hub.hf_config_files import config_model_type, read_json_object
+from vlkit.hub.weights import HF_WEIGHT_FILES, find_weights, load_into, read_weights
 from vlkit.models.decoder.opt import OPTLM, OPTConfig
 
 __all__ = [
+    "OPT_MODEL_TYPES",
     "config_from_hf_opt",
     "from_hf_opt_state_dict",
     "is_opt_directory",
@@ -26,12 +27,7 @@ __all__ = [
     "opt_state_dict",
 ]
 
-OPT_WEIGHT_FILES = [
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-]
+OPT_MODEL_TYPES = ("opt",)
 
 
 def config_from_hf_opt(hf_config: Mapping[str, Any]) -> OPTConfig:
@@ -93,11 +89,7 @@ def from_hf_opt_state_dict(
 
 def is_opt_directory(directory: str | Path) -> bool:
     """Whether `directory/config.json` has `model_type` "opt" (nothing loaded)."""
-    try:
-        model_type = json.loads((Path(directory) / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return model_type == "opt"
+    return config_model_type(directory) in OPT_MODEL_TYPES
 
 
 def load_opt(directory: str | Path) -> OPTLM:
@@ -110,25 +102,19 @@ def load_opt(directory: str | Path) -> OPTLM:
     """
     directory = Path(directory)
     path = directory / "config.json"
+    hf_config = read_json_object(path)
     try:
-        hf_config = json.loads(path.read_text())
         config = config_from_hf_opt(hf_config)
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"cannot read {path}: {error}") from error
     except KeyError as error:
         raise CheckpointError(f"{path}: missing key {error.args[0]!r}") from error
     except ValueError as error:
         raise CheckpointError(f"{path}: {error}") from error
     generation: dict[str, Any] = {}
     if (directory / "generation_config.json").is_file():
-        try:
-            generation = json.loads((directory / "generation_config.json").read_text())
-        except json.JSONDecodeError as error:
-            path = directory / "generation_config.json"
-            raise CheckpointError(f"cannot read {path}: {error}") from error
+        generation = read_json_object(directory / "generation_config.json")
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(config, key, generation.get(key, hf_config.get(key)))
     model = OPTLM(config)
-    weights = find_weights(directory, OPT_WEIGHT_FILES)
+    weights = find_weights(directory, HF_WEIGHT_FILES)
     load_into(model, opt_state_dict(read_weights(weights), config), str(weights))
     return model.eval()

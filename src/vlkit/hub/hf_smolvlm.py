@@ -8,7 +8,6 @@ top-level `lm_head.weight` (absent when tied to the token embeddings).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,14 @@ import torch
 
 from vlkit.errors import CheckpointError
 from vlkit.fusion.pixel_shuffle import PixelShuffleConnector
+from vlkit.hub.hf_config_files import config_model_type, generation_default, read_json_object
 from vlkit.hub.hf_llama import config_from_hf_llama
-from vlkit.hub.weights import find_weights, load_into, read_weights
+from vlkit.hub.weights import HF_WEIGHT_FILES, find_weights, load_into, read_weights
 from vlkit.models.decoder import DecoderLM
 from vlkit.models.smolvlm import GenerativeVLM
 from vlkit.models.smolvlm_vision import SmolVLMVisionConfig, SmolVLMVisionTransformer
 
 SMOLVLM_MODEL_TYPES = ("smolvlm", "idefics3")
-SMOLVLM_WEIGHT_FILES = [
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-]
 _PREFIXES = {"model.vision_model.": "vision.", "model.connector.": "connector."}
 
 __all__ = [
@@ -45,11 +39,7 @@ __all__ = [
 def is_smolvlm_directory(directory: str | Path) -> bool:
     """Whether `directory` holds a Hugging Face SmolVLM / Idefics3 checkpoint: a `config.json`
     whose `model_type` is one of `SMOLVLM_MODEL_TYPES` (False when it is missing or unreadable)."""
-    try:
-        model_type = json.loads((Path(directory) / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return model_type in SMOLVLM_MODEL_TYPES
+    return config_model_type(directory) in SMOLVLM_MODEL_TYPES
 
 
 def vision_config_from_hf(hf: Mapping[str, Any]) -> SmolVLMVisionConfig:
@@ -114,35 +104,11 @@ def load_smolvlm(directory: str | Path) -> GenerativeVLM:
     """
     directory = Path(directory)
     config_path = directory / "config.json"
-    try:
-        hf_config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"cannot read {config_path}: {error}") from error
+    hf_config = read_json_object(config_path)
     model = build_smolvlm(hf_config, str(config_path))
-    weights = find_weights(directory, SMOLVLM_WEIGHT_FILES)
+    weights = find_weights(directory, HF_WEIGHT_FILES)
     state = read_weights(weights)
     load_into(model, smolvlm_state_dict(state, model), str(weights))
-    model.eos_token_id = default_eos_token_id(directory, hf_config)
-    model.pad_token_id = default_eos_token_id(directory, hf_config, "pad_token_id")
+    model.eos_token_id = generation_default(directory, hf_config, "eos_token_id")
+    model.pad_token_id = generation_default(directory, hf_config, "pad_token_id")
     return model.eval()
-
-
-def default_eos_token_id(
-    directory: Path, hf_config: dict[str, Any], key: str = "eos_token_id"
-) -> int | list[int] | None:
-    """The stop token(s) `generate` uses by default, as transformers picks them: the
-    `eos_token_id` of `generation_config.json` when present (SmolVLM2: `<end_of_utterance>`),
-    else the model config's (top level, then `text_config`). `key="pad_token_id"` picks the
-    default pad token the same way."""
-    path = directory / "generation_config.json"
-    if path.is_file():
-        try:
-            value = json.loads(path.read_text()).get(key)
-        except json.JSONDecodeError as error:
-            raise CheckpointError(f"cannot read {path}: {error}") from error
-        if value is not None:
-            return value
-    value = hf_config.get(key)
-    if value is None:
-        value = (hf_config.get("text_config") or {}).get(key)
-    return value

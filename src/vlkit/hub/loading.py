@@ -16,6 +16,8 @@
   `vlkit.models.decoder.opt.OPTLM` by `vlkit.hub.hf_opt.load_opt`;
 - an open_clip directory (`open_clip_config.json` + `open_clip_model.safetensors` or
   `open_clip_pytorch_model.bin`), or an open_clip weights file plus `open_clip_config=`;
+- a composed VLM directory (`composed_vlm_config.json`, written by a `vlkit.compose_vlm` model's
+  `save_pretrained`), loaded by `vlkit.hub.composed_checkpoint.load_composed`;
 - a vlkit directory (`vlkit_config.json` + `model.safetensors`), e.g. a ResNet CLIP;
 - a Hugging Face hub id (`openai/clip-vit-base-patch32`, `hf-hub:timm/ViT-B-16-SigLIP`,
   `ORG/NAME@REVISION`): only the files vlkit reads are downloaded, through `huggingface_hub`
@@ -24,37 +26,52 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vlkit.errors import CheckpointError
+from vlkit.hub.composed_checkpoint import is_composed_directory, load_composed
 from vlkit.hub.download import download_checkpoint, parse_hub_id
-from vlkit.hub.hf_blip2 import Blip2Retrieval, is_blip2_directory, load_blip2
-from vlkit.hub.hf_causal_lm import is_causal_lm_directory, load_causal_lm, save_causal_lm
+from vlkit.hub.hf_blip2 import BLIP2_MODEL_TYPES, Blip2Retrieval, is_blip2_directory, load_blip2
+from vlkit.hub.hf_causal_lm import (
+    CAUSAL_LM_MODEL_TYPES,
+    is_causal_lm_directory,
+    load_causal_lm,
+    save_causal_lm,
+)
 from vlkit.hub.hf_clip import (
-    HF_WEIGHT_FILES,
+    HF_CLIP_MODEL_TYPES,
     config_from_hf,
     config_to_hf,
     from_hf_state_dict,
     hf_format_problem,
     to_hf_state_dict,
 )
-from vlkit.hub.hf_llava import is_llava_directory, load_llava
-from vlkit.hub.hf_opt import is_opt_directory, load_opt
+from vlkit.hub.hf_config_files import config_model_type, read_json_object
+from vlkit.hub.hf_llava import load_llava
+from vlkit.hub.hf_llava_config import LLAVA_MODEL_TYPES, is_llava_directory
+from vlkit.hub.hf_opt import OPT_MODEL_TYPES, is_opt_directory, load_opt
 from vlkit.hub.hf_preprocess import (
     HF_PREPROCESSOR_CONFIG,
     preprocess_config_from_hf,
     preprocess_config_to_hf,
 )
-from vlkit.hub.hf_smolvlm import is_smolvlm_directory, load_smolvlm
+from vlkit.hub.hf_smolvlm import SMOLVLM_MODEL_TYPES, is_smolvlm_directory, load_smolvlm
 from vlkit.hub.open_clip import (
     OPEN_CLIP_WEIGHT_FILES,
     config_from_open_clip,
     from_open_clip_state_dict,
     read_open_clip_config,
 )
-from vlkit.hub.weights import find_weights, load_into, read_weights, write_json, write_safetensors
+from vlkit.hub.weights import (
+    HF_WEIGHT_FILES,
+    find_weights,
+    load_into,
+    read_weights,
+    write_json,
+    write_safetensors,
+)
 from vlkit.models.clip import CLIP, CLIPConfig, create_model
 from vlkit.models.decoder import DecoderLM
 from vlkit.models.decoder.opt import OPTLM
@@ -116,33 +133,34 @@ def from_pretrained(
     if (path / "open_clip_config.json").is_file():
         weights = find_weights(path, OPEN_CLIP_WEIGHT_FILES)
         return _load_open_clip(weights, *read_open_clip_config(path / "open_clip_config.json"))
+    if is_composed_directory(path):  # a `vlkit.compose_vlm` model (all kinds but a ViT llava)
+        return load_composed(path)
     if (path / VLKIT_CONFIG).is_file():
         model = create_model(CLIPConfig.from_json(path / VLKIT_CONFIG))
         load_into(model, read_weights(find_weights(path, ["model.safetensors"])), str(path))
         return model.eval()
     if (path / "config.json").is_file():
-        if is_smolvlm_directory(path):
-            return load_smolvlm(path)
-        if is_llava_directory(path):
-            return load_llava(path)
-        if is_blip2_directory(path):
-            return load_blip2(path)
-        if is_opt_directory(path):
-            return load_opt(path)
-        if is_causal_lm_directory(path):
-            return load_causal_lm(path)
-        return _load_hf(path)
+        for _, _, accepts, load in _HF_FORMATS:
+            if accepts(path):
+                return load(path)
+        config_path = path / "config.json"
+        model_type = read_json_object(config_path).get("model_type")
+        supported = ", ".join(f"{name} ({', '.join(types)})" for name, types, _, _ in _HF_FORMATS)
+        raise CheckpointError(
+            f"{config_path}: unsupported model_type {model_type!r} (supported: {supported})"
+        )
     raise CheckpointError(
         f"{path} is not a checkpoint directory: expected config.json (Hugging Face), "
         f"open_clip_config.json (open_clip) or {VLKIT_CONFIG} (vlkit)"
     )
 
 
+def _is_hf_clip_directory(directory: Path) -> bool:
+    return config_model_type(directory) in HF_CLIP_MODEL_TYPES
+
+
 def _load_hf(path: Path) -> CLIP:
-    try:
-        hf_config = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path / 'config.json'} is not valid JSON: {error}") from error
+    hf_config = read_json_object(path / "config.json")
     config = config_from_hf(hf_config, str(path / "config.json"))
     if (path / HF_PREPROCESSOR_CONFIG).is_file():
         try:
@@ -154,6 +172,21 @@ def _load_hf(path: Path) -> CLIP:
     state = from_hf_state_dict(read_weights(weights), model, str(weights))
     load_into(model, state, str(weights))
     return model.eval()
+
+
+# The Hugging Face `config.json` formats, tried in order: (the family, the `model_type` values it
+# loads, whether a directory is one, its loader). The unsupported-model_type error lists them
+# all. A Llama-family LM is also recognised by its `architectures` (`*ForCausalLM`).
+_HF_FORMATS: tuple[
+    tuple[str, tuple[str, ...], Callable[[Path], bool], Callable[[Path], Any]], ...
+] = (
+    ("CLIP/SigLIP", HF_CLIP_MODEL_TYPES, _is_hf_clip_directory, _load_hf),
+    ("SmolVLM/Idefics3", SMOLVLM_MODEL_TYPES, is_smolvlm_directory, load_smolvlm),
+    ("LLaVA", LLAVA_MODEL_TYPES, is_llava_directory, load_llava),
+    ("BLIP-2", BLIP2_MODEL_TYPES, is_blip2_directory, load_blip2),
+    ("OPT", OPT_MODEL_TYPES, is_opt_directory, load_opt),
+    ("Llama/Qwen2/Qwen3 causal LM", CAUSAL_LM_MODEL_TYPES, is_causal_lm_directory, load_causal_lm),
+)
 
 
 def _load_open_clip(weights: Path, model_cfg: dict, preprocess_cfg: dict | None) -> CLIP:

@@ -13,7 +13,8 @@ from typing import Any
 
 from vlkit.data.smolvlm.processor import SmolVLMProcessor
 from vlkit.errors import CheckpointError
-from vlkit.hub.hf_llava import is_llava_directory
+from vlkit.hub.composed_checkpoint import is_composed_directory, read_composed_processor
+from vlkit.hub.hf_llava_config import is_llava_directory
 from vlkit.hub.hf_llava_processor import read_llava_processor
 from vlkit.hub.hf_smolvlm import is_smolvlm_directory
 from vlkit.hub.loading import resolve_checkpoint
@@ -39,7 +40,9 @@ def get_processor(
         return SmolVLMProcessor.from_pretrained(path)
     if is_llava_directory(path):
         return read_llava_processor(path)
+    if is_composed_directory(path):  # a `vlkit.compose_vlm` model in vlkit's format
+        return read_composed_processor(path)
     raise CheckpointError(
         f"{path}: no processor for this checkpoint (get_processor reads SmolVLM / Idefics3 and "
-        "LLaVA directories: config.json model_type smolvlm, idefics3 or llava)"
+        "LLaVA directories: config.json model_type smolvlm, idefics3 or llava, and composed VLMs)"
     )

@@ -20,6 +20,15 @@ from torch import nn
 
 from vlkit.errors import CheckpointError
 
+# The weights of a transformers checkpoint directory, in the order `from_pretrained` looks for
+# them (safetensors first; an `.index.json` names the shards of a split file).
+HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Loads a `.safetensors`, `.bin`, `.pt` or `.pth` file, or a sharded `*.index.json`."""

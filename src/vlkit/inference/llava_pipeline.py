@@ -17,7 +17,7 @@ from torch import nn
 
 from vlkit.data.llava_processor import LlavaProcessor
 from vlkit.hub import from_pretrained
-from vlkit.hub.hf_llava import is_llava_directory
+from vlkit.hub.hf_llava_config import is_llava_directory
 from vlkit.hub.hf_llava_processor import read_llava_processor
 from vlkit.inference.vlm_pipeline import VLMInputs, VLMPipeline
 

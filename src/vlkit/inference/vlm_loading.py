@@ -12,6 +12,7 @@ from pathlib import Path
 from vlkit.distributed import resolve_device
 from vlkit.hub.download import download_checkpoint, is_hub_id
 from vlkit.inference.blip2_pipeline import Blip2Pipeline
+from vlkit.inference.composed_pipeline import ComposedPipeline
 from vlkit.inference.llava_pipeline import LlavaPipeline
 from vlkit.inference.smolvlm_pipeline import SmolVLMPipeline
 from vlkit.inference.vlm_pipeline import VLMPipeline
@@ -19,7 +20,10 @@ from vlkit.inference.vlm_run_directory import VLMRun
 
 __all__ = ["PIPELINES", "load_vlm", "vlm_directory", "vlm_pipeline_class"]
 
-PIPELINES: tuple[type[VLMPipeline], ...] = (VLMRun, SmolVLMPipeline, Blip2Pipeline, LlavaPipeline)
+# ComposedPipeline before LlavaPipeline: a composed llava is also a LLaVA directory.
+PIPELINES: tuple[type[VLMPipeline], ...] = (
+    VLMRun, SmolVLMPipeline, Blip2Pipeline, ComposedPipeline, LlavaPipeline,
+)  # fmt: skip
 
 
 def vlm_directory(path: str | Path, what: str = "VLM directory") -> Path:

@@ -13,8 +13,8 @@ Alayrac et al. 2022, "Flamingo: a Visual Language Model for Few-Shot Learning":
   (`num_image_tokens == 1`); each token cross-attends only to the latents of the most recent
   image at or before it, and tokens before any image get no cross-attention.
 
-The decoder is `DecoderLM` plus `gated_cross_attention` blocks, so its text weights keep the
-Llama parameter names. Unlike Flamingo, the LM is not frozen here (freeze what you compare).
+The decoder (`flamingo_decoder.FlamingoDecoder`) is `DecoderLM` plus `gated_cross_attention`
+blocks, so its text weights keep the Llama parameter names. Unlike Flamingo, the LM is not frozen here (freeze what you compare).
 
 `FlamingoVLM.generate` runs the shared `generation.generate` loop (greedy, sampling, beam search;
 dynamic or static KV cache). The images are resampled once; `flamingo_cache.MediaCache` keeps
@@ -25,24 +25,25 @@ gets exactly the cross-attention mask of a full re-run (`generate(use_cache=Fals
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from vlkit.fusion.gated_cross_attention import (
-    GatedCrossAttentionBlock,
     media_attention_mask,
     media_time_index,
 )
 from vlkit.fusion.perceiver_resampler import PerceiverResampler
 from vlkit.losses.next_token import next_token_loss
 from vlkit.models.attention_maps import attention_probs, image_slots, image_token_distribution
-from vlkit.models.decoder import DecoderConfig, DecoderLM, DecoderOutput, KVCache, StaticKVCache
+from vlkit.models.decoder import DecoderConfig, DecoderOutput
 from vlkit.models.decoder import generate as _generate
 from vlkit.models.decoder.generation import prompt_attention_mask, stop_ids
 from vlkit.models.decoder.masks import position_ids_from_mask
 from vlkit.models.flamingo_cache import FlamingoKVCache, MediaCache
+from vlkit.models.flamingo_decoder import FlamingoDecoder
 from vlkit.models.frozen_vision import keep_frozen_in_eval
 from vlkit.models.smolvlm import VLMOutput
 
@@ -50,86 +51,6 @@ if TYPE_CHECKING:
     from vlkit.models.fusion_vlm import FusionVLMConfig
 
 __all__ = ["FlamingoDecoder", "FlamingoKVCache", "FlamingoVLM", "MediaCache"]
-
-
-class FlamingoDecoder(DecoderLM):
-    """`DecoderLM` with a gated cross-attention block before every `cross_attention_every` layers.
-
-    Args:
-        config: Decoder shape; the cross-attention uses its width and head count.
-        cross_attention_every: Block before layer i iff `i % cross_attention_every == 0`.
-    """
-
-    def __init__(self, config: DecoderConfig, cross_attention_every: int = 1) -> None:
-        super().__init__(config)
-        d = config.hidden_size
-        self.gated_cross_attention = nn.ModuleDict(
-            {
-                str(i): GatedCrossAttentionBlock(d, d, num_heads=config.num_heads, ff_mult=4)
-                for i in range(config.num_layers)
-                if i % cross_attention_every == 0
-            }
-        )
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        cache: KVCache | StaticKVCache | None = None,
-        use_cache: bool = False,
-        cache_position: torch.Tensor | None = None,
-        media: MediaCache | None = None,
-    ) -> DecoderOutput:
-        """Logits for text interleaved with images, optionally continuing from a cache.
-
-        Args:
-            input_ids: (B, L) new token ids (needed even with `inputs_embeds`: the `<image>`
-                markers select the media).
-            inputs_embeds: (B, L, D) embeddings used instead of embedding `input_ids`.
-            attention_mask, position_ids, cache, use_cache, cache_position: As
-                `DecoderLM.forward`; `use_cache` creates a `FlamingoKVCache`.
-            media: The batch's `MediaCache`; None = the one of a `FlamingoKVCache` `cache`, or
-                text only when there is none (every token is then a token before any image: no
-                cross-attention, the gated FFWs still run). Without a cache each token's media
-                time counts the markers in `input_ids`; with one it continues from `media.time`
-                (which then advances).
-
-        Returns:
-            `DecoderOutput` with (B, L, V) logits and the cache.
-        """
-        if media is None:
-            media = getattr(cache, "media", None)
-        if media is not None and input_ids is None:
-            raise ValueError("FlamingoDecoder needs input_ids (its <image> markers place media)")
-        x, cos, sin, mask, cache = self.prepare_inputs(
-            input_ids if inputs_embeds is None else None,
-            inputs_embeds,
-            attention_mask,
-            position_ids,
-            cache,
-            use_cache,
-            cache_position,
-            new_cache=KVCache if media is None else lambda: FlamingoKVCache(media),
-        )  # mask (B, 1, L, T) or None
-        time = None
-        if media is not None:
-            # Media time (B, L): the most recent <image> at or before each token (Sec. 2.3).
-            if cache is None:
-                time = media_time_index(input_ids == media.image_token_id)
-            else:
-                time = media.advance(input_ids)
-        for i, layer in enumerate(self.model.layers):
-            if str(i) in self.gated_cross_attention:  # GATED XATTN-DENSE, then the layer (Fig. 4)
-                block = self.gated_cross_attention[str(i)]
-                if media is None or time is None:
-                    x = block.forward_without_media(x)
-                else:
-                    allowed = block.media_time_mask(time, media.num_media, media.tokens_per_media)
-                    x = block.forward_projected(x, media.keys_values[str(i)], allowed)
-            x = layer(x, cos, sin, mask, cache)
-        return self.output(x, cache)
 
 
 class _WithMedia(nn.Module):
@@ -192,6 +113,17 @@ class FlamingoVLM(nn.Module):
         self.image_token_id = image_token_id
         self.num_image_tokens = 1
         self.config = config
+
+    # Writes a composed model in vlkit's format: (model, directory) -> None. Set by
+    # `vlkit.hub.composed_checkpoint` (models cannot import the format layer).
+    checkpoint_writer: ClassVar[Callable[[Any, str | Path], None] | None] = None
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Writes a composed model (`vlkit.compose_vlm`) that `vlkit.from_pretrained` loads."""
+        writer = type(self).checkpoint_writer
+        if writer is None:
+            raise RuntimeError("import vlkit.hub to enable save_pretrained")
+        writer(self, directory)
 
     def train(self, mode: bool = True) -> FlamingoVLM:
         """As `nn.Module.train`, but a fully frozen vision encoder stays in eval mode."""

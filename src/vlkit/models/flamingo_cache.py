@@ -18,7 +18,7 @@ import torch
 from vlkit.models.decoder import KVCache
 
 if TYPE_CHECKING:
-    from vlkit.models.flamingo import FlamingoDecoder
+    from vlkit.models.flamingo_decoder import FlamingoDecoder
 
 __all__ = ["FlamingoKVCache", "MediaCache"]
 

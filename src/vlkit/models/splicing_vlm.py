@@ -9,7 +9,9 @@ the fusion-comparison interface of `vlkit.models.fusion_vlm` (`attention_maps`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -49,6 +51,19 @@ class SplicingVLM(GenerativeVLM):
         super().__init__(vision, connector, decoder, image_token_id)
         self.num_image_tokens = int(num_image_tokens)
         self.config = config
+
+    # Writes a composed model in vlkit's format: (model, directory) -> None. Set by
+    # `vlkit.hub.composed_checkpoint` (models cannot import the format layer); `LlavaVLM`
+    # has its own (transformers' LLaVA layout).
+    checkpoint_writer: ClassVar[Callable[[Any, str | Path], None] | None] = None
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Writes a composed model (`vlkit.compose_vlm`) that `vlkit.from_pretrained` loads
+        (`vlkit.hub.composed_checkpoint.save_composed`)."""
+        writer = type(self).checkpoint_writer
+        if writer is None:
+            raise RuntimeError("import vlkit.hub to enable save_pretrained")
+        writer(self, directory)
 
     def slot_to_image(self, pixel_values: torch.Tensor) -> torch.Tensor | None:
         """(B, S, T) attention of each image slot to the vision tokens; None when slot s is

@@ -5,8 +5,9 @@ and q/k norms, SwiGLU, the LM), `rope` (rotary embeddings and the linear / dynam
 scalings),
 `kv_cache` (dynamic and static caches), `masks` (padding/causal masks and RoPE positions),
 `generation` (greedy, sampling, beam search) and `fast_decode` (the static-cache decode step,
-replayed from a CUDA graph on GPUs). Converting Hugging Face Llama / Qwen2 / Qwen3 checkpoints is
-the format layer's job: `vlkit.hub.hf_llama`, `vlkit.hub.hf_causal_lm`.
+replayed from a CUDA graph on GPUs); `opt` is the GPT-style OPT decoder (BLIP-2's LM) behind the
+same interface. Converting Hugging Face Llama / Qwen2 / Qwen3 / OPT checkpoints is the format
+layer's job: `vlkit.hub.hf_llama`, `vlkit.hub.hf_causal_lm`, `vlkit.hub.hf_opt`.
 """
 
 from vlkit.models.decoder.config import DecoderConfig, DecoderOutput
@@ -29,6 +30,7 @@ from vlkit.models.decoder.masks import (
     next_position_ids,
     position_ids_from_mask,
 )
+from vlkit.models.decoder.opt import OPTLM, OPTConfig
 
 __all__ = [
     "MLP",
@@ -39,6 +41,8 @@ __all__ = [
     "DecoderModel",
     "DecoderOutput",
     "KVCache",
+    "OPTConfig",
+    "OPTLM",
     "RMSNorm",
     "RotaryEmbedding",
     "StaticKVCache",
