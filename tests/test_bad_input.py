@@ -93,6 +93,8 @@ def files(tmp_path_factory, checkpoint) -> dict[str, Path]:
         "cfg_hidden_str": lambda c: c["vision_config"].update(hidden_size="64"),
         "cfg_projection_null": lambda c: c.update(projection_dim=None),
         "cfg_vision_list": lambda c: c.update(vision_config=[1, 2]),
+        "cfg_heads": lambda c: c["vision_config"].update(num_attention_heads=5),
+        "cfg_act": lambda c: c["vision_config"].update(hidden_act="foo"),
     }.items():
         directory = root / name
         shutil.copytree(checkpoint, directory)
@@ -100,6 +102,12 @@ def files(tmp_path_factory, checkpoint) -> dict[str, Path]:
         edit(config)
         (directory / "config.json").write_text(json.dumps(config))
         paths[name] = directory
+    # A preprocessor_config.json with a bad size.
+    paths["pp_size"] = root / "pp_size"
+    shutil.copytree(checkpoint, paths["pp_size"])
+    preprocessor = json.loads((paths["pp_size"] / "preprocessor_config.json").read_text())
+    (paths["pp_size"] / "preprocessor_config.json").write_text(json.dumps({**preprocessor,
+                                                                          "size": "x"}))  # fmt: skip
     # The same in vlkit's own format (vlkit_config.json).
     vlkit_format = root / "cfg_vlkit_width_str"
     vlkit.create_model("tiny").save_pretrained(vlkit_format, format="vlkit")
@@ -188,6 +196,21 @@ CASES = [
         "config-vlkit-width-str",
         "index --model {cfg_vlkit_width_str} --images {good} --out {root}/ix",
         "vlkit_config.json: vision.width: expected an int, got '64'",
+    ),  # fmt: skip
+    (
+        "config-heads",
+        "zeroshot {image} --model {cfg_heads} --labels a",
+        "config.json: vision_config.num_attention_heads must divide vision_config.hidden_size=",
+    ),  # fmt: skip
+    (
+        "config-hidden-act",
+        "zeroshot {image} --model {cfg_act} --labels a",
+        "config.json: vision_config.hidden_act must be one of quick_gelu, gelu",
+    ),  # fmt: skip
+    (
+        "preprocessor-size",
+        "zeroshot {image} --model {pp_size} --labels a",
+        "pp_size/preprocessor_config.json: unsupported 'size' value 'x'",
     ),  # fmt: skip
     # embed
     (
@@ -373,6 +396,11 @@ CASES = [
     ("train-log-every-0", "train log_every=0", "log_every"),
     ("train-keep-last-neg", "train keep_last=-1", "checkpoint.keep_last"),
     ("train-out-dir-file", "train out_dir={a_file} max_steps=1", "out_dir"),
+    ("train-out-dir-empty", "train out_dir= max_steps=1", "out_dir: empty"),
+    ("train-lr-inf", "train optim.lr=inf", "optim.lr: must be finite, got 'inf'"),
+    ("train-weight-decay-inf", "train optim.weight_decay=inf", "optim.weight_decay: must be fin"),
+    ("train-lr-nan", "train lr=nan", "optim.lr: must be finite, got 'nan'"),
+    ("train-grad-clip-inf", "train grad_clip=inf", "optim.grad_clip: must be finite"),
     ("train-device-unknown", "train device=tpu max_steps=1", "device 'tpu'"),
     ("train-config-missing", "train --config {root}/nope.json", "nope.json"),
     (
@@ -386,6 +414,8 @@ CASES = [
     ("train-vlm-heads", "train-vlm hidden_size=30 heads=4", "decoder.hidden_size"),
     ("train-vlm-lr-text", "train-vlm lr=abc", "optim.lr"),
     ("train-vlm-out-dir-file", "train-vlm out_dir={a_file}", "out_dir"),
+    ("train-vlm-out-dir-empty", "train-vlm out_dir=", "out_dir: empty"),
+    ("train-vlm-lr-inf", "train-vlm lr=inf", "optim.lr: must be finite"),
     ("train-vlm-device", "train-vlm device=gpu", "device 'gpu'"),
     # the rest
     (
@@ -572,3 +602,76 @@ def test_zero_shot_accepts_pil_images_and_paths(files):
     from_paths = zero_shot(model, tokenizer, [files["image"]], [0], ["red", "blue"], "cifar")
     alone = zero_shot(model, tokenizer, tensor[:1], [0], ["red", "blue"], "cifar")
     assert from_paths["top1"] == alone["top1"]
+
+
+def _edited_copy(source: Path, target: Path, file: str, edit) -> Path:
+    shutil.copytree(source, target)
+    values = json.loads((target / file).read_text())
+    edit(values)
+    (target / file).write_text(json.dumps(values))
+    return target
+
+
+OPEN_CLIP_CFG = {
+    "model_cfg": {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
+                       "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2,
+                     "layers": 1},
+    },
+    "preprocess_cfg": {},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "file, edit, message",
+    [
+        ("config.json", lambda c: c["vision_config"].update(num_attention_heads=5),
+         "config.json: vision_config.num_attention_heads must divide "
+         "vision_config.hidden_size=64, got 5"),
+        ("config.json", lambda c: c["text_config"].update(hidden_act="foo"),
+         "config.json: text_config.hidden_act must be one of quick_gelu, gelu, "
+         "gelu_pytorch_tanh, got 'foo'"),
+        ("config.json", lambda c: c["vision_config"].update(patch_size=1000),
+         "config.json: vision_config.patch_size must be <= vision_config.image_size=32, got 1000"),
+        ("preprocessor_config.json", lambda c: c.update(size="x"),
+         "preprocessor_config.json: unsupported 'size' value 'x'"),
+        ("preprocessor_config.json", lambda c: c.update(image_mean=["a", "b", "c"]),
+         "preprocessor_config.json: image_mean must be a number or 3 numbers, got ['a', 'b', 'c']"),
+        ("preprocessor_config.json", lambda c: c.update(size={"shortest_edge": "x"}),
+         "preprocessor_config.json: size.shortest_edge must be an int, got 'x'"),
+        ("open_clip_config.json", lambda c: c["preprocess_cfg"].update(mean="x"),
+         "open_clip_config.json: open_clip preprocess_cfg.mean must be a number or 3 numbers, "
+         "got 'x'"),
+        ("open_clip_config.json", lambda c: c["model_cfg"]["vision_cfg"].update(width="abc"),
+         'open_clip_config.json: open_clip model_cfg: vision_cfg.width must be an int, got "abc"'),
+        ("open_clip_config.json", lambda c: c["model_cfg"]["text_cfg"].update(heads=5),
+         "open_clip_config.json: open_clip text_cfg.heads must divide text_cfg.width=32, got 5"),
+        ("open_clip_config.json", lambda c: c["model_cfg"].pop("embed_dim"),
+         "open_clip_config.json: open_clip model_cfg needs 'embed_dim'"),
+    ],
+    ids=["hf-heads", "hf-act", "hf-patch", "pp-size", "pp-mean", "pp-size-dict", "oc-mean",
+         "oc-width", "oc-heads", "oc-embed-dim"],
+)  # fmt: skip
+def test_model_config_errors_name_the_file_once_and_the_key(
+    file, edit, message, checkpoint, tmp_path
+):
+    # Before: "width 64 is not divisible by the number of heads 5", "unknown activation 'foo'",
+    # "could not convert string to float: 'x'" (no file, no key) and the preprocessor file
+    # named twice. The checks run before any weights are read, so an open_clip directory needs
+    # only its config (and a weights file to find).
+    from vlkit.errors import CheckpointError
+
+    if file == "open_clip_config.json":
+        source = tmp_path / "open_clip"
+        source.mkdir()
+        (source / file).write_text(json.dumps(OPEN_CLIP_CFG))
+        (source / "open_clip_model.safetensors").write_bytes(b"")
+    else:
+        source = checkpoint
+    target = _edited_copy(source, tmp_path / "edited", file, edit)
+    with pytest.raises(ValueError) as raised:
+        vlkit.from_pretrained(target)
+    assert isinstance(raised.value, (CheckpointError, ConfigError))
+    assert str(raised.value) == f"{target / file}: {message.split(': ', 1)[1]}"

@@ -2,6 +2,7 @@
 input files exit with status 2 and one line naming the file and the key."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -290,3 +291,91 @@ def test_missing_files_and_bad_folders_exit_2(checkpoint, tmp_path, capsys):
             "--out", str(tmp_path / "o")]  # fmt: skip
     code, _, err = _run(argv, capsys)
     assert code == 2 and "has no images" in err
+
+
+def _truncated_png(path):
+    Image.new("RGB", (40, 32), (1, 2, 3)).save(path.with_suffix(".tmp.png"))
+    whole = path.with_suffix(".tmp.png").read_bytes()
+    path.with_suffix(".tmp.png").unlink()
+    path.write_bytes(whole[: len(whole) // 2])
+
+
+def test_zeroshot_skips_unreadable_images_and_records_them(
+    checkpoint, image_folder, tmp_path, capsys
+):
+    # Issue 18 Build 4: like index / embed, skip with a warning naming the file and a count;
+    # metrics.json says how many images were scored and which were left out.
+    root = tmp_path / "imgs"
+    shutil.copytree(image_folder, root)
+    bad = root / "red" / "cut.png"
+    _truncated_png(bad)
+    clean_argv = ["eval", "zeroshot", "--model", str(checkpoint), "--images", str(image_folder),
+                  "--templates", "cifar", "--out", str(tmp_path / "clean")]  # fmt: skip
+    assert _run(clean_argv, capsys)[0] == 0
+    clean = json.loads((tmp_path / "clean" / "metrics.json").read_text())
+
+    argv = ["eval", "zeroshot", "--model", str(checkpoint), "--images", str(root),
+            "--templates", "cifar", "--out", str(tmp_path / "zs"), "--batch-size", "5"]  # fmt: skip
+    code, stdout, err = _run(argv, capsys)
+    assert code == 0, err
+    printed = json.loads(stdout)
+    assert printed["skipped_images"] == [str(bad)] and printed["num_images"] == 12
+    assert json.loads((tmp_path / "zs" / "metrics.json").read_text()) == printed
+    for key in ("top1", "top5", "mean_per_class_recall", "per_class_recall"):
+        assert printed[key] == pytest.approx(clean[key]), key
+    assert clean["skipped_images"] == [] and clean["num_images"] == 12
+    assert "cut.png" in err and "skipped 1 unreadable image(s) of 13" in err
+    assert "| skipped_images | 1 |" in (tmp_path / "zs" / "report.md").read_text()
+
+    code, _, err = _run([*argv, "--strict"], capsys)
+    last = err.splitlines()[-1]  # after the progress bar
+    assert code == 2 and last.startswith("vlkit: error: ") and "cut.png" in last
+    assert "Traceback" not in err and not (tmp_path / "zs" / "strict").exists()
+
+    (root / "only_bad").mkdir()
+    shutil.move(bad, root / "only_bad" / "cut.png")
+    for name in COLOURS:
+        shutil.rmtree(root / name)
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and "none of the 1 images could be read" in err
+
+
+def test_retrieval_skips_unreadable_images_with_their_captions(
+    checkpoint, coco_captions, tmp_path, capsys
+):
+    captions, image_root, images, annotations = coco_captions
+    root = tmp_path / "images"
+    shutil.copytree(image_root, root)
+    _truncated_png(root / "cut.png")
+    extra_ann = [{"id": 900 + j, "image_id": 999, "caption": f"cut {j}"} for j in range(2)]
+    data = {"images": [images[0], {"id": 999, "file_name": "cut.png"}, *images[1:]],
+            "annotations": [*extra_ann, *annotations]}  # fmt: skip
+    with_bad = tmp_path / "captions.json"
+    with_bad.write_text(json.dumps(data))
+
+    def run(captions_file, out, *extra):
+        argv = ["eval", "retrieval", "--model", str(checkpoint), "--captions", str(captions_file),
+                "--images", str(root), "--out", str(tmp_path / out), *extra]  # fmt: skip
+        return _run(argv, capsys)
+
+    code, stdout, _ = run(captions, "clean")
+    assert code == 0
+    clean = json.loads(stdout)
+    code, stdout, err = run(with_bad, "rt", "--batch-size", "2")
+    assert code == 0, err
+    printed = json.loads(stdout)
+    assert printed["skipped_images"] == [str(root / "cut.png")]
+    assert (printed["num_images"], printed["num_texts"]) == (5, 10)
+    assert printed.keys() == clean.keys()
+    for key, value in clean.items():
+        if key == "recall_curve":
+            for direction in ("i2t", "t2i"):
+                assert printed[key][direction] == pytest.approx(value[direction]), direction
+        elif key != "skipped_images":
+            assert printed[key] == pytest.approx(value), key
+    assert "cut.png" in err and "skipped 1 unreadable image(s) of 6" in err
+
+    code, _, err = run(with_bad, "rt2", "--strict")
+    last = err.splitlines()[-1]  # after the progress bar
+    assert code == 2 and last.startswith("vlkit: error: ") and "cut.png" in last
+    assert not (tmp_path / "rt2" / "metrics.json").exists()

@@ -90,3 +90,31 @@ def test_accepts_aliases_lets_the_constructor_take_old_and_dotted_keys():
     assert Recipe(**{"inner.betas": [1, 2]}, name="x") == Recipe("x", Inner(0.5, None, (1.0, 2.0)))
     with pytest.raises(ConfigError, match=r"^unknown key 'lrr'"):
         Recipe(lrr=1)
+
+
+def test_every_float_setting_refuses_inf_and_nan():
+    # The one float conversion: parsed text, values given directly, `float | None` fields, a
+    # tuple's items, a JSON file's Infinity; `check_range` too, whatever its bounds.
+    import math
+
+    from vlkit.overrides import JsonField, check_json_fields, check_range
+    from vlkit.training.config import TrainConfig
+
+    for text in ("inf", "-inf", "nan", "Infinity"):
+        with pytest.raises(ConfigError, match=rf"^inner.lr: must be finite, got '{text}'$"):
+            apply_overrides(Outer(), [f"inner.lr={text}"])
+    with pytest.raises(ConfigError, match=r"^inner.betas\[1\]: must be finite"):
+        apply_overrides(Outer(), ["inner.betas=0.9,inf"])
+    with pytest.raises(ConfigError, match=r"^value: must be finite"):
+        parse_value("nan", float | None)  # not "expected a float or none"
+    assert parse_value("1e308", float) == 1e308 and parse_value("none", float | None) is None
+    with pytest.raises(ConfigError, match=r"^optim.lr: must be finite, got inf$"):
+        TrainConfig(lr=math.inf)  # a directly built config gets the same check
+    with pytest.raises(ConfigError, match=r"^optim.weight_decay: must be finite"):
+        TrainConfig(weight_decay=math.inf)
+    with pytest.raises(ConfigError, match=r"^optim.grad_clip: must be finite"):
+        TrainConfig(grad_clip=math.inf)
+    with pytest.raises(ConfigError, match=r"^x: must be finite, got inf$"):
+        check_range("x", math.inf, 0)  # inf is >= 0: only the finiteness check catches it
+    with pytest.raises(ConfigError, match=r"^f.json: eps must be finite, got Infinity$"):
+        check_json_fields({"eps": math.inf}, {"eps": JsonField(float, 0)}, "f.json")

@@ -325,3 +325,55 @@ def test_the_demo_rewrites_its_directory_on_each_run(tmp_path):
     assert [json.loads(line)["step"] for line in (tmp_path / "train" / "metrics.jsonl").open()] == [
         1, 2
     ]  # fmt: skip
+
+
+def test_a_start_killed_before_its_first_checkpoint_is_not_offered_a_resume(tmp_path, capsys):
+    # What `vlkit train ... out_dir=kk` killed with kill -9 during startup leaves behind.
+    out = tmp_path / "kk"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "tensorboard").mkdir()
+    TrainConfig().to_json(out / "train_config.json")
+    assert main(["train", *TINY, "max_steps=2", f"out_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds a run" in err
+    assert "it holds no checkpoint to resume" in err and "--overwrite" in err
+    assert "--resume" not in err  # it would fail: "no checkpoint in .../checkpoints"
+    with pytest.raises(RunDirectoryError) as refused:
+        prepare_run_directory(out, TRAIN_RUN_FILES)
+    assert refused.value.resumable is False and "resume='latest'" not in str(refused.value)
+    # `latest` naming a checkpoint that is not there is no resumable run either.
+    (out / "checkpoints" / LATEST).write_text("step_00000002\n")
+    with pytest.raises(RunDirectoryError, match="no checkpoint to resume"):
+        prepare_run_directory(out, TRAIN_RUN_FILES)
+    assert main(["train", *TINY, "max_steps=2", f"out_dir={out}", "--overwrite"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+
+
+def test_an_empty_out_dir_is_refused(tmp_path, monkeypatch, capsys):
+    # Path("") is the current directory: `out_dir=` used to train into it with exit 0.
+    monkeypatch.chdir(tmp_path)
+    for argv in (["train", *TINY, "max_steps=1", "out_dir="], ["train-vlm", *VLM, "out_dir= "]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "out_dir: empty" in err, err
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="^out_dir: empty"):
+        TrainConfig(out_dir="")
+    with pytest.raises(ValueError, match="^out_dir: empty"):
+        prepare_run_directory("", TRAIN_RUN_FILES)
+
+
+def test_resuming_a_run_already_past_max_steps_says_nothing_was_trained(
+    old_run, tmp_path, capsys, caplog
+):
+    out = _copy_of(old_run, tmp_path)  # at step 4
+    args = ["train", *TINY, f"out_dir={out}", "--resume", "latest", "max_steps=3"]
+    with caplog.at_level("WARNING", logger="vlkit.training.trainer"):
+        assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 4
+    notices = [r.getMessage() for r in caplog.records if r.name == "vlkit.training.trainer"]
+    assert notices == [
+        "the resumed run is already at step 4 >= optim.max_steps=3: nothing trained "
+        "(raise it to train on)"
+    ]
+    assert _steps(out) == ["step_00000002", "step_00000004"]  # nothing rewritten or pruned

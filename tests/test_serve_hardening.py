@@ -33,21 +33,39 @@ from vlkit.serve.uploads import TooLarge, decode_upload
 LABELS = {"labels": "a cat, a dog"}
 
 
-def bomb_png(width: int, height: int) -> bytes:
+def bomb_png(width: int, height: int, bits: int = 8) -> bytes:
     """A valid grayscale PNG of width x height zeros: a few hundred KB, width x height bytes
-    once decoded (the issue's bomb was 12000 x 12000)."""
+    once decoded (the issue's bomb was 12000 x 12000); `bits` per pixel (1 or 8)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return (
             struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
         )
 
-    compressor, rows = zlib.compressobj(9), b"\0" * (1 + width) * 100  # filter byte + pixels
+    row = b"\0" * (1 + (width * bits + 7) // 8)  # filter byte + pixels
+    compressor, rows = zlib.compressobj(9), row * 100
     pixels = b"".join(compressor.compress(rows) for _ in range(height // 100)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    header = struct.pack(">IIBBBBB", width, height, bits, 0, 0, 0, 0)  # grayscale
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
     )
+
+
+def huge_grey_jpeg(width: int, height: int) -> bytes:
+    """A valid baseline grayscale JPEG of width x height mid-grey (multiples of 32), built
+    without its pixels: a small JPEG's header with the size patched into SOF0, then one scan
+    where every 8x8 block is the same 6 bits (DC difference 0: Huffman "00", then end of block
+    "1010" in the standard tables PIL writes), 4 blocks per 3 bytes 28 A2 8A (no 0xFF to stuff).
+    16000 x 16000 is 3 MB on the wire, 256 megapixels decoded in full."""
+    buffer = io.BytesIO()
+    Image.new("L", (32, 32), 128).save(buffer, "JPEG", quality=50)
+    small = buffer.getvalue()
+    sos = small.index(b"\xff\xda")
+    header = bytearray(small[: sos + 2 + struct.unpack(">H", small[sos + 2 : sos + 4])[0]])
+    assert small[len(header) : -2] == b"\x28\xa2\x8a" * 4  # 16 blocks of the pattern
+    sof = header.index(b"\xff\xc0")
+    struct.pack_into(">HH", header, sof + 5, height, width)
+    return bytes(header) + b"\x28\xa2\x8a" * (width * height // 256) + b"\xff\xd9"
 
 
 def encoded(size, format, color=(200, 30, 30)) -> bytes:
@@ -153,6 +171,35 @@ def test_a_large_jpeg_is_classified_and_a_large_png_is_413(client):
     png = upload("big.png", encoded((2000, 1500), "PNG"))
     assert "big.png is 2000x1500" in error_of(
         client.post("/api/search/image", files=png, data={"k": "1"}), 413
+    )
+
+
+def test_images_over_pils_bomb_limit_get_the_servers_budget(checkpoint):
+    # PIL refuses headers over 2 x MAX_IMAGE_PIXELS (179 MP) at Image.open; the budget must apply
+    # instead: a 16000 x 16000 JPEG is decoded at 1/8, a 30000 x 30000 PNG gets our one line.
+    limit = Image.MAX_IMAGE_PIXELS
+    jpeg, png = huge_grey_jpeg(16000, 16000), bomb_png(30000, 30000, bits=1)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(jpeg))  # PIL's own check is untouched
+    image = decode_upload(jpeg, "big.jpg", 4_000_000)
+    assert image.size == (2000, 2000) and image.mode == "RGB"
+    assert image.getextrema() == ((128, 128),) * 3  # the decoded pixels, not a stand-in
+    assert decode_upload(jpeg, "big.jpg", 16_000_000, keep_mode=True).size == (4000, 4000)
+    with pytest.raises(TooLarge, match=r"^image big.jpg is 16000x16000 = 256.0 megapixels: "
+                       r"this server decodes at most 3 \(--max-megapixels\)$"):  # fmt: skip
+        decode_upload(jpeg, "big.jpg", 3_000_000)  # even 1/8 (4 MP) is over
+    with pytest.raises(TooLarge, match=r"^image b.png is 30000x30000 = 900.0 megapixels: "
+                       r"this server decodes at most 40 \(--max-megapixels\)$"):  # fmt: skip
+        decode_upload(png, "b.png", 40_000_000)
+    assert limit == Image.MAX_IMAGE_PIXELS  # PIL's global limit is never changed
+
+    client = app_client(checkpoint, max_upload_bytes=4_000_000, max_pixels=4_000_000)
+    answer = client.post("/api/zeroshot", files=upload("big.jpg", jpeg), data=LABELS)
+    assert answer.status_code == 200, answer.text
+    message = error_of(client.post("/api/zeroshot", files=upload("b.png", png), data=LABELS), 413)
+    assert message == (
+        "image b.png is 30000x30000 = 900.0 megapixels: this server decodes at most 4 "
+        "(--max-megapixels)"
     )
 
 
@@ -336,7 +383,14 @@ def test_a_non_loopback_address_warns(checkpoint, monkeypatch):
     serve_app.run_server(str(checkpoint), host="0.0.0.0", port=8000, log=lambda _: None,
                          warn=warnings.append)  # fmt: skip
     assert len(runs) == 1 and "reachable from other machines" in warnings[0]
-    assert "no --auth-token" in warnings[1]
+    assert "anyone who can connect" in warnings[0] and "no --auth-token" in warnings[1]
+    warnings.clear()
+    serve_app.run_server(str(checkpoint), host="0.0.0.0", port=8000, log=lambda _: None,
+                         warn=warnings.append, limits=ServeLimits(auth_token="s3cret"))  # fmt: skip
+    assert "reachable from other machines" in warnings[0]
+    assert "anyone who has the --auth-token" in warnings[0]
+    assert not any("anyone who can connect" in w or "no --auth-token" in w for w in warnings)
+    assert not any("s3cret" in w for w in warnings)  # the token is never printed in a warning
     warnings.clear()
     serve_app.run_server(str(checkpoint), port=8000, log=warnings.append, warn=warnings.append)
     assert warnings == ["vlkit serve: http://127.0.0.1:8000/ (Ctrl-C stops)"]

@@ -62,3 +62,16 @@ def test_zero_shot_evaluator_on_tensor_and_loader_inputs():
     loader = [(images[:6], labels[:6]), (images[6:], labels[6:])]
     assert zero_shot(model, tokenizer, loader, None, names, "cifar") == direct
     assert set(direct) == {"top1", "top5", "mean_per_class_recall"}
+
+
+def test_zero_shot_refuses_labels_outside_the_classnames():
+    # Label 5 with two class names can never be predicted: it used to lower top-1 silently.
+    model = vlkit.create_model("tiny").eval()
+    tokenizer = vlkit.get_tokenizer("tiny")
+    images = torch.randn(3, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"^label 5 is out of range: .* must be in 0\.\.1$"):
+        zero_shot(model, tokenizer, images, [0, 5, 0], ["cat", "dog"], ["a {}"])
+    with pytest.raises(ValueError, match=r"^label -1 is out of range"):
+        zero_shot(model, tokenizer, [(images, torch.tensor([0, -1, 1]))], None, ["cat", "dog"],
+                  ["a {}"])  # fmt: skip
+    assert zero_shot(model, tokenizer, images, [0, 1, 0], ["cat", "dog"], ["a {}"])["top1"] >= 0

@@ -246,6 +246,66 @@ def test_padding_false_default_differs_only_by_raising(pairs):
     _same(ours(**kwargs), reference(**kwargs, padding=True, return_tensors="pt"))
 
 
+# transformers' text padding options with return_tensors="pt" (vlkit returns tensors only): the
+# same tensors where transformers builds them, a ValueError where it cannot ("Unable to create
+# tensor"), with vlkit's message naming the cause.
+TEXT_PADDING_CASES = {
+    "false_equal": (dict(text=["a b", "a c"], padding=False), None),
+    "false_ragged": (dict(text=["a", "a longer prompt"], padding=False), "padding=False"),
+    "do_not_pad_ragged": (dict(text=["a", "a longer prompt"], padding="do_not_pad"), "unpadded"),
+    "max_length_pads": (dict(text=["a", "a b"], padding="max_length", max_length=10), None),
+    "max_length_overflow": (
+        dict(
+            text=["a", "a much longer prompt than ten tokens"], padding="max_length", max_length=10
+        ),
+        "longer than max_length=10.*truncation=True or a larger max_length",
+    ),  # fmt: skip
+    "max_length_overflow_single": (
+        dict(text="a much longer prompt than ten tokens", padding="max_length", max_length=3),
+        None,  # one row: nothing ragged, neither cuts it
+    ),
+    "max_length_truncation": (
+        dict(
+            text=["a", "a much longer prompt than ten tokens"],
+            padding="max_length",
+            max_length=5,
+            truncation=True,
+        ),
+        None,
+    ),  # fmt: skip
+    "longest_ignores_max_length": (
+        dict(text=["a", "a much longer prompt"], padding="longest", max_length=3),
+        None,
+    ),
+    "multiple_of": (dict(text=["a", "a b c"], padding=True, pad_to_multiple_of=8), None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TEXT_PADDING_CASES))
+def test_text_padding_matches_return_tensors_pt(pairs, case):
+    kwargs, error = TEXT_PADDING_CASES[case]
+    if error is None:
+        _run(pairs["smolvlm"], **kwargs)
+        return
+    ours, reference = pairs["smolvlm"]
+    assert isinstance(reference(**kwargs)["input_ids"][0], list)  # ragged lists without "pt"
+    with pytest.raises(ValueError, match="Unable to create tensor"):
+        reference(**kwargs, return_tensors="pt")
+    with pytest.raises(ValueError, match=error):
+        ours(**kwargs)
+
+
+def test_padding_default_is_explicitly_true(pairs):
+    """vlkit's documented default (docs/differences.md "Padding default"): pad to the longest."""
+    import inspect
+
+    ours, reference = pairs["smolvlm"]
+    assert inspect.signature(type(ours).__call__).parameters["padding"].default is True
+    kwargs = dict(text=["a", "a longer prompt"])
+    _same(ours(**kwargs), reference(**kwargs, padding="longest", return_tensors="pt"))
+    _same(ours(**kwargs), ours(**kwargs, padding=True))
+
+
 ERROR_CASES = {
     # test_process_interleaved_images_prompts_image_error (cases 1-8)
     "no_token_two_images": (["This is a test.", "In this other"], [[SMALL], [SMALL]]),

@@ -103,11 +103,14 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def output_directory(path: str | os.PathLike[str], flag: str) -> Path:
-    """`path` as an output directory: refused when it, or a folder above it, is a file.
+    """`path` as an output directory: refused when empty, or when it or a folder above it is a
+    file.
 
     Raises:
         UsageError: Naming `flag` and the file in the way.
     """
+    if not os.fspath(path).strip():  # Path("") is the current directory: never meant
+        raise UsageError(f"{flag}: empty; name a directory ('.' for the current one)")
     directory = Path(path)
     found = _existing_ancestor(directory)
     if found == directory and not directory.is_dir():

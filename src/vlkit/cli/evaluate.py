@@ -8,8 +8,12 @@
 * captions: COCO captions references and a COCO results list ``[{"image_id", "caption"}]``
   (`caption_scores`).
 
-Image files are counted on a progress bar (images, rate, time left) while they are encoded. A file
-that cannot be read stops the evaluation (skipping it would change the benchmark).
+Image files are counted on a progress bar (images, rate, time left) while they are encoded. As in
+`vlkit index` / `vlkit embed`, a file that cannot be read (truncated, not an image) is skipped with
+a warning naming it; as skipping changes the benchmark, the run ends with a count and metrics.json
+records it: "num_images" counts the images scored and "skipped_images" lists the skipped files
+(retrieval also leaves out their captions: a caption without its image has no rank).
+`--strict` stops at the first unreadable file instead, with nothing written.
 
 This module defines the `eval` subcommands' parsers, reads the files
 (`vlkit.evaluation.benchmark_files`), runs the evaluators and writes the outputs. Malformed input
@@ -19,12 +23,14 @@ raises a ValueError whose first line names the file and the key, which the CLI p
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from vlkit.api import load_clip
 from vlkit.cli.arguments import int_at_least, output_directory
+from vlkit.cli.embed import warn_skipped
 from vlkit.cli.errors import UsageError
 from vlkit.distributed import resolve_device
 from vlkit.evaluation import report
@@ -35,8 +41,9 @@ from vlkit.evaluation.benchmark_files import (
     read_vqa,
 )
 from vlkit.evaluation.caption_metrics import caption_scores
-from vlkit.evaluation.embeddings import image_file_batches
-from vlkit.evaluation.retrieval import ImageTextRetrieval, RetrievalData, recall_curve
+from vlkit.evaluation.embeddings import encode_images, encode_texts, image_file_batches
+from vlkit.evaluation.evaluator import eval_mode
+from vlkit.evaluation.retrieval import ImageTextRetrieval, recall_curve, retrieval_ranks
 from vlkit.evaluation.vqa import vqa_corpus_accuracy
 from vlkit.evaluation.zero_shot import ZeroShotClassification, load_templates
 
@@ -83,6 +90,13 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
             "--batch-size", type=int_at_least(1), default=64, help="images per forward pass (>= 1)"
         )
         sub.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+        sub.add_argument(
+            "--strict",
+            action="store_true",
+            help="stop at the first unreadable image (default: skip it with a warning naming it; "
+            "metrics.json then lists it under skipped_images and num_images counts the images "
+            "scored)",
+        )
     for sub in (zs, rt, vq, cp):
         sub.add_argument("--out", required=True, help="output directory")
 
@@ -94,10 +108,10 @@ def eval_command(args: argparse.Namespace) -> dict[str, Any]:
         args.device = str(resolve_device(args.device, "--device"))
     if args.eval_command == "zeroshot":
         metrics = eval_zeroshot(args.model, args.images, args.out, args.templates,
-                                args.batch_size, args.device)  # fmt: skip
+                                args.batch_size, args.device, strict=args.strict)  # fmt: skip
     elif args.eval_command == "retrieval":
         metrics = eval_retrieval(args.model, args.captions, args.images, args.out, args.max_k,
-                                 args.batch_size, args.device)  # fmt: skip
+                                 args.batch_size, args.device, strict=args.strict)  # fmt: skip
     elif args.eval_command == "vqa":
         metrics = eval_vqa(args.annotations, args.questions, args.results, args.out)
     else:
@@ -114,14 +128,40 @@ def load_model(model_dir: str, device: str | None = None) -> tuple[Any, Any, Any
     return model.to(resolve_device(device)), tokenizer, transform
 
 
-def _with_progress(batches: Iterator[Any], total: int) -> Iterator[Any]:
-    """`batches` of images (or (images, labels)), counted on a tqdm bar in images (rate, ETA)."""
-    from tqdm.auto import tqdm
+class _ImageFiles:
+    """Batches of image files on a tqdm bar (images, rate, ETA) that skip unreadable files (or,
+    `strict`, raise at the first), warning as `vlkit index` / `embed` do and keeping the list."""
 
-    with tqdm(total=total, desc="encode images", unit="img") as bar:
-        for batch in batches:
-            bar.update(len(batch[0] if isinstance(batch, tuple) else batch))
-            yield batch
+    def __init__(self, strict: bool, what: str) -> None:
+        self.strict = strict
+        self.what = what
+        self.skipped: list[str] = []
+
+    def batches(
+        self, paths: Sequence[Any], transform: Any, batch_size: int, labels: Any = None
+    ) -> Iterator[Any]:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(paths), desc="encode images", unit="img") as bar:
+
+            def on_skip(path: str, reason: str) -> None:
+                self.skipped.append(path)
+                warn_skipped(path, reason)
+                bar.update(1)
+
+            skip = None if self.strict else on_skip
+            for batch in image_file_batches(paths, transform, batch_size, labels, skip):
+                bar.update(len(batch[0] if isinstance(batch, tuple) else batch))
+                yield batch
+        if paths and len(self.skipped) == len(paths):
+            raise ValueError(f"{self.what}: none of the {len(paths)} images could be read")
+
+    def report(self, total: int) -> None:
+        """Warns with the count when something was skipped."""
+        if self.skipped:
+            print(f"vlkit: warning: skipped {len(self.skipped)} unreadable image(s) of {total}: "
+                  "the metrics cover the rest (metrics.json: skipped_images; --strict stops at "
+                  "the first)", file=sys.stderr)  # fmt: skip
 
 
 def _out_dir(out_dir: str) -> Path:
@@ -137,27 +177,36 @@ def eval_zeroshot(
     templates: str = "openai-imagenet",
     batch_size: int = 64,
     device: str | None = None,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Zero-shot classification of an ImageFolder tree; writes metrics.json, report.md, a plot.
 
+    Args:
+        strict: Raise at the first unreadable image instead of skipping it (see the module
+            docstring).
+
     Returns:
         {"top1", "top5" (NaN with fewer than 5 classes), "mean_per_class_recall",
-        "per_class_recall": {class: recall}, "num_images", "num_classes", "templates"}.
+        "per_class_recall": {class: recall}, "num_images" (images scored), "num_classes",
+        "templates", "skipped_images" (unreadable files left out)}.
     """
     paths, labels, names = image_folder(images_root, "--images")
     prompts = load_templates(templates)
     model, tokenizer, transform = load_model(model_dir, device)
     evaluator = ZeroShotClassification(tokenizer, names, prompts, per_class_recall=True)
-    batches = _with_progress(image_file_batches(paths, transform, batch_size, labels), len(paths))
-    scores = evaluator.evaluate(model, batches)
+    files = _ImageFiles(strict, f"--images {images_root}")
+    scores = evaluator.evaluate(model, files.batches(paths, transform, batch_size, labels))
+    files.report(len(paths))
     metrics: dict[str, Any] = {k: v for k, v in scores.items() if not k.startswith(_RECALL)}
     metrics["per_class_recall"] = {name: scores[_RECALL + name] for name in names}
-    metrics.update(num_images=len(paths), num_classes=len(names), templates=templates)
+    metrics.update(num_images=len(paths) - len(files.skipped), num_classes=len(names),
+                   templates=templates, skipped_images=files.skipped)  # fmt: skip
 
     out = _out_dir(out_dir)
     plot = "per_class_recall.png"
     report.bar_chart(metrics["per_class_recall"], out / plot, "Per-class recall", "recall")
     summary = {k: metrics[k] for k in ("top1", "top5", "mean_per_class_recall", "num_images")}
+    summary["skipped_images"] = len(files.skipped)
     sections = [("Summary", summary), ("Per-class recall", metrics["per_class_recall"])]
     report.write_report(out, "Zero-shot classification", metrics, sections, plot)
     return metrics
@@ -171,34 +220,55 @@ def eval_retrieval(
     max_k: int = 10,
     batch_size: int = 64,
     device: str | None = None,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Image<->text retrieval on a COCO-style captions file; writes metrics.json, report.md, a plot.
 
     The metrics equal `retrieval_metrics(image_emb, text_emb, ids)` with L2-normalised
     embeddings; the ranks are computed once and also give the Recall@K curve for K = 1..max_k.
 
+    Args:
+        strict: Raise at the first unreadable image instead of skipping it and its captions
+            (see the module docstring).
+
     Returns:
-        retrieval_metrics' keys, plus "recall_curve" {"k", "i2t", "t2i"}, "num_images",
-        "num_texts".
+        retrieval_metrics' keys, plus "recall_curve" {"k", "i2t", "t2i"}, "num_images" and
+        "num_texts" (scored), "skipped_images" (unreadable files left out, with their captions).
     """
     if max_k < 1:
         raise UsageError(f"--max-k must be at least 1, got {max_k}")
-    files, captions, ids = read_coco_retrieval(captions_file, "--captions")
+    names, captions, ids = read_coco_retrieval(captions_file, "--captions")
     model, tokenizer, transform = load_model(model_dir, device)
     evaluator = ImageTextRetrieval(tokenizer, batch_size=batch_size)
-    paths = [Path(images_root) / name for name in files]
-    images = _with_progress(image_file_batches(paths, transform, batch_size), len(paths))
-    i2t, t2i = ranks = evaluator.predict(model, RetrievalData(images, captions, ids))
+    paths = [str(Path(images_root) / name) for name in names]
+    files = _ImageFiles(strict, f"--captions {captions_file}")
+    # ImageTextRetrieval.predict's steps, with the captions of skipped images left out once the
+    # images are encoded (the images are read once, lazily, batch by batch).
+    with eval_mode(model):
+        image_emb = encode_images(model, files.batches(paths, transform, batch_size))
+        files.report(len(paths))
+        skipped = set(files.skipped)
+        new_index = {}  # old image index -> row of image_emb
+        for i, path in enumerate(paths):
+            if path not in skipped:
+                new_index[i] = len(new_index)
+        kept = [j for j, i in enumerate(ids) if i in new_index]
+        captions = [captions[j] for j in kept]
+        ids = [new_index[ids[j]] for j in kept]
+        text_emb = encode_texts(model, tokenizer, captions, evaluator.text_batch_size)
+    i2t, t2i = ranks = retrieval_ranks(image_emb, text_emb, ids)
     metrics: dict[str, Any] = evaluator.score(ranks)
     ks = list(range(1, max_k + 1))
     curve = {"i2t": recall_curve(i2t, ks), "t2i": recall_curve(t2i, ks)}
-    metrics.update(recall_curve={"k": ks, **curve}, num_images=len(files), num_texts=len(captions))
+    metrics.update(recall_curve={"k": ks, **curve}, num_images=len(new_index),
+                   num_texts=len(captions), skipped_images=files.skipped)  # fmt: skip
 
     out = _out_dir(out_dir)
     plot = "recall_at_k.png"
     labels = {"image -> text": curve["i2t"], "text -> image": curve["t2i"]}
     report.recall_curve(ks, labels, out / plot, "Retrieval Recall@K")
-    summary = {k: v for k, v in metrics.items() if k != "recall_curve"}
+    summary = {k: v for k, v in metrics.items() if k not in ("recall_curve", "skipped_images")}
+    summary["skipped_images"] = len(files.skipped)
     report.write_report(out, "Image-text retrieval", metrics, [("Metrics", summary)], plot)
     return metrics
 

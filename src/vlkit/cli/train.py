@@ -165,11 +165,17 @@ def _nothing_given(args: argparse.Namespace, command: str) -> UsageError:
                       "trains with every default")  # fmt: skip
 
 
-def _run_directory_error(error: RunDirectoryError, resumable: bool) -> UsageError:
-    """The library's error in the command's words (flags rather than parameters)."""
-    resume = "continue it with --resume latest, " if resumable else ""
+def _run_directory_error(error: RunDirectoryError) -> UsageError:
+    """The library's error in the command's words (flags rather than parameters); `--resume`
+    only where it would work (a run killed before its first checkpoint has nothing to resume)."""
+    if error.resumable:
+        hint = "; continue it with --resume latest,"
+    elif error.resumable is False:
+        hint = ", but it holds no checkpoint to resume (it stopped before its first one);"
+    else:  # train-vlm: no resume
+        hint = ";"
     return UsageError(
-        f"out_dir {error.out_dir} already holds a run ({', '.join(error.found)}); {resume}"
+        f"out_dir {error.out_dir} already holds a run ({', '.join(error.found)}){hint} "
         "replace it with --overwrite (deletes those files), or choose another out_dir"
     )
 
@@ -186,7 +192,7 @@ def train_command(args: argparse.Namespace) -> dict[str, Any]:
     try:
         return train(config, resume=args.resume, overwrite=args.overwrite)
     except RunDirectoryError as error:
-        raise _run_directory_error(error, resumable="checkpoints" in error.found) from None
+        raise _run_directory_error(error) from None
 
 
 def train_vlm_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -211,4 +217,4 @@ def train_vlm_command(args: argparse.Namespace) -> dict[str, Any]:
     try:
         return train_vlm(recipe, out_dir, overwrite=args.overwrite)
     except RunDirectoryError as error:
-        raise _run_directory_error(error, resumable=False) from None
+        raise _run_directory_error(error) from None

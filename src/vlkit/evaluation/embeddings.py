@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vlkit.data.images import load_image
+from vlkit.data.images import ImageLoadError, load_image
 
 __all__ = [
     "encode_image_files",
@@ -60,25 +60,42 @@ def image_file_batches(
     transform: ImageTransform,
     batch_size: int = 64,
     labels: Sequence[int] | None = None,
+    on_skip: Callable[[str, str], None] | None = None,
 ) -> Iterator[Any]:
     """Preprocessed (B, 3, S, S) batches of image files, decoded lazily batch by batch.
 
     With `labels`, yields (images, labels) batches instead (the evaluators' labelled data).
 
+    Args:
+        on_skip: Without it, the first file that cannot be read raises. With it, such a file is
+            left out of the batches (its label too) and `on_skip(path, reason)` is called, so a
+            batch may hold fewer than `batch_size` images (or none: empty batches are dropped).
+
     Raises:
-        ImageLoadError: For the first file that cannot be read (the message names it).
+        ImageLoadError: Without `on_skip`, for the first file that cannot be read (the message
+            names it).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be at least 1")
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        pixels = torch.stack(
-            [transform(load_image(path, keep_mode=True)) for path in chunk]
-        )  # (B, 3, S, S)
+        pixels: list[torch.Tensor] = []
+        kept: list[int] = []
+        for i, path in enumerate(paths[start : start + batch_size], start):
+            try:
+                pixels.append(transform(load_image(path, keep_mode=True)))
+            except ImageLoadError as error:
+                if on_skip is None:
+                    raise
+                on_skip(str(path), str(error))
+                continue
+            kept.append(i)
+        if not pixels:
+            continue
+        batch = torch.stack(pixels)  # (B, 3, S, S)
         if labels is None:
-            yield pixels
+            yield batch
         else:
-            yield pixels, torch.as_tensor(labels[start : start + batch_size])
+            yield batch, torch.as_tensor([labels[i] for i in kept])
 
 
 @torch.no_grad()

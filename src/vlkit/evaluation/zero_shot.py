@@ -197,6 +197,12 @@ class ZeroShotClassification:
         all_logits = torch.cat(logits).cpu()
         if all_labels.numel() != all_logits.shape[0]:
             raise ValueError("labels are missing or do not match the number of images")
+        # An out-of-range label can never be predicted: it would only lower top-1 silently.
+        outside = (all_labels < 0) | (all_labels >= all_logits.shape[1])
+        if outside.any():
+            bad = int(all_labels[outside][0])
+            raise ValueError(f"label {bad} is out of range: with {all_logits.shape[1]} classnames "
+                             f"the labels must be in 0..{all_logits.shape[1] - 1}")  # fmt: skip
         return ZeroShotPredictions(all_logits, all_labels, torch.cat(embeddings), classifier.cpu())
 
     def score(self, predictions: ZeroShotPredictions, data: Any = None) -> dict[str, float]:

@@ -15,7 +15,7 @@ import torch
 
 from vlkit.data.preprocess_config import SIGLIP_MEAN, SIGLIP_STD, PreprocessConfig
 from vlkit.errors import CheckpointError
-from vlkit.hub.hf_config_checks import check_hf_clip_config
+from vlkit.hub.hf_config_checks import check_hf_clip_config, check_hf_clip_tower
 from vlkit.hub.weights import state_dict_problems
 from vlkit.models.clip import CLIP, CLIPConfig
 from vlkit.models.resnet import ResNetConfig
@@ -166,6 +166,8 @@ def config_from_hf(hf: dict[str, Any], source: str) -> CLIPConfig:
         )
     text = {**_HF_DEFAULTS[model_type]["text"], **(hf.get("text_config") or {})}
     vision = {**_HF_DEFAULTS[model_type]["vision"], **(hf.get("vision_config") or {})}
+    check_hf_clip_tower(text, source, "text_config")
+    check_hf_clip_tower(vision, source, "vision_config")
     siglip = model_type == "siglip"
     if siglip and not vision.get("vision_use_head", True):
         raise CheckpointError(f"{source}: SigLIP without a vision head has no image embedding")

@@ -10,11 +10,13 @@ document (configuration_clip.py, configuration_siglip.py); keys it does not list
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from vlkit.overrides import JsonField, check_json_fields
+from vlkit.layers.activations import ACTIVATIONS
+from vlkit.overrides import ConfigError, JsonField, check_json_fields
 
-__all__ = ["HF_CLIP_CONFIG_SCHEMA", "check_hf_clip_config"]
+__all__ = ["HF_CLIP_CONFIG_SCHEMA", "check_hf_clip_config", "check_hf_clip_tower"]
 
 _SIZE = JsonField(int, 1)  # a width, a depth, a count: at least 1
 _TOKEN_ID = JsonField(int, 0, nullable=True)
@@ -61,3 +63,31 @@ def check_hf_clip_config(hf: Any, source: str) -> None:
             `config.json: vision_config.hidden_size must be an int, got "64"`.
     """
     check_json_fields(hf, HF_CLIP_CONFIG_SCHEMA, source)
+
+
+def check_hf_clip_tower(tower: Mapping[str, Any], source: str, name: str) -> None:
+    """Checks what no single key's schema can: one `text_config` / `vision_config` with its
+    defaults filled in (`name` is that key). Otherwise a head count that does not divide the
+    width, or an activation vlkit lacks, fails while the model is built, naming neither the
+    file nor the key ("width 64 is not divisible by the number of heads 5").
+
+    Raises:
+        vlkit.overrides.ConfigError: e.g. `config.json: vision_config.num_attention_heads must
+            divide vision_config.hidden_size=64, got 5`.
+    """
+    hidden, heads = tower.get("hidden_size"), tower.get("num_attention_heads")
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads:
+        raise ConfigError(
+            f"{source}: {name}.num_attention_heads must divide {name}.hidden_size={hidden}, "
+            f"got {heads}"
+        )
+    act = tower.get("hidden_act")
+    if act is not None and act not in ACTIVATIONS:
+        raise ConfigError(
+            f"{source}: {name}.hidden_act must be one of {', '.join(ACTIVATIONS)}, got {act!r}"
+        )
+    patch, size = tower.get("patch_size"), tower.get("image_size")
+    if isinstance(patch, int) and isinstance(size, int) and patch > size:
+        raise ConfigError(
+            f"{source}: {name}.patch_size must be <= {name}.image_size={size}, got {patch}"
+        )

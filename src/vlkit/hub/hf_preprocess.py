@@ -69,17 +69,28 @@ def _size_dict(value: Any, where: str, key: str) -> dict[str, int]:
         raise ValueError(f"{where}: unsupported {key!r} value {value!r}")
     if isinstance(value, int):
         return {"shortest_edge": value} if key == "size" else {"height": value, "width": value}
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return {"height": int(value[0]), "width": int(value[1])}
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_int, value)):
+        return {"height": value[0], "width": value[1]}
     if isinstance(value, Mapping):
-        return {k: int(v) for k, v in value.items() if v is not None}
+        for name, size in value.items():
+            if size is not None and not _is_int(size):
+                raise ValueError(f"{where}: {key}.{name} must be an int, got {size!r}")
+        return {k: v for k, v in value.items() if v is not None}
     raise ValueError(f"{where}: unsupported {key!r} value {value!r}")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _stats(value: Any, where: str, key: str) -> tuple[float, float, float]:
-    values = (value,) * 3 if isinstance(value, (int, float)) else tuple(value)
-    if len(values) != 3:
-        raise ValueError(f"{where}: {key} needs 1 or 3 values, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        values: tuple = (value,) * 3
+    else:
+        values = tuple(value) if isinstance(value, (list, tuple)) else ()
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if len(values) != 3 or not numbers:
+        raise ValueError(f"{where}: {key} must be a number or 3 numbers, got {value!r}")
     return tuple(float(v) for v in values)
 
 

@@ -129,10 +129,12 @@ def from_pretrained(
                 f"{path} is a weights file: pass open_clip_config= (the open_clip model config "
                 "JSON) or a checkpoint directory"
             )
-        return _load_open_clip(path, *read_open_clip_config(open_clip_config))
+        source = "open_clip_config" if isinstance(open_clip_config, dict) else open_clip_config
+        return _load_open_clip(path, *read_open_clip_config(open_clip_config), source)
     if (path / "open_clip_config.json").is_file():
         weights = find_weights(path, OPEN_CLIP_WEIGHT_FILES)
-        return _load_open_clip(weights, *read_open_clip_config(path / "open_clip_config.json"))
+        config_file = path / "open_clip_config.json"
+        return _load_open_clip(weights, *read_open_clip_config(config_file), config_file)
     if is_composed_directory(path):  # a `vlkit.compose_vlm` model (all kinds but a ViT llava)
         return load_composed(path)
     if (path / VLKIT_CONFIG).is_file():
@@ -159,6 +161,13 @@ def _is_hf_clip_directory(directory: Path) -> bool:
     return config_model_type(directory) in HF_CLIP_MODEL_TYPES
 
 
+def _naming(file: Path | str, error: Exception) -> CheckpointError:
+    """`error` as a CheckpointError that names `file` once (the readers' own messages may name
+    it already): a config value that passed the readers but fails while the model is built."""
+    message = str(error)
+    return CheckpointError(message if str(file) in message else f"{file}: {message}")
+
+
 def _load_hf(path: Path) -> CLIP:
     hf_config = read_json_object(path / "config.json")
     config = config_from_hf(hf_config, str(path / "config.json"))
@@ -166,8 +175,11 @@ def _load_hf(path: Path) -> CLIP:
         try:
             config.preprocess = preprocess_config_from_hf(path)
         except ValueError as error:
-            raise CheckpointError(f"{path / 'preprocessor_config.json'}: {error}") from error
-    model = create_model(config)
+            raise _naming(path / HF_PREPROCESSOR_CONFIG, error) from error
+    try:
+        model = create_model(config)
+    except (ValueError, TypeError) as error:
+        raise _naming(path / "config.json", error) from error
     weights = find_weights(path, HF_WEIGHT_FILES)
     state = from_hf_state_dict(read_weights(weights), model, str(weights))
     load_into(model, state, str(weights))
@@ -189,8 +201,13 @@ _HF_FORMATS: tuple[
 )
 
 
-def _load_open_clip(weights: Path, model_cfg: dict, preprocess_cfg: dict | None) -> CLIP:
-    model = create_model(config_from_open_clip(model_cfg, preprocess_cfg))
+def _load_open_clip(
+    weights: Path, model_cfg: dict, preprocess_cfg: dict | None, source: str | Path
+) -> CLIP:
+    try:
+        model = create_model(config_from_open_clip(model_cfg, preprocess_cfg))
+    except (ValueError, TypeError) as error:
+        raise _naming(source, error) from error
     state = from_open_clip_state_dict(read_weights(weights), model.config)
     load_into(model, state, str(weights))
     return model.eval()

@@ -20,6 +20,7 @@ from vlkit.models.clip import CLIPConfig
 from vlkit.models.resnet import ResNetConfig
 from vlkit.models.text import TextConfig
 from vlkit.models.vit import ViTConfig
+from vlkit.overrides import JsonField, check_json_fields
 
 # Keys that old OpenAI-converted state dicts carry but that are not weights.
 _IGNORED = {"input_resolution", "context_length", "vocab_size", "attn_mask", "visual.attn_mask"}
@@ -46,6 +47,25 @@ _MEANING = {
     "embed_cls": "CoCa's text CLS embedding",
     "ls_init_value": "LayerScale",
 }
+# The numbers `config_from_open_clip` reads (open_clip/model.py CLIPVisionCfg / CLIPTextCfg),
+# checked key by key so that a "64" or a null names its key rather than failing in int().
+# `image_size` and vision `layers` may also be lists (non-square sizes, a ResNet): read below.
+_SIZE = JsonField(int, 1)
+_OPEN_CLIP_SCHEMA: dict[str, Any] = {
+    "embed_dim": _SIZE,
+    "quick_gelu": JsonField(bool),
+    "init_logit_bias": JsonField(float, nullable=True),
+    "vision_cfg": {
+        "width": _SIZE, "head_width": _SIZE, "patch_size": _SIZE,
+        "mlp_ratio": JsonField(float, 0, low_open=True), "no_ln_pre": JsonField(bool),
+    },
+    "text_cfg": {
+        "context_length": _SIZE, "vocab_size": _SIZE, "width": _SIZE, "heads": _SIZE,
+        "layers": _SIZE, "mlp_ratio": JsonField(float, 0, low_open=True),
+        "no_causal_mask": JsonField(bool), "proj_bias": JsonField(bool),
+        "eos_id": JsonField(int, 0), "pad_id": JsonField(int, 0),
+    },
+}  # fmt: skip
 # GELU keyword arguments (`act_kwargs`) -> vlkit activation; open_clip passes them to nn.GELU.
 _GELU_VARIANTS = {"tanh": "gelu_pytorch_tanh", "none": "gelu"}
 
@@ -121,9 +141,10 @@ def _open_clip_stats(value: Any, default: tuple, key: str) -> tuple[float, ...]:
     if not value:
         return default
     values = tuple(value) if isinstance(value, (list, tuple)) else (value,) * 3
-    if len(values) != 3:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if len(values) != 3 or not numbers:
         raise CheckpointError(
-            f"open_clip preprocess_cfg {key!r} needs 1 or 3 values, got {value!r}"
+            f"open_clip preprocess_cfg.{key} must be a number or 3 numbers, got {value!r}"
         )
     return tuple(float(v) for v in values)
 
@@ -174,9 +195,12 @@ def config_from_open_clip(
 ) -> CLIPConfig:
     """Translates an open_clip model config (`model_configs/*.json` or `open_clip_config.json`'s
     `model_cfg`) into a CLIPConfig."""
+    check_json_fields(model_cfg, _OPEN_CLIP_SCHEMA, "open_clip model_cfg")
     vision = dict(model_cfg.get("vision_cfg") or {})
     text = dict(model_cfg.get("text_cfg") or {})
     _check_supported(model_cfg)
+    if "embed_dim" not in model_cfg:
+        raise CheckpointError("open_clip model_cfg needs 'embed_dim'")
     embed_dim = int(model_cfg["embed_dim"])
     image_size = vision.get("image_size", 224)
     if isinstance(image_size, (list, tuple)):
@@ -186,12 +210,21 @@ def config_from_open_clip(
     layers = vision.get("layers", 12)
     width = int(vision.get("width", 768))
     head_width = int(vision.get("head_width", 64))
+    text_heads = int(text.get("heads", 8))
+    if int(text.get("width", 512)) % text_heads:
+        raise CheckpointError(f"open_clip text_cfg.heads must divide text_cfg.width="
+                              f"{text.get('width', 512)}, got {text_heads}")  # fmt: skip
     if isinstance(layers, (list, tuple)):
         vision_config = ResNetConfig(
             image_size=image_size, layers=tuple(layers), width=width,
             heads=width * 32 // head_width, output_dim=embed_dim,
         )  # fmt: skip
     else:
+        # open_clip's ViT has width // head_width heads, which must divide width.
+        if width % max(1, width // head_width):
+            raise CheckpointError(f"open_clip vision_cfg.head_width={head_width} gives "
+                                  f"{width // head_width} heads, which do not divide "
+                                  f"vision_cfg.width={width}")  # fmt: skip
         vision_config = ViTConfig(
             image_size=image_size, patch_size=int(vision.get("patch_size", 16)), width=width,
             layers=int(layers), heads=width // head_width,

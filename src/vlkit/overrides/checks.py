@@ -6,6 +6,7 @@ line naming the key's path (and the file).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -31,13 +32,16 @@ def check_range(
         low_open, high_open: Exclude the bound itself (a learning rate must be > 0).
 
     Raises:
-        ConfigError: "optim.max_steps: must be >= 1, got 0".
+        ConfigError: "optim.max_steps: must be >= 1, got 0"; inf and nan are refused
+            ("must be finite") whatever the bounds.
     """
     if value is None:
         return
+    if not math.isfinite(value):  # inf passes a one-sided bound; nan compares false
+        raise ConfigError(f"{key}: must be finite, got {value!r}")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high or value != value:  # NaN compares false with everything
+    if too_low or too_high:
         if high is None:
             allowed = f"{'>' if low_open else '>='} {low:g}"
         elif low is None:
@@ -107,6 +111,8 @@ def check_json_fields(values: Any, schema: Mapping[str, Any], source: str, path:
             raise ConfigError(
                 f"{source}: {name} must be {_JSON_KIND_NAMES[rule.kind]}, got {shown}"
             )
+        if rule.kind is float and not math.isfinite(value):  # json reads Infinity and NaN
+            raise ConfigError(f"{source}: {name} must be finite, got {shown}")
         if rule.low is not None and (value <= rule.low if rule.low_open else value < rule.low):
             bound = f"{'>' if rule.low_open else '>='} {rule.low:g}"
             raise ConfigError(f"{source}: {name} must be {bound}, got {shown}")

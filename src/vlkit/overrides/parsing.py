@@ -19,6 +19,7 @@ import ast
 import dataclasses
 import difflib
 import functools
+import math
 import os
 import types
 import typing
@@ -45,6 +46,10 @@ _BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True,
 
 class ConfigError(ValueError):
     """A setting names no field, or its value does not fit the field's type."""
+
+
+class _NotFinite(ConfigError):
+    """A float setting given inf or nan (kept apart so that `float | None` reports it)."""
 
 
 @functools.cache
@@ -124,12 +129,15 @@ def _convert(value: Any, annotation: Any, key: str, parse: bool) -> Any:
             value is None or (parse and isinstance(value, str) and value.lower() in _NONE_WORDS)
         ):
             return None
+        not_finite = None
         for option in (a for a in args if a is not type(None)):
             try:
                 return _convert(value, option, key, parse)
+            except _NotFinite as error:  # `float | None` given inf: say so, not "a float"
+                not_finite = error
             except ConfigError:
                 continue
-        raise _mismatch(key, annotation, value)
+        raise not_finite or _mismatch(key, annotation, value)
     if origin is Literal:
         for allowed in args:
             try:
@@ -165,12 +173,18 @@ def _convert(value: Any, annotation: Any, key: str, parse: bool) -> Any:
     if annotation is float:
         if parse and isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise _mismatch(key, annotation, value) from None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise _mismatch(key, annotation, value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            raise _mismatch(key, annotation, value)
+        # Every float setting of every config passes here: `float("inf")` parses, and an
+        # infinite learning rate or weight decay would "train" to NaN weights with exit 0.
+        if not math.isfinite(number):
+            raise _NotFinite(f"{key}: must be finite, got {value!r}")
+        return number
     if annotation is str:
         if isinstance(value, os.PathLike):  # a pathlib.Path for an `out_dir` is what was meant
             return os.fspath(value)

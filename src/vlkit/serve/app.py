@@ -365,7 +365,8 @@ def run_server(
     """Serves the app with uvicorn until interrupted (loopback only unless `host` says else).
 
     Binding a non-loopback address prints a warning: anyone who can reach the address can
-    classify, search and read the indexed images, unless `limits.auth_token` is set.
+    classify, search and read the indexed images, or, with `limits.auth_token`, anyone who has
+    the token (sent in clear text over plain HTTP).
 
     Raises:
         ValueError: The address cannot be bound (named in one line), or a bad model/index/VLM.
@@ -381,12 +382,21 @@ def run_server(
         raise
     shown = f"[{host}]" if ":" in host else host
     if not is_loopback(host):
-        warn(
-            f"WARNING: vlkit serve listens on {host}, reachable from other machines: anyone who "
-            "can connect can run the models and read every indexed image."
-        )
         if limits.auth_token is None:
+            warn(
+                f"WARNING: vlkit serve listens on {host}, reachable from other machines: anyone "
+                "who can connect can run the models and read every indexed image."
+            )
             warn("WARNING: no --auth-token (or VLKIT_AUTH_TOKEN) is set: no authentication.")
+        else:
+            # Every /api route (models and indexed images) needs the token (serve/guard.py), but
+            # plain HTTP carries it in clear text to anyone on the network path.
+            warn(
+                f"WARNING: vlkit serve listens on {host}, reachable from other machines: anyone "
+                "who has the --auth-token can run the models and read every indexed image; it "
+                "travels unencrypted over plain HTTP (put a TLS proxy in front on networks you "
+                "do not trust)."
+            )
         warn(f"Allowed Host names: {', '.join(limits.allowed_hosts)} (add with --allowed-host).")
     link = f"http://{shown}:{port}/"
     if limits.auth_token is not None:

@@ -266,6 +266,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         check_range("log_every", self.log_every, 1)
+        if not self.out_dir.strip():  # Path("") is the current directory: never meant
+            raise ConfigError("out_dir: empty; name the run directory ('.' for the current one)")
         if self.optim.batch_size < 2:
             raise ConfigError("optim.batch_size: contrastive training needs a batch of >= 2")
         every = self.eval.every

@@ -12,6 +12,7 @@ continues mid-epoch and reproduces an uninterrupted run bit for bit on CPU.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 import uuid
@@ -37,6 +38,8 @@ from vlkit.training.config import TrainConfig
 from vlkit.training.data import MapStyleData, TrainingData
 from vlkit.training.optim import create_optimizer
 from vlkit.training.schedule import create_scheduler
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -259,6 +262,16 @@ class Trainer:
     def fit(self, resume: str | None = None) -> dict[str, Any]:
         if resume:
             self.restore(resume)
+            if self.step >= self.total_steps and self.distributed.is_main:
+                # Otherwise `--resume latest optim.max_steps=3` on a run at step 6 ends with
+                # exit 0 and the old summary, as if it had trained.
+                limit = (
+                    f"optim.max_steps={self.config.optim.max_steps}"
+                    if self.config.optim.max_steps is not None
+                    else f"optim.epochs={self.config.optim.epochs} ({self.total_steps} steps)"
+                )
+                log.warning("the resumed run is already at step %d >= %s: nothing trained "
+                            "(raise it to train on)", self.step, limit)  # fmt: skip
         self._notify("on_train_start")
         started = time.perf_counter() - self.train_seconds
         stop = self.step >= self.total_steps

@@ -199,9 +199,11 @@ class SmolVLMProcessor:
                 takes images or videos, not both).
             return_tensors: Only "pt".
             add_special_tokens: Run the tokenizer's post-processor (BOS templates).
-            padding: True / "longest", "max_length" or False; vlkit's default is True (see
-                `tokenization.TextOptions`; transformers defaults to False and then fails on
-                prompts of different lengths).
+            padding: True / "longest", "max_length" or False. vlkit's default is True (pad to
+                the longest prompt); transformers' is False, and with return_tensors="pt" it
+                then fails on prompts of different lengths, as vlkit does with padding=False or
+                with a prompt longer than `max_length` without `truncation` (see
+                `tokenization.TextOptions`).
             truncation: Cut rows to `max_length` (an error if that drops `<image>` tokens).
             max_length: Length for truncation and "max_length" padding.
             pad_to_multiple_of: Round the padded length up to a multiple of this.

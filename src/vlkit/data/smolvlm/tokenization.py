@@ -32,8 +32,11 @@ class TextOptions:
 
     Attributes:
         add_special_tokens: Run the tokenizer's post-processor (e.g. a BOS template).
-        padding: True / "longest": to the batch's longest row; "max_length": to `max_length`;
-            False / "do_not_pad": none (rows of different lengths are then an error).
+        padding: True / "longest" (vlkit's default; transformers' is False): to the batch's
+            longest row; "max_length": to `max_length` (rows longer than it stay longer unless
+            `truncation`); False / "do_not_pad": none. Rows that still differ in length are
+            an error, as in transformers with return_tensors="pt" (it returns ragged lists
+            only without tensors, which vlkit does not offer).
         truncation: True / "longest_first" / "only_first": cut rows to `max_length`.
         max_length: Row length for truncation and "max_length" padding; defaults to the
             tokenizer's `model_max_length` (none when it has no limit, as transformers).
@@ -64,8 +67,10 @@ def encode_prompts(
     """`input_ids` and `attention_mask` `(B, L)` int64 for already expanded prompts.
 
     Raises:
-        ValueError: An unknown option value, padding without a pad token, or rows of different
-            lengths without padding (transformers fails there too, when making tensors).
+        ValueError: An unknown option value, padding to max_length without a pad token, or rows
+            of different lengths (unpadded, longer than `max_length` without truncation, or no
+            pad token); transformers fails there too, when making tensors. The message names
+            the cause.
     """
     if options.padding not in _NO_PADDING and options.padding not in _PADDING:
         raise ValueError(f"padding={options.padding!r}: True, 'longest', 'max_length' or False")
@@ -110,14 +115,47 @@ def encode_prompts(
             _restore(tokenizer, previous_truncation, previous_padding)
     ids = [encoding.ids for encoding in encodings]
     masks = [encoding.attention_mask for encoding in encodings]
-    if len({len(row) for row in ids}) > 1:
-        raise ValueError(
-            "prompts tokenise to different lengths: pass padding=True (or 'longest' / 'max_length')"
-        )
+    lengths = sorted({len(row) for row in ids})
+    if len(lengths) > 1:
+        # transformers returns such ragged rows as lists and raises "Unable to create tensor"
+        # with return_tensors="pt"; vlkit returns tensors only, so it raises too, saying why.
+        raise ValueError(_ragged_message(options, padding, pad_id, max_length, truncate, lengths))
     out = {"input_ids": torch.tensor(ids, dtype=torch.int64)}
     if options.return_attention_mask is not False:
         out["attention_mask"] = torch.tensor(masks, dtype=torch.int64)
     return out
+
+
+def _ragged_message(
+    options: TextOptions,
+    padding: str | None,
+    pad_id: int | None,
+    max_length: int | None,
+    truncate: bool,
+    lengths: list[int],
+) -> str:
+    """Why the prompts' rows came out of different lengths (`lengths`, sorted), and the fix."""
+    found = f"prompts tokenise to different lengths ({lengths[0]} to {lengths[-1]} tokens)"
+    if padding == "max_length" and max_length is not None and not truncate:
+        return (
+            f"a prompt tokenises to {lengths[-1]} tokens, longer than max_length={max_length}, "
+            "and padding='max_length' does not cut rows: pass truncation=True or a larger "
+            "max_length"
+        )
+    if padding is not None and pad_id is None:
+        return (
+            f"{found} and the tokenizer has no pad_token to pad them with "
+            "(tokenizer_config.json): set one, or pass prompts of equal length"
+        )
+    if options.padding == "max_length":
+        return (
+            f"{found}: padding='max_length' without max_length (and no model_max_length) pads "
+            "nothing, as in transformers: pass max_length or padding=True"
+        )
+    return (
+        f"{found} and padding={options.padding!r} leaves them unpadded, which cannot make "
+        "tensors: pass padding=True (vlkit's default), 'longest' or 'max_length'"
+    )
 
 
 def _restore(tokenizer: Tokenizer, truncation: dict | None, padding: dict | None) -> None:
