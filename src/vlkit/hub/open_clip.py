@@ -56,7 +56,8 @@ _OPEN_CLIP_SCHEMA: dict[str, Any] = {
     "quick_gelu": JsonField(bool),
     "init_logit_bias": JsonField(float, nullable=True),
     "vision_cfg": {
-        "width": _SIZE, "head_width": _SIZE, "patch_size": _SIZE,
+        # patch_size is null in the ModifiedResNet configs (RN50, ...); a ViT needs it (below).
+        "width": _SIZE, "head_width": _SIZE, "patch_size": JsonField(int, 1, nullable=True),
         "mlp_ratio": JsonField(float, 0, low_open=True), "no_ln_pre": JsonField(bool),
     },
     "text_cfg": {
@@ -107,6 +108,8 @@ def _check_supported(model_cfg: dict[str, Any]) -> None:
         ("text_cfg", _UNSUPPORTED_TEXT),
     ):
         section = model_cfg.get(where) or {}
+        if not isinstance(section, dict):
+            continue  # the field check after this one names the wrong type
         for option, accepted in unsupported.items():
             accepted = accepted if isinstance(accepted, tuple) else (accepted,)
             value = section.get(option, accepted[0])
@@ -195,10 +198,12 @@ def config_from_open_clip(
 ) -> CLIPConfig:
     """Translates an open_clip model config (`model_configs/*.json` or `open_clip_config.json`'s
     `model_cfg`) into a CLIPConfig."""
+    # Options vlkit lacks are named first: a timm or HF tower legitimately leaves fields such
+    # as vision_cfg.patch_size null, which the field check below would misreport.
+    _check_supported(model_cfg)
     check_json_fields(model_cfg, _OPEN_CLIP_SCHEMA, "open_clip model_cfg")
     vision = dict(model_cfg.get("vision_cfg") or {})
     text = dict(model_cfg.get("text_cfg") or {})
-    _check_supported(model_cfg)
     if "embed_dim" not in model_cfg:
         raise CheckpointError("open_clip model_cfg needs 'embed_dim'")
     embed_dim = int(model_cfg["embed_dim"])
@@ -225,6 +230,9 @@ def config_from_open_clip(
             raise CheckpointError(f"open_clip vision_cfg.head_width={head_width} gives "
                                   f"{width // head_width} heads, which do not divide "
                                   f"vision_cfg.width={width}")  # fmt: skip
+        if vision.get("patch_size", 16) is None:
+            raise CheckpointError("open_clip vision_cfg.patch_size must be an int for a ViT "
+                                  "(vision_cfg.layers an int), got null")  # fmt: skip
         vision_config = ViTConfig(
             image_size=image_size, patch_size=int(vision.get("patch_size", 16)), width=width,
             layers=int(layers), heads=width // head_width,
