@@ -2,6 +2,7 @@
 
     python benchmarks/fusion_comparison.py                       # full comparison (CPU: ~1 h)
     python benchmarks/fusion_comparison.py --steps 50 --max-test 200 --kinds llava early
+    python benchmarks/fusion_comparison.py --composed --kinds llava qformer flamingo
 
 For each task (easy-VQA questions, synthetic-scene captions) the script first trains (or reuses)
 a small CLIP on that task's images, whose image tower is then frozen and shared by every fusion
@@ -79,6 +80,32 @@ def rows_markdown(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def composed_rows(out: Path, kinds: list[str], vision: str) -> list[dict]:
+    """Issue 12 item 5: `vlkit.recipes.composed_run` for each kind on the same frozen CLIP tower
+    and the same pretrained Llama LM (trained once, by the first run; its tokenizer and chat
+    template serve every kind). LLaVA trains 200 projector-only + 1,300 projector + LM steps,
+    qformer / flamingo 1,500 connector steps with the LM frozen (batches of 64). A kind whose
+    `OUT/composed/KIND/summary.json` exists is not rerun."""
+    from vlkit.recipes.composed_run import ComposedRunConfig, run_composed
+
+    rows, language = [], ""
+    for kind in kinds:
+        run = out / "composed" / kind
+        if (run / "summary.json").is_file():
+            summary = json.loads((run / "summary.json").read_text())
+        else:
+            stage1, steps = (200, 1300) if kind == "llava" else (0, 1500)
+            config = ComposedRunConfig(kind=kind, vision=vision, language=language,
+                                       connector_steps=stage1, steps=steps, max_test=None)  # fmt: skip
+            summary = run_composed(config, run)
+        language = language or summary["config"]["language"] or str(run / "lm")
+        stages = "two-stage, " if kind == "llava" else "LM frozen, "
+        rows.append({**summary, "task": "easy_vqa", "name": f"{kind} ({stages}pretrained LM)"})
+        print(f"composed {kind:9s} accuracy={summary['accuracy']:.4f} "
+              f"train_s={summary['train_seconds']}")  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/fusion_comparison")
@@ -103,6 +130,11 @@ def main() -> None:
         default="final",
         help="tower tokens the connector reads: final, or a ResNet stage (layer2 / layer3)",
     )
+    parser.add_argument(
+        "--composed", action="store_true",
+        help="instead: the composed runs (CLIP tower + pretrained Llama, recipes/composed_run.py)",
+    )  # fmt: skip
+    parser.add_argument("--composed-vision", default="runs/demo/model", help="its CLIP tower")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,6 +142,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     started = time.perf_counter()
+    if args.composed:
+        kinds = [k for k in args.kinds if k in ("llava", "qformer", "flamingo")]
+        rows = composed_rows(out, kinds, args.composed_vision)
+        (out / "composed_results.json").write_text(json.dumps(rows, indent=2))
+        table = rows_markdown(rows)
+        (out / "composed_table.md").write_text(table)
+        print(table + f"total {time.perf_counter() - started:.0f} s")
+        return
     for task in args.tasks:
         vision = vision_checkpoint(task, out, args.vision_model)
         runs = [(kind, kind, 0) for kind in args.kinds]

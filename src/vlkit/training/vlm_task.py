@@ -31,6 +31,8 @@ __all__ = [
     "IGNORE_INDEX",
     "TOKEN_SOURCES",
     "CaptionLMTask",
+    "ConversationLMTask",
+    "TextLMTask",
     "VQALMTask",
     "VisionTokens",
     "answer_accuracy",
@@ -123,3 +125,42 @@ class VQALMTask(CaptionLMTask):
     """
 
     requires_labels = True
+
+
+class ConversationLMTask:
+    """Chat-formatted VLM training: the batch already holds the image placeholders.
+
+    For `vlkit.data.datasets.llava_conversations.collate_conversations` batches: `input_ids`
+    (B, L) rendered with the LM's chat template, each `<image>` expanded to the model's
+    placeholders, `labels` (B, L) set only on the assistant tokens (IGNORE_INDEX elsewhere, as
+    LLaVA's `preprocess_v1`), and `images` (B, N, 3, S, S), the N images of each row in order.
+    """
+
+    def training_step(
+        self,
+        model: nn.Module,
+        batch: dict[str, Any],
+        backward: Callable[[torch.Tensor], None],
+    ) -> dict[str, torch.Tensor]:
+        """Forward, loss, `backward(loss)`; returns {"loss"} (detached)."""
+        # Right padding: no target sees padding under causal attention (as CaptionLMTask).
+        logits = model(batch["input_ids"], pixel_values=batch["images"]).logits  # (B, L, V)
+        loss = next_token_loss(logits, batch["labels"])
+        backward(loss)
+        return {"loss": loss.detach()}
+
+
+class TextLMTask:
+    """Next-token pretraining of a text-only causal LM on `input_ids` / `labels` (B, L) batches
+    (the batch's `images` key is only the `Trainer`'s row count)."""
+
+    def training_step(
+        self,
+        model: nn.Module,
+        batch: dict[str, Any],
+        backward: Callable[[torch.Tensor], None],
+    ) -> dict[str, torch.Tensor]:
+        """Forward, loss, `backward(loss)`; returns {"loss"} (detached)."""
+        loss = next_token_loss(model(batch["input_ids"]).logits, batch["labels"])
+        backward(loss)
+        return {"loss": loss.detach()}
