@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vlkit.cli.errors import UsageError
+from vlkit.overrides import describe_interval, outside_interval
 
 __all__ = [
     "float_range",
@@ -75,24 +76,13 @@ def float_range(
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-        too_low = low is not None and (value <= low if low_open else value < low)
-        too_high = high is not None and (value >= high if high_open else value > high)
-        if too_low or too_high:
-            allowed = _interval(low, high, low_open, high_open)
+        if outside_interval(value, low, high, low_open, high_open):
+            allowed = describe_interval(low, high, low_open, high_open)
             raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
         return value
 
     parse.__name__ = "float"
     return parse
-
-
-def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
-    """'> 0', 'in (0, 1]', '>= 0'."""
-    if high is None:
-        return f"{'>' if low_open else '>='} {low:g}"
-    if low is None:
-        return f"{'<' if high_open else '<='} {high:g}"
-    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
 def _existing_ancestor(path: Path) -> Path:

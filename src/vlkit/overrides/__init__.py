@@ -7,7 +7,14 @@
 This package sits at the ground floor: it knows no model, no checkpoint and no command line.
 """
 
-from vlkit.overrides.checks import JsonField, check_json_fields, check_json_types, check_range
+from vlkit.overrides.checks import (
+    JsonField,
+    check_json_fields,
+    check_json_types,
+    check_range,
+    describe_interval,
+    outside_interval,
+)
 from vlkit.overrides.parsing import (
     ConfigError,
     accepts_aliases,
@@ -29,8 +36,10 @@ __all__ = [
     "check_json_fields",
     "check_json_types",
     "check_range",
+    "describe_interval",
     "field_types",
     "from_dict",
+    "outside_interval",
     "parse_value",
     "to_dict",
     "update",

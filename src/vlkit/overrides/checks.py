@@ -14,7 +14,38 @@ from typing import Any, Union
 
 from vlkit.overrides.parsing import ConfigError, _convert, _is_config, field_types
 
-__all__ = ["JsonField", "check_json_fields", "check_json_types", "check_range"]
+__all__ = [
+    "JsonField",
+    "check_json_fields",
+    "check_json_types",
+    "check_range",
+    "describe_interval",
+    "outside_interval",
+]
+
+
+def outside_interval(
+    value: float,
+    low: float | None,
+    high: float | None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> bool:
+    """Whether `value` lies outside low..high (None: unbounded; `*_open`: the bound excluded)."""
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    return too_low or too_high
+
+
+def describe_interval(
+    low: float | None, high: float | None, low_open: bool = False, high_open: bool = False
+) -> str:
+    """The allowed values for a message: '>= 1', '< 2', 'in (0, 1]'."""
+    if high is None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    if low is None:
+        return f"{'<' if high_open else '<='} {high:g}"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
 def check_range(
@@ -39,15 +70,8 @@ def check_range(
         return
     if not math.isfinite(value):  # inf passes a one-sided bound; nan compares false
         raise ConfigError(f"{key}: must be finite, got {value!r}")
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        if high is None:
-            allowed = f"{'>' if low_open else '>='} {low:g}"
-        elif low is None:
-            allowed = f"{'<' if high_open else '<='} {high:g}"
-        else:
-            allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if outside_interval(value, low, high, low_open, high_open):
+        allowed = describe_interval(low, high, low_open, high_open)
         raise ConfigError(f"{key}: must be {allowed}, got {value!r}")
 
 
