@@ -83,10 +83,10 @@ def rows_markdown(rows: list[dict]) -> str:
 def composed_rows(out: Path, kinds: list[str], vision: str) -> list[dict]:
     """Issue 12 item 5: `vlkit.recipes.composed_run` for each kind on the same frozen CLIP tower
     and the same pretrained Llama LM (trained once, by the first run; its tokenizer and chat
-    template serve every kind). LLaVA trains 200 projector-only + 1,300 projector + LM steps,
-    qformer / flamingo 1,500 connector steps with the LM frozen (batches of 64). A kind whose
+    template serve every kind), each with `full_run_config`'s schedule (the same 4,000 steps of 64:
+    LLaVA's two stages; qformer / flamingo with the LM frozen). A kind whose
     `OUT/composed/KIND/summary.json` exists is not rerun."""
-    from vlkit.recipes.composed_run import ComposedRunConfig, run_composed
+    from vlkit.recipes.composed_run import full_run_config, run_composed
 
     rows, language = [], ""
     for kind in kinds:
@@ -94,10 +94,7 @@ def composed_rows(out: Path, kinds: list[str], vision: str) -> list[dict]:
         if (run / "summary.json").is_file():
             summary = json.loads((run / "summary.json").read_text())
         else:
-            stage1, steps = (200, 1300) if kind == "llava" else (0, 1500)
-            config = ComposedRunConfig(kind=kind, vision=vision, language=language,
-                                       connector_steps=stage1, steps=steps, max_test=None)  # fmt: skip
-            summary = run_composed(config, run)
+            summary = run_composed(full_run_config(kind, vision, language), run)
         language = language or summary["config"]["language"] or str(run / "lm")
         stages = "two-stage, " if kind == "llava" else "LM frozen, "
         rows.append({**summary, "task": "easy_vqa", "name": f"{kind} ({stages}pretrained LM)"})

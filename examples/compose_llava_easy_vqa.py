@@ -8,21 +8,19 @@
 What it does (vlkit/recipes/composed_run.py): writes easy-VQA's questions as LLaVA conversation
 JSON; trains a byte-level BPE tokenizer (with a ChatML chat template) and a tiny
 LlamaForCausalLM on the chat-rendered questions and the scene captions, saved as a transformers
-directory (`OUT/lm`); joins the frozen `make demo` CLIP tower (`runs/demo/model`, trained first
-when absent) to that LM with the chosen connector; trains LLaVA's two stages (projector only,
-then projector + LM) or, for qformer / flamingo, the connector with the LM frozen, in the one
-`Trainer` with labels on the assistant tokens only; answers every easy-VQA test question
-greedily through the chat template and reports exact-match accuracy. `--language DIR` reuses a
-pretrained LM directory instead of training one; `--init-from OUT/stage2/checkpoints/step_N`
-continues a run (the measured LLaVA number: the default run, then `--language
-runs/composed/llava/lm --init-from runs/composed/llava/stage2/checkpoints/step_00001200
---connector-steps 0 --steps 1200 --out runs/composed/llava_continued`).
+directory (`OUT/lm`); composes (`vlkit.compose_vlm`) the frozen `make demo` CLIP tower
+(`runs/demo/model`, trained first when absent) with that LM through the chosen connector;
+trains LLaVA's two stages (projector only, then projector + LM) or, for qformer / flamingo, the
+connector with the LM frozen, in the one `Trainer` with labels on the assistant tokens only;
+answers every easy-VQA test question greedily through the chat template, reports exact-match
+accuracy and saves the trained VLM with its parts record (`OUT/model`; `vlkit generate --model
+OUT/model --image X --prompt "..."` runs it). `--language DIR` reuses a pretrained LM directory
+instead of training one; `--init-from OUT/stage2/checkpoints/step_N` continues from a stage
+checkpoint of the same composition.
 
-Measured (2-core CPU shared with other jobs, 1 thread, 2026-12-06; all 9,673 test questions):
-LM pretraining 400 steps in 68 s (loss 6.18 -> 0.30); llava 200 + 1,300 steps of 64 in 387 s:
-accuracy 0.9348; continued 1,500 more stage-2 steps (358 s): 0.9453; then 1,000 steps at
-`--lr 5e-4` (178 s): 0.9503 (the misses are yes/no questions about a colour); qformer 0.7066 and
-flamingo 0.8504 (LM frozen, 700 steps of 32).
+The schedule: batch 64, peak lr 2e-3 (`vlkit train-vlm`'s recipe), cosine to 1e-4; LLaVA 200
+projector-only steps + 3,800 joint steps, the frozen-LM kinds 4,000 connector steps (the same
+4,000 x 64 samples). Measured numbers: benchmarks/RESULTS.md ("Composed VLMs on easy-VQA").
 
 `--quick`: a random `small-rn-64` tower, 20 LM steps, 512 training questions, 5 + 20 VLM steps
 and 32 test questions (a few seconds; tests/test_composed_training.py runs it).
@@ -34,7 +32,12 @@ from pathlib import Path
 
 import torch
 
-from vlkit.recipes.composed_run import COMPOSED_KINDS, ComposedRunConfig, run_composed
+from vlkit.recipes.composed_run import (
+    COMPOSED_KINDS,
+    ComposedRunConfig,
+    full_run_config,
+    run_composed,
+)
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--kind", choices=COMPOSED_KINDS, default="llava")
@@ -63,15 +66,12 @@ elif not Path(vision).exists():
     print(f"{vision} is missing: training the demo CLIP tower first (~3 min)")
     run_demo(Path(vision).parent, plots=False, progress=False, threads=1)
 
-# The full run's schedule (batch 64, lr 2e-3 as `vlkit train-vlm`'s recipe): LLaVA 200
-# projector-only steps + 1,300 joint steps; the frozen-LM kinds 1,500 connector steps.
-steps = (200, 1300) if args.kind == "llava" else (0, 1500)
-config = ComposedRunConfig(
-    kind=args.kind, vision=vision, language=args.language, lm_steps=400,
-    connector_steps=steps[0] if args.connector_steps is None else args.connector_steps,
-    steps=steps[1] if args.steps is None else args.steps, max_test=None,
-    init_from=args.init_from, lr=args.lr,
-)  # fmt: skip
+overrides = {"lr": args.lr, "init_from": args.init_from}
+if args.connector_steps is not None:
+    overrides["connector_steps"] = args.connector_steps
+if args.steps is not None:
+    overrides["steps"] = args.steps
+config = full_run_config(args.kind, vision, args.language, **overrides)
 if args.quick:
     config = ComposedRunConfig(
         kind=args.kind, vision=vision, language=args.language, lm_steps=20, lm_batch_size=16,

@@ -159,6 +159,19 @@ def test_quick_example_trains_and_answers(tmp_path: Path, monkeypatch, capsys) -
     assert config["model_type"] == "llama"
     rows = json.loads((out / "easy_vqa_train.json").read_text())
     assert rows[0]["conversations"][0]["value"].startswith("<image>\n")
+    # The trained model is saved with its parts record (LLaVA stage 2: projector + LM trained),
+    # and `vlkit generate` answers with it.
+    saved = json.loads((out / "model" / "composed_vlm_config.json").read_text())["composition"]
+    assert saved["trainable_parts"] == ["connector", "language"]
+    assert saved["frozen_parts"] == ["vision"] and saved["vision"] == str(out / "random_clip")
+    assert saved["language"] == str(out / "lm") and saved == summary["composition"]
+    from vlkit.cli import main
+
+    image = rows[0]["image"]
+    capsys.readouterr()
+    assert main(["generate", "--model", str(out / "model"), "--image", image, "--prompt",
+                 "what shape is this?", "--max-new-tokens", "4"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.strip() != ""
     # The LM directory is a transformers Llama: same logits, same chat template and ids.
     transformers = pytest.importorskip("transformers")
     import vlkit

@@ -182,12 +182,18 @@ def _blip2_inputs():
 
 
 def test_blip2_loads_as_qformer_vlm(blip2_pair) -> None:
-    hf, ours, _ = blip2_pair
+    hf, ours, directory = blip2_pair
     assert isinstance(ours, QFormerVLM) and not ours.training
     assert ours.num_image_tokens == NUM_QUERIES and ours.image_token_id == IMAGE_TOKEN
     assert ours.eos_token_id == 2 and ours.bos_token_id == 0
     layers = ours.connector.qformer.layers
     assert [layer.has_cross_attention for layer in layers] == [True, False]
+    record = ours.composition  # the parts record of a converted checkpoint
+    assert record["kind"] == "qformer" and record["language"] == str(directory)
+    assert record["converted_from"] == "Blip2ForConditionalGeneration"
+    counts = {part: sum(p.numel() for p in getattr(ours, part).parameters())
+              for part in ("vision", "connector", "decoder")}  # fmt: skip
+    assert record["total_parameters"] == sum(counts.values()) == record["trainable_parameters"]
 
 
 def test_blip2_logits_match(blip2_pair) -> None:

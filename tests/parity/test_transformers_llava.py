@@ -397,8 +397,25 @@ def test_round_trip_through_vlkit(checkpoints, tmp_path, name):
         tokens = reference.generate(**inputs, max_new_tokens=5, do_sample=False)
         assert torch.equal(model.generate(*arguments, max_new_tokens=5), tokens)
 
+    # Converted: the parts record names the directory and counts the (all trainable) weights.
+    record = model.composition
+    assert record["converted_from"] == "LlavaForConditionalGeneration"
+    assert record["vision"] == record["language"] == str(directory)
+    # As loaded, the vision tower is frozen (LlavaVLM's VisionTokens), the rest trains.
+    assert record["frozen_parts"] == ["vision"]
+    assert record["trainable_parts"] == ["connector", "language"]
+    total = sum(p.numel() for p in model.parameters())
+    vision = sum(p.numel() for p in model.vision.parameters())
+    assert record["total_parameters"] == total
+    assert record["trainable_parameters"] == total - vision
     saved = tmp_path / "saved"
+    model.decoder.requires_grad_(False)  # the record follows the flags at save time
     model.save_pretrained(saved)
+    assert vlkit.from_pretrained(saved).composition == {
+        **record, "trainable_parts": ["connector"], "frozen_parts": ["vision", "language"],
+        "trainable_parameters": total - vision - sum(p.numel() for p in model.decoder.parameters()),
+    }  # fmt: skip
+    model.decoder.requires_grad_(True)
     again = transformers.LlavaForConditionalGeneration.from_pretrained(saved).eval()
     assert (
         again.config.vision_feature_select_strategy

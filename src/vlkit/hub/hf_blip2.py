@@ -38,6 +38,7 @@ from vlkit.hub.hf_causal_lm import CAUSAL_LM_MODEL_TYPES, causal_lm_config, caus
 from vlkit.hub.hf_config_files import config_model_type, generation_default, read_json_object
 from vlkit.hub.hf_opt import config_from_hf_opt, opt_state_dict
 from vlkit.hub.weights import HF_WEIGHT_FILES, find_weights, load_into, read_weights
+from vlkit.models.composition import converted_record
 from vlkit.models.decoder import DecoderLM
 from vlkit.models.decoder.opt import OPTLM
 from vlkit.models.frozen_vision import VisionTokens
@@ -399,4 +400,7 @@ def load_blip2(directory: str | Path) -> QFormerVLM | Blip2Retrieval:
     model.eos_token_id = generation_default(directory, hf, "eos_token_id")
     model.pad_token_id = generation_default(directory, hf, "pad_token_id")
     model.bos_token_id = text.get("bos_token_id", model.bos_token_id)
+    model.composition = converted_record(
+        model, "qformer", str(directory), "Blip2ForConditionalGeneration"
+    )  # the parts record (issue 12 item 6)
     return model.eval()

@@ -38,7 +38,7 @@ from vlkit.hub.weights import (
     write_json,
     write_safetensors,
 )
-from vlkit.models.composition import refresh_composition, set_trainable
+from vlkit.models.composition import converted_record, refresh_composition, set_trainable
 from vlkit.models.llava import LlavaVLM
 
 __all__ = [
@@ -147,10 +147,14 @@ def load_llava(directory: str | Path) -> LlavaVLM:
     model.pad_token_id = generation_default(directory, hf_config, "pad_token_id")
     model.source_directory = str(directory)
     composition = hf_config.get("vlkit_composition")
-    if isinstance(composition, dict):  # written for a composed model: its parts as saved
+    if isinstance(composition, dict):  # written by vlkit: its parts as saved
         model.composition, model.compose_spec = composition, {"kind": "llava"}
         if isinstance(composition.get("trainable_parts"), list):
             set_trainable(model, "llava", composition["trainable_parts"])
+    else:  # a transformers checkpoint: converted, every part from this directory
+        model.composition = converted_record(
+            model, "llava", str(directory), "LlavaForConditionalGeneration"
+        )
     return model.eval()
 
 
@@ -168,7 +172,7 @@ def save_llava(model: LlavaVLM, directory: str | Path, processor: Any = None) ->
         return
     directory = Path(directory)
     config = llava_config_to_hf(model)
-    if getattr(model, "compose_spec", None) is not None:  # composed: record its parts
+    if getattr(model, "composition", None) is not None:  # composed or converted: its parts
         config["vlkit_composition"] = refresh_composition(model, "llava")
     directory.mkdir(parents=True, exist_ok=True)
     state = to_hf_llava_state_dict(model)

@@ -42,6 +42,7 @@ __all__ = [
     "COMPOSE_PARTS",
     "DEFAULT_TRAINABLE",
     "composition_record",
+    "converted_record",
     "part_parameters",
     "refresh_composition",
     "resize_token_embeddings",
@@ -150,12 +151,23 @@ def composition_record(model: nn.Module, kind: str, sources: dict[str, str]) -> 
     }
 
 
+def converted_record(model: nn.Module, kind: str, directory: str, architecture: str) -> dict:
+    """The parts record of a checkpoint converted from another library (a transformers LLaVA or
+    BLIP-2 directory): every part comes from `directory`, the flags are the model's current
+    ones (all trainable as loaded), and `converted_from` names the source architecture."""
+    record = composition_record(model, kind, {"vision": directory, "language": directory})
+    record["converted_from"] = architecture
+    return record
+
+
 def refresh_composition(model: nn.Module, kind: str) -> dict[str, Any]:
     """`model.composition` recomputed from its current `requires_grad` flags (the sources kept;
     "vlkit model" when unknown), stored on the model and returned: what a save writes."""
     previous = getattr(model, "composition", None) or {}
     sources = {part: previous.get(part, "vlkit model") for part in ("vision", "language")}
     model.composition = composition_record(model, kind, sources)
+    if "converted_from" in previous:
+        model.composition["converted_from"] = previous["converted_from"]
     return model.composition
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "ComposedRunConfig",
     "SPECIAL_TOKENS",
     "conversation_accuracy",
+    "full_run_config",
     "pretrain_lm",
     "run_composed",
     "train_bpe_tokenizer",
@@ -76,9 +77,9 @@ class ComposedRunConfig:
     Attributes:
         kind: One of `COMPOSED_KINDS`.
         vision: A vlkit CLIP checkpoint directory (the `make demo` tower: `runs/demo/model`).
-        vision_tokens: Which tokens of a ResNet tower the connector reads (`tower_tokens`;
-            "final": the demo tower's 2x2 grid). A ViT tower goes through `compose_vlm`, which
-            picks each kind's default (LLaVA: the penultimate layer, CLS dropped).
+        vision_tokens: Which tokens of a ResNet tower the connector reads (`compose_vlm`'s
+            `vision_feature_layer`: "final", the demo tower's 2x2 grid, or "layer3"). A ViT
+            tower gets each kind's default (LLaVA: the penultimate layer, CLS dropped).
         language: A pretrained causal-LM directory; "" = train one into `OUT/lm`.
         lm_steps, lm_batch_size, lm_width, lm_layers, lm_heads, vocab_size: That LM's pretraining.
         connector_steps: LLaVA stage 1 (projector only); 0 for the frozen-LM kinds.
@@ -118,6 +119,19 @@ class ComposedRunConfig:
     def __post_init__(self) -> None:
         if self.kind not in COMPOSED_KINDS:
             raise ValueError(f"kind must be one of {COMPOSED_KINDS}, got {self.kind!r}")
+
+
+def full_run_config(
+    kind: str, vision: str, language: str = "", **overrides: Any
+) -> ComposedRunConfig:
+    """The measured run of `kind` (benchmarks/RESULTS.md, the example's default): a 400-step LM
+    pretraining (unless `language`), then the same 4,000 steps of 64 for every kind: LLaVA 200
+    projector-only + 3,800 projector + LM steps, qformer / flamingo 4,000 connector steps with
+    the LM frozen; peak lr 2e-3, cosine to 1e-4; all 9,673 test questions."""
+    stage1, steps = (200, 3800) if kind == "llava" else (0, 4000)
+    settings: dict[str, Any] = dict(kind=kind, vision=vision, language=language, lm_steps=400,
+                                    connector_steps=stage1, steps=steps, max_test=None)  # fmt: skip
+    return ComposedRunConfig(**{**settings, **overrides})
 
 
 def corpus_texts(train_questions: int | None = None) -> list[str]:
@@ -237,60 +251,38 @@ def pretrain_lm(cfg: ComposedRunConfig, directory: str | Path) -> dict[str, Any]
 
 
 def _compose(cfg: ComposedRunConfig, language: Path) -> tuple[nn.Module, Any, Any]:
-    """(model, tokenizer, image transform): the frozen CLIP tower and the pretrained LM joined
-    by `cfg.kind`'s connector, the LM's weights loaded, the LM frozen.
+    """(model, tokenizer, image transform): `vlkit.compose_vlm` of the CLIP tower (frozen) and
+    the pretrained LM (frozen too until LLaVA's stage 2), joined by `cfg.kind`'s connector.
 
-    A ViT tower goes through `vlkit.compose_vlm` (LLaVA reads its penultimate layer, CLS
-    dropped: "hidden:-2"). `compose_vlm` takes ViT towers only, so the `make demo` ResNet tower
-    is joined with the fusion builder (`build_fusion_vlm_on_clip`, its final 2x2 grid tokens)
-    and the LM's weights copied in: the same modules, the same freezing.
+    A ViT tower gives each kind's default tokens (LLaVA: the penultimate layer, CLS dropped); the
+    `make demo` ResNet tower gives `cfg.vision_tokens` ("final": its 2x2 grid). The model carries
+    its parts record (`model.composition`), which `save_pretrained` writes.
     """
-    from vlkit.data.tokenizers.hf_json import HFTokenizer
     from vlkit.hub import from_pretrained
-    from vlkit.models.fusion_vlm import FusionVLMConfig, build_fusion_vlm_on_clip
+    from vlkit.hub.compose import compose_vlm
     from vlkit.models.vit import VisionTransformer
 
     clip = from_pretrained(cfg.vision)
     transform = ImageTransform(clip.config.preprocess, train=False)
-    if isinstance(clip.vision, VisionTransformer):
-        from vlkit.hub.compose import compose_vlm
-
-        model = compose_vlm(clip, str(language), cfg.kind, num_queries=cfg.num_queries,
-                            seed=cfg.seed)  # fmt: skip
-        set_language_trainable(model, cfg.kind, False)
-        return model, model.tokenizer, transform
-    lm = from_pretrained(str(language))
-    tokenizer = HFTokenizer.from_pretrained(str(language))
-    image_token_id = tokenizer.encode("<image>")
-    if len(image_token_id) != 1:
-        raise ValueError(f"{language}: the tokenizer has no single '<image>' token")
-    config = FusionVLMConfig(
-        kind=cfg.kind, decoder=lm.config, image_token_id=image_token_id[0],
-        num_queries=cfg.num_queries, image_size=clip.config.preprocess.image_size,
+    resnet = not isinstance(clip.vision, VisionTransformer)
+    model = compose_vlm(
+        clip, str(language), cfg.kind, num_queries=cfg.num_queries, seed=cfg.seed,
+        vision_feature_layer=cfg.vision_tokens if resnet else None,
     )  # fmt: skip
-    torch.manual_seed(cfg.seed)
-    model = build_fusion_vlm_on_clip(config, clip, False, cfg.vision_tokens)
-    # The pretrained LM's weights; Flamingo's decoder adds the gated cross-attention blocks.
-    missing, unexpected = model.decoder.load_state_dict(lm.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("gated_cross_attention.") for k in missing):
-        raise ValueError(f"{language}: LM weights do not fit the {cfg.kind} decoder")
+    # compose_vlm saw a CLIP object: name the directory it came from in the parts record.
+    model.composition["vision"] = str(cfg.vision)
     set_language_trainable(model, cfg.kind, False)
-    return model, tokenizer, transform
+    return model, model.tokenizer, transform
 
 
 def set_language_trainable(model: nn.Module, kind: str, trainable: bool) -> None:
     """Freezes or unfreezes the LM's own weights; the connector (and Flamingo's gated
-    cross-attention) always train, the vision tower never."""
-    if hasattr(model, "composition"):  # built by compose_vlm: its named parts
-        from vlkit.models.composition import set_trainable
+    cross-attention) always train, the vision tower never. The parts record follows."""
+    from vlkit.models.composition import refresh_composition, set_trainable
 
-        parts = ["connector"] + (["cross_attention"] if kind == "flamingo" else [])
-        set_trainable(model, kind, parts + (["language"] if trainable else []))
-        return
-    model.decoder.requires_grad_(trainable)
-    xattn = getattr(model.decoder, "gated_cross_attention", None)
-    if xattn is not None:
-        xattn.requires_grad_(True)
+    parts = ["connector"] + (["cross_attention"] if kind == "flamingo" else [])
+    set_trainable(model, kind, parts + (["language"] if trainable else []))
+    refresh_composition(model, kind)
 
 
 @torch.no_grad()
@@ -337,7 +329,8 @@ def _fit(
 
 def run_composed(cfg: ComposedRunConfig, out_dir: str | Path) -> dict[str, Any]:
     """Pretrains the LM (unless `cfg.language`), composes, trains, evaluates; writes
-    `OUT/summary.json` (and `OUT/easy_vqa_{train,test}.json`, the conversation files)."""
+    `OUT/summary.json`, `OUT/model` (the trained VLM, for `vlkit.from_pretrained` and `vlkit
+    generate`) and `OUT/easy_vqa_{train,test}.json` (the conversation files)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -374,8 +367,11 @@ def run_composed(cfg: ComposedRunConfig, out_dir: str | Path) -> dict[str, Any]:
     summary.update(flops_per_sample(model, ConversationLMTask(), sample))  # main stage's
     stages.append({"stage": 2, **_fit(cfg, model, train, pad, cfg.steps, out / "stage2")})
     accuracy, predictions = conversation_accuracy(model, test, cfg.max_test)
+    # The trained model, parts record included: `vlkit generate --model OUT/model` runs it.
+    model.save_pretrained(out / "model")
     summary.update(
         kind=cfg.kind, stages=stages, accuracy=accuracy, test_items=len(predictions),
+        composition=model.composition, model_dir=str(out / "model"),
         image_tokens=t, skipped_rows=train.skipped + test.skipped,
         examples=[(test.rows[i]["conversations"][0]["value"], p, test.answer(i))
                   for i, p in enumerate(predictions[:6])],
