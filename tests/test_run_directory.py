@@ -26,7 +26,8 @@ from vlkit.training.checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
-from vlkit.training.config import TrainConfig, load_train_config
+from vlkit.training.config import TrainConfig
+from vlkit.training.config_files import load_train_config
 from vlkit.training.run_directory import (
     TRAIN_RUN_FILES,
     RunDirectoryError,

@@ -22,8 +22,8 @@ from vlkit.training.config import (
     LossConfig,
     OptimConfig,
     TrainConfig,
-    load_train_config,
 )
+from vlkit.training.config_files import load_train_config
 from vlkit.training.freeze import lock_image_tower
 from vlkit.training.optim import parameter_groups
 from vlkit.training.schedule import warmup_cosine

@@ -31,7 +31,8 @@ from vlkit.distributed import resolve_device
 from vlkit.overrides import apply_overrides, to_dict
 from vlkit.recipes.clip_run import train
 from vlkit.recipes.vlm_run import VLMRecipe, train_vlm
-from vlkit.training.config import TrainConfig, load_train_config
+from vlkit.training.config import TrainConfig
+from vlkit.training.config_files import load_train_config
 from vlkit.training.run_directory import RunDirectoryError
 from vlkit.training.vlm_recipe import VLM_FLAT_KEYS
 

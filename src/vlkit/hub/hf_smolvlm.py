@@ -4,10 +4,17 @@ and `Idefics3ForConditionalGeneration`) into a vlkit `GenerativeVLM`.
 Checkpoint layout: `model.vision_model.*` (SigLIP tower without head), `model.connector.*`
 (pixel-shuffle + bias-free projection), `model.text_model.*` (Llama without `lm_head`) and a
 top-level `lm_head.weight` (absent when tied to the token embeddings).
+
+`save_smolvlm` (what `GenerativeVLM.save_pretrained` calls) writes the same layout back: the
+config.json the model was built from, `model.safetensors` in transformers' names, and the
+processor / tokenizer / chat-template files of the directory it was loaded from, so that
+`SmolVLMForConditionalGeneration` / `Idefics3ForConditionalGeneration.from_pretrained` and
+`AutoProcessor` load a fine-tuned model.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,20 +25,39 @@ from vlkit.errors import CheckpointError
 from vlkit.fusion.pixel_shuffle import PixelShuffleConnector
 from vlkit.hub.hf_config_files import config_model_type, generation_default, read_json_object
 from vlkit.hub.hf_llama import config_from_hf_llama
-from vlkit.hub.weights import HF_WEIGHT_FILES, find_weights, load_into, read_weights
+from vlkit.hub.weights import (
+    HF_WEIGHT_FILES,
+    find_weights,
+    load_into,
+    read_weights,
+    write_json,
+    write_safetensors,
+)
 from vlkit.models.decoder import DecoderLM
 from vlkit.models.smolvlm import GenerativeVLM
 from vlkit.models.smolvlm_vision import SmolVLMVisionConfig, SmolVLMVisionTransformer
 
 SMOLVLM_MODEL_TYPES = ("smolvlm", "idefics3")
 _PREFIXES = {"model.vision_model.": "vision.", "model.connector.": "connector."}
+# vlkit prefix -> transformers prefix, for writing (the inverse of `smolvlm_state_dict`).
+_HF_PREFIXES = (
+    ("vision.", "model.vision_model."),
+    ("connector.", "model.connector."),
+    ("decoder.model.", "model.text_model."),
+    ("decoder.lm_head.", "lm_head."),
+)
+# Files of a checkpoint directory that hold weights: never copied from the source directory
+# by `save_smolvlm` (it writes its own model.safetensors).
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json", ".msgpack", ".h5")
 
 __all__ = [
     "SMOLVLM_MODEL_TYPES",
     "build_smolvlm",
     "is_smolvlm_directory",
     "load_smolvlm",
+    "save_smolvlm",
     "smolvlm_state_dict",
+    "to_hf_smolvlm_state_dict",
     "vision_config_from_hf",
 ]
 
@@ -67,7 +93,9 @@ def build_smolvlm(hf_config: dict[str, Any], source: str = "config.json") -> Gen
     scale = int(hf_config.get("scale_factor", 2))
     vision = SmolVLMVisionTransformer(vision_cfg)
     connector = PixelShuffleConnector(vision_cfg.hidden_size, text_cfg.hidden_size, scale)
-    return GenerativeVLM(vision, connector, DecoderLM(text_cfg), image_token_id)
+    model = GenerativeVLM(vision, connector, DecoderLM(text_cfg), image_token_id)
+    model.hf_config = dict(hf_config)  # written back by `save_smolvlm`
+    return model
 
 
 def smolvlm_state_dict(
@@ -111,4 +139,64 @@ def load_smolvlm(directory: str | Path) -> GenerativeVLM:
     load_into(model, smolvlm_state_dict(state, model), str(weights))
     model.eos_token_id = generation_default(directory, hf_config, "eos_token_id")
     model.pad_token_id = generation_default(directory, hf_config, "pad_token_id")
+    model.source_directory = str(directory)  # `save_smolvlm` copies its processor files
     return model.eval()
+
+
+def to_hf_smolvlm_state_dict(model: GenerativeVLM) -> dict[str, torch.Tensor]:
+    """`model`'s weights under transformers' SmolVLM / Idefics3 names; a tied `lm_head` is
+    left out, as transformers' `save_pretrained` does."""
+    state: dict[str, torch.Tensor] = {}
+    tied = model.decoder.config.tie_word_embeddings
+    for key, value in model.state_dict().items():
+        if tied and key == "decoder.lm_head.weight":
+            continue
+        for ours, theirs in _HF_PREFIXES:
+            if key.startswith(ours):
+                key = theirs + key[len(ours) :]
+                break
+        state[key] = value.detach().contiguous()
+    return state
+
+
+def save_smolvlm(model: GenerativeVLM, directory: str | Path) -> None:
+    """Writes `model` as a transformers SmolVLM / Idefics3 directory.
+
+    The source directory's non-weight files (generation config, tokenizer, chat template,
+    processor and image-processor configs) are copied as they are; then config.json (the one
+    the model was built from) and model.safetensors (transformers' names) are written. A model
+    built from a config dict alone (`build_smolvlm`) gets config.json, the weights and a
+    generation_config.json of its stop and pad tokens.
+
+    Raises:
+        CheckpointError: The model was not built from a SmolVLM / Idefics3 config (it has no
+            transformers equivalent to write).
+    """
+    hf_config = getattr(model, "hf_config", None)
+    if not isinstance(hf_config, dict):
+        raise CheckpointError(
+            f"save_pretrained: this {type(model).__name__} was not loaded from a SmolVLM / "
+            "Idefics3 checkpoint (vlkit.from_pretrained) or built by build_smolvlm, so it has "
+            "no transformers config to write"
+        )
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    source = getattr(model, "source_directory", None)
+    if source and Path(source).is_dir() and Path(source).resolve() != directory.resolve():
+        for path in Path(source).iterdir():
+            if path.is_file() and not path.name.endswith(_WEIGHT_SUFFIXES):
+                shutil.copy2(path, directory / path.name)
+    config = dict(hf_config)
+    config["tie_word_embeddings"] = bool(model.decoder.config.tie_word_embeddings)
+    write_json(config, directory / "config.json")
+    write_safetensors(to_hf_smolvlm_state_dict(model), directory / "model.safetensors",
+                      metadata={"format": "pt"})  # fmt: skip
+    if not (directory / "generation_config.json").is_file():
+        generation = {key: value for key in ("eos_token_id", "pad_token_id")
+                      if (value := getattr(model, key, None)) is not None}  # fmt: skip
+        if generation:
+            write_json(generation, directory / "generation_config.json")
+
+
+# `GenerativeVLM.save_pretrained` delegates here: models cannot import the format layer.
+GenerativeVLM.checkpoint_writer = save_smolvlm

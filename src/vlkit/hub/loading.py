@@ -213,9 +213,12 @@ def _load_open_clip(
     return model.eval()
 
 
-def save_pretrained(model: CLIP | DecoderLM, directory: str | Path, format: str = "auto") -> None:
+def save_pretrained(
+    model: CLIP | DecoderLM | GenerativeVLM, directory: str | Path, format: str = "auto"
+) -> None:
     """Writes `model` so that it loads back unchanged. A `DecoderLM` (causal LM) is written as
-    a transformers Llama / Qwen2 / Qwen3 directory (`vlkit.hub.hf_causal_lm.save_causal_lm`).
+    a transformers Llama / Qwen2 / Qwen3 directory (`vlkit.hub.hf_causal_lm.save_causal_lm`), a
+    generative VLM by its own `save_pretrained` (SmolVLM / Idefics3: `hf_smolvlm.save_smolvlm`).
 
     Args:
         format: "hf" writes a directory that transformers' `CLIPModel` / `SiglipModel` loads
@@ -226,6 +229,9 @@ def save_pretrained(model: CLIP | DecoderLM, directory: str | Path, format: str 
     if format not in ("auto", "hf", "vlkit"):
         raise ValueError(f"format must be 'auto', 'hf' or 'vlkit', got {format!r}")
     directory = Path(directory)
+    if isinstance(model, GenerativeVLM):  # SmolVLM / Idefics3, LLaVA, composed: their own writer
+        model.save_pretrained(directory)
+        return
     if isinstance(model, DecoderLM):  # a causal LM: transformers' Llama / Qwen2 / Qwen3 layout
         if format == "vlkit":
             raise ValueError("a causal LM is saved in the Hugging Face format only (format='hf')")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from vlkit.distributed import resolve_device
 from vlkit.hub.download import download_checkpoint, is_hub_id
+from vlkit.inference.adapter_directory import adapter_base, merge_adapter
 from vlkit.inference.blip2_pipeline import Blip2Pipeline
 from vlkit.inference.composed_pipeline import ComposedPipeline
 from vlkit.inference.llava_pipeline import LlavaPipeline
@@ -51,6 +52,9 @@ def vlm_pipeline_class(path: str | Path) -> type[VLMPipeline]:
         ValueError: A directory no kind accepts.
     """
     directory = vlm_directory(path)
+    base = adapter_base(directory)  # a peft adapter directory: the kind of its base model
+    if base is not None:
+        directory = vlm_directory(base, "base model directory")
     for pipeline in PIPELINES:
         if pipeline.accepts(directory):
             return pipeline
@@ -62,7 +66,9 @@ def load_vlm(path: str | Path, device: str = "cpu", int8: bool = False) -> VLMPi
 
     Args:
         path: A `vlkit train-vlm` run, a SmolVLM / SmolVLM2 / Idefics3, BLIP-2 or LLaVA
-            directory, or a hub id of one (downloaded through `vlm_directory`).
+            directory, or a hub id of one (downloaded through `vlm_directory`); or a peft LoRA
+            adapter directory, whose recorded base is loaded with the adapter merged in
+            (`adapter_directory.py`).
         device: Where the model runs.
         int8: Dynamic INT8 linear layers (`inference.quantize`; CPU only).
 
@@ -72,7 +78,13 @@ def load_vlm(path: str | Path, device: str = "cpu", int8: bool = False) -> VLMPi
     """
     device = str(resolve_device(device))  # an unavailable device fails before any loading
     directory = vlm_directory(path)
-    pipeline = vlm_pipeline_class(directory).load(directory, device)
+    base = adapter_base(directory)  # a peft adapter: its base, then the adapter merged in
+    if base is not None:
+        base_directory = vlm_directory(base, "base model directory")
+        pipeline = vlm_pipeline_class(base_directory).load(base_directory, device)
+        pipeline.model = merge_adapter(pipeline.model, directory).eval()
+    else:
+        pipeline = vlm_pipeline_class(directory).load(directory, device)
     if int8:
         pipeline.quantize_int8()
     return pipeline

@@ -29,6 +29,11 @@ def next_token_loss(
     Returns:
         Scalar loss, the mean over the target tokens (NaN when there are none, as in PyTorch).
     """
-    shifted = logits[:, :-1].reshape(-1, logits.shape[-1])  # (B*(L-1), V)
-    targets = labels[:, 1:].reshape(-1).to(shifted.device)  # (B*(L-1),)
-    return F.cross_entropy(shifted.float(), targets, ignore_index=ignore_index)
+    # Shift the labels, not the logits (transformers' `ForCausalLMLoss`): slicing (B, L, V)
+    # logits copies them, and the slice's backward allocates a zero-filled (B, L, V) gradient;
+    # padding the (B, L) labels with one ignored column costs nothing and gives the same mean.
+    targets = F.pad(labels, (0, 1), value=ignore_index)[:, 1:]  # (B, L): label at t + 1
+    flat = logits.reshape(-1, logits.shape[-1])  # (B*L, V), a view of contiguous logits
+    return F.cross_entropy(
+        flat.float(), targets.reshape(-1).to(flat.device), ignore_index=ignore_index
+    )

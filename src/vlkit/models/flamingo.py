@@ -44,7 +44,7 @@ from vlkit.models.decoder.generation import prompt_attention_mask, stop_ids
 from vlkit.models.decoder.masks import position_ids_from_mask
 from vlkit.models.flamingo_cache import FlamingoKVCache, MediaCache
 from vlkit.models.flamingo_decoder import FlamingoDecoder
-from vlkit.models.frozen_vision import keep_frozen_in_eval
+from vlkit.models.frozen_vision import is_frozen, keep_frozen_in_eval
 from vlkit.models.smolvlm import VLMOutput
 
 if TYPE_CHECKING:
@@ -138,7 +138,11 @@ class FlamingoVLM(nn.Module):
             pixel_values = pixel_values[:, None]
         b, m = pixel_values.shape[:2]
         dtype = next(self.vision.parameters()).dtype
-        tokens = self.vision(pixel_values.flatten(0, 1).to(dtype))  # (B*M, T, Dv)
+        images = pixel_values.flatten(0, 1).to(dtype)
+        # A fully frozen encoder runs outside autograd (no graph, no saved activations).
+        grad = torch.is_grad_enabled() and (images.requires_grad or not is_frozen(self.vision))
+        with torch.set_grad_enabled(grad):
+            tokens = self.vision(images)  # (B*M, T, Dv)
         latents = self.perceiver(self.media_projection(tokens))  # (B*M, K, D)
         return latents.view(b, m, *latents.shape[1:])
 

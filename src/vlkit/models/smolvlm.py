@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from torch import nn
 from vlkit.losses.next_token import next_token_loss
 from vlkit.models.decoder import DecoderLM, DecoderOutput, KVCache
 from vlkit.models.decoder import generate as _generate
-from vlkit.models.frozen_vision import keep_frozen_in_eval
+from vlkit.models.frozen_vision import is_frozen, keep_frozen_in_eval
 
 
 @dataclass
@@ -66,6 +67,19 @@ class GenerativeVLM(nn.Module):
         self.eos_token_id: int | list[int] | None = None
         self.pad_token_id: int | None = None
 
+    # Writes a transformers SmolVLM / Idefics3 directory: (model, directory) -> None. Set by
+    # `vlkit.hub.hf_smolvlm` (models cannot import the format layer); subclasses have their own.
+    checkpoint_writer: ClassVar[Callable[[Any, str | Path], None] | None] = None
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Writes a directory that transformers' `SmolVLMForConditionalGeneration` /
+        `Idefics3ForConditionalGeneration` and `vlkit.from_pretrained` load
+        (`vlkit.hub.hf_smolvlm.save_smolvlm`)."""
+        writer = type(self).checkpoint_writer
+        if writer is None:
+            raise RuntimeError("import vlkit.hub to enable save_pretrained")
+        writer(self, directory)
+
     def train(self, mode: bool = True) -> GenerativeVLM:
         """As `nn.Module.train`, but a fully frozen vision encoder stays in eval mode."""
         super().train(mode)
@@ -104,11 +118,15 @@ class GenerativeVLM(nn.Module):
         real = (images != 0).flatten(1).any(dim=1)  # (B*M,)
         real[0] |= ~real.any()  # keep one image when all are padding (transformers does too)
         images = images[real]  # (N, C, H, W)
-        if pixel_attention_mask is None:
-            tokens = self.vision(images)  # (N, T, Dv)
-        else:
-            mask = pixel_attention_mask.reshape(b * m, *pixel_attention_mask.shape[2:])[real]
-            tokens = self.vision(images, pixel_attention_mask=mask)
+        # A fully frozen encoder runs outside autograd (no graph, no saved activations); an
+        # input that asks for its gradient (saliency) still gets one.
+        grad = torch.is_grad_enabled() and (images.requires_grad or not is_frozen(self.vision))
+        with torch.set_grad_enabled(grad):
+            if pixel_attention_mask is None:
+                tokens = self.vision(images)  # (N, T, Dv)
+            else:
+                mask = pixel_attention_mask.reshape(b * m, *pixel_attention_mask.shape[2:])[real]
+                tokens = self.vision(images, pixel_attention_mask=mask)
         features = self.connector(tokens)  # (N, T', D)
         return features.reshape(-1, features.shape[-1])  # (N*T', D)
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlkit.layers.checkpointing import checkpoint_modules
+
 _ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "gelu": F.gelu,
@@ -160,6 +162,11 @@ class SmolVLMVisionTransformer(nn.Module):
     def hidden_size(self) -> int:
         """Token width D."""
         return self.config.hidden_size
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each encoder layer's activations in the backward pass (training only;
+        `vlkit.layers.checkpointing`)."""
+        checkpoint_modules(self.encoder.layers, enabled)
 
     def patch_mask(self, pixel_attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, H, W) pixel mask -> (B, H/p, W/p) bool: a patch is real if any pixel in it is."""

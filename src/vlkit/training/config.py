@@ -12,7 +12,6 @@ trains), `loss`, `checkpoint` and `eval` (periodic evaluation on held-out data).
 from __future__ import annotations
 
 import json
-import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +19,6 @@ from typing import Any, Literal
 from vlkit.overrides import (
     ConfigError,
     accepts_aliases,
-    apply_overrides,
     check_fields,
     check_range,
     from_dict,
@@ -29,6 +27,33 @@ from vlkit.overrides import (
 
 DataSource = Literal["easy_vqa", "shapes", "folder", "webdataset"]
 Precision = Literal["fp32", "bf16", "fp16"]
+# The parts `gradient_checkpointing` can name (`vlkit.training.memory`): the LM decoder (a
+# CLIP's text tower) and the vision tower.
+CHECKPOINT_PARTS: tuple[str, ...] = ("language", "vision")
+
+
+def checkpoint_parts(value: Any, key: str = "gradient_checkpointing") -> tuple[str, ...]:
+    """The parts a `gradient_checkpointing` value names: True / "true" / "all" -> every part,
+    False / "false" / "none" -> none, "language,vision" -> those.
+
+    Raises:
+        ConfigError: Another value or an unknown part (the message names `key`).
+    """
+    if isinstance(value, bool):
+        return CHECKPOINT_PARTS if value else ()
+    if isinstance(value, str):
+        words = [w.strip().lower() for w in value.split(",") if w.strip()]
+        if words in (["true"], ["all"]):
+            return CHECKPOINT_PARTS
+        if words in ([], ["false"], ["none"]):
+            return ()
+        unknown = [w for w in words if w not in CHECKPOINT_PARTS]
+        if not unknown:
+            return tuple(p for p in CHECKPOINT_PARTS if p in words)
+    raise ConfigError(
+        f"{key}: expected true, false or parts from {', '.join(CHECKPOINT_PARTS)} "
+        f"(comma-separated), got {value!r}"
+    )
 
 
 @dataclass
@@ -68,7 +93,11 @@ class OptimConfig:
 
     Attributes:
         batch_size: Global batch (all processes together).
-        micro_batch_size: When set, exact GradCache accumulation in micro-batches of this size.
+        micro_batch_size: When set, exact accumulation in micro-batches of this size (GradCache
+            for contrastive tasks, token-weighted sums for `SFTTask`).
+        accumulation_steps: Micro-batches per optimizer step, all processes together:
+            `batch_size = micro_batch_size * accumulation_steps` (give any two of the three;
+            the micro-batch size is derived from the other two when unset).
         epochs: Full epochs to train when `max_steps` is None.
         max_steps: Stop after this many optimizer steps (else `epochs` full epochs).
         max_seconds: Also stop when training has run this long (the demo's time budget).
@@ -77,10 +106,12 @@ class OptimConfig:
         grad_clip: Max global gradient norm, or None.
         max_nonfinite_steps: Stop with an error after this many non-finite steps in a row.
         lock_image: LiT: freeze the image tower except its last `lock_image_unlocked_groups`.
+        optimizer: "adamw" (torch) or "adamw8bit" (bitsandbytes' 8-bit AdamW; CUDA only).
     """
 
     batch_size: int = 128
     micro_batch_size: int | None = None
+    accumulation_steps: int | None = None
     epochs: int = 1
     max_steps: int | None = None
     max_seconds: float | None = None
@@ -94,6 +125,7 @@ class OptimConfig:
     max_nonfinite_steps: int = 5
     lock_image: bool = False
     lock_image_unlocked_groups: int = 0
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -101,6 +133,8 @@ class OptimConfig:
         # micro-batch silently turned accumulation off (issue 18): all refused here.
         check_range("optim.batch_size", self.batch_size, 1)
         check_range("optim.micro_batch_size", self.micro_batch_size, 1)
+        check_range("optim.accumulation_steps", self.accumulation_steps, 1)
+        self._derive_micro_batch()
         if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
             raise ConfigError(
                 f"optim.micro_batch_size: must be at most optim.batch_size={self.batch_size} "
@@ -120,6 +154,27 @@ class OptimConfig:
         check_range("optim.grad_clip", self.grad_clip, 0, low_open=True)
         check_range("optim.max_nonfinite_steps", self.max_nonfinite_steps, 1)
         check_range("optim.lock_image_unlocked_groups", self.lock_image_unlocked_groups, 0)
+
+    def _derive_micro_batch(self) -> None:
+        """batch_size = micro_batch_size * accumulation_steps; an inconsistent trio is refused."""
+        steps, micro = self.accumulation_steps, self.micro_batch_size
+        if steps is None:
+            return
+        if micro is None:
+            if self.batch_size % steps:
+                raise ConfigError(
+                    f"optim.accumulation_steps: optim.batch_size={self.batch_size} is not "
+                    f"divisible by optim.accumulation_steps={steps} (set optim.micro_batch_size "
+                    "or a batch size that is a multiple)"
+                )
+            self.micro_batch_size = self.batch_size // steps
+        elif micro * steps != self.batch_size:
+            raise ConfigError(
+                f"optim.accumulation_steps: optim.micro_batch_size={micro} x "
+                f"optim.accumulation_steps={steps} = {micro * steps} must equal "
+                f"optim.batch_size={self.batch_size} (set optim.batch_size={micro * steps}, "
+                "or leave optim.micro_batch_size unset)"
+            )
 
 
 @dataclass
@@ -205,6 +260,7 @@ FLAT_KEYS: dict[str, str] = {
     "num_workers": "data.num_workers",
     "batch_size": "optim.batch_size",
     "micro_batch_size": "optim.micro_batch_size",
+    "accumulation_steps": "optim.accumulation_steps",
     "epochs": "optim.epochs",
     "max_steps": "optim.max_steps",
     "max_seconds": "optim.max_seconds",
@@ -235,7 +291,13 @@ class TrainConfig:
         seed: Initial weights, data order and augmentation draws.
         device: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
         precision: "fp32", "bf16" (autocast, CPU or CUDA) or "fp16" (CUDA, with a grad scaler).
-        gradient_checkpointing: Recompute tower activations in the backward pass.
+        gradient_checkpointing: Recompute activations per layer in the backward pass: true
+            (every part), false, or parts ("language", "vision", "language,vision";
+            `vlkit.training.memory`).
+        quantize_base: "4bit": frozen linear layers as bitsandbytes NF4 (QLoRA; CUDA only).
+        strategy: Data parallelism over torchrun's processes: "ddp" (full replicas, gradients
+            averaged by the trainer) or "fsdp" (FSDP2: parameters, gradients and optimizer
+            state sharded per layer, sharded checkpoints; `vlkit.training.fsdp`).
         out_dir: Run directory (config, metrics, TensorBoard logs, curves, checkpoints).
         progress: Show a progress bar.
         log_every: Log metrics every N steps.
@@ -253,7 +315,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: Precision = "fp32"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | str = False
+    quantize_base: Literal["none", "4bit"] = "none"
+    strategy: Literal["ddp", "fsdp"] = "ddp"
     out_dir: str = "runs/train"
     progress: bool = True
     log_every: int = 10
@@ -266,6 +330,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         check_range("log_every", self.log_every, 1)
+        checkpoint_parts(self.gradient_checkpointing)
+        # fp16's GradScaler cannot unscale FSDP's DTensor gradients; bf16 needs no scaler.
+        if self.strategy == "fsdp" and self.precision == "fp16":
+            raise ConfigError("strategy: fsdp supports precision fp32 or bf16, not fp16")
         if not self.out_dir.strip():  # Path("") is the current directory: never meant
             raise ConfigError("out_dir: empty; name the run directory ('.' for the current one)")
         if self.optim.batch_size < 2:
@@ -302,53 +370,8 @@ class TrainConfig:
     save = to_json  # the name earlier versions wrote runs with
 
 
-def load_train_config(source: str | None, overrides: list[str] | None = None) -> TrainConfig:
-    """A TrainConfig from a JSON file, a Python file defining `CONFIG` (a dict or TrainConfig),
-    a named config in vlkit/configs/, or defaults; then `key=value` overrides (dotted such as
-    `optim.lr=1e-3`, or the flat keys of `FLAT_KEYS`).
-
-    Raises:
-        ConfigError: An unknown key or a value of the wrong type (a one-line message naming it).
-        ValueError: No such config file or built-in config.
-    """
-    config = TrainConfig()
-    if source:
-        path = Path(source)
-        if not path.is_file():
-            builtin = Path(__file__).resolve().parents[1] / "configs" / f"{source}.py"
-            if not builtin.is_file():
-                raise ValueError(f"config {source!r}: no such file or built-in config")
-            path = builtin
-        config = _read_config_file(path)
-    return apply_overrides(config, overrides or [], FLAT_KEYS)
-
-
-def _read_config_file(path: Path) -> TrainConfig:
-    """A config file's TrainConfig; every problem is one error naming the file (and the key)."""
-    try:
-        if path.suffix == ".json":
-            try:
-                values = json.loads(path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise ValueError(f"not valid JSON ({error})") from None
-            if not isinstance(values, dict):
-                raise ValueError(f"expected a JSON object of settings, got {type(values).__name__}")
-            return TrainConfig.from_dict(values)
-        loaded = runpy.run_path(str(path)).get("CONFIG")
-        if loaded is None:
-            raise ValueError("defines no CONFIG")
-        if isinstance(loaded, TrainConfig):
-            return loaded
-        if not isinstance(loaded, dict):
-            raise ValueError(f"CONFIG must be a dict or a TrainConfig, got {type(loaded).__name__}")
-        return TrainConfig.from_dict(loaded)
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from None
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
-
-
 __all__ = [
+    "CHECKPOINT_PARTS",
     "FLAT_KEYS",
     "CheckpointConfig",
     "DataConfig",
@@ -357,5 +380,5 @@ __all__ = [
     "LossConfig",
     "OptimConfig",
     "TrainConfig",
-    "load_train_config",
+    "checkpoint_parts",
 ]

@@ -45,9 +45,20 @@ def create_optimizer(
     betas: tuple[float, float] = (0.9, 0.98),
     eps: float = 1e-6,
     exclude_embeddings: bool = True,
-) -> torch.optim.AdamW:
-    """AdamW with CLIP's defaults (Radford et al. 2021, Table 18: beta2 0.98, eps 1e-6, wd 0.2)."""
+    kind: str = "adamw",
+) -> torch.optim.Optimizer:
+    """AdamW with CLIP's defaults (Radford et al. 2021, Table 18: beta2 0.98, eps 1e-6, wd 0.2).
+
+    `kind="adamw8bit"`: bitsandbytes' 8-bit AdamW over the same groups (`vlkit.training.memory`;
+    CUDA only, refused with a one-line `ConfigError` otherwise).
+    """
     groups = parameter_groups(model, weight_decay, exclude_embeddings)
+    if kind == "adamw8bit":
+        from vlkit.training.memory import adamw_8bit  # bitsandbytes is imported only for it
+
+        return adamw_8bit(groups, lr, betas, eps)
+    if kind != "adamw":
+        raise ValueError(f"optim.optimizer: expected adamw or adamw8bit, got {kind!r}")
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from vlkit.distributed import DistributedInfo, resolve_device
+from vlkit.hub import CheckpointError
 from vlkit.hub.weights import load_into
 from vlkit.training.checkpoint import (
     capture_rng_state,
@@ -36,10 +37,23 @@ from vlkit.training.checkpoint import (
 )
 from vlkit.training.config import TrainConfig
 from vlkit.training.data import MapStyleData, TrainingData
+from vlkit.training.fsdp import is_sharded, shard_model
+from vlkit.training.memory import apply_memory_options
 from vlkit.training.optim import create_optimizer
 from vlkit.training.schedule import create_scheduler
+from vlkit.training.sharded_checkpoint import (
+    is_sharded_checkpoint,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+)
 
 log = logging.getLogger(__name__)
+
+
+def _batch_rows(batch: dict[str, Any]) -> int:
+    """Rows of this process's batch: `images` rows, or `input_ids` rows for text-first
+    batches (SFT) that have no `images` key."""
+    return (batch["images"] if "images" in batch else batch["input_ids"]).shape[0]
 
 
 class TrainingDiverged(RuntimeError):
@@ -91,7 +105,13 @@ class Trainer:
             self.device = torch.device("cuda", self.distributed.local_rank)
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision fp16 needs CUDA (use bf16 on CPU)")
-        self.model = model.to(self.device)
+        # Under FSDP each layer's shard moves to the device as it is sharded: the whole model
+        # never sits on one GPU.
+        fsdp = config.strategy == "fsdp"
+        self.model = model if fsdp else model.to(self.device)
+        apply_memory_options(model, config, self.device)  # 4-bit base, gradient checkpointing
+        if fsdp:  # before the optimizer: fully_shard replaces the parameters (training/fsdp.py)
+            self.model = shard_model(model, self.device, mixed_precision=config.precision)
         self.task = task
         if not hasattr(data, "loader"):  # a map-style dataset: batch it with the resumable sampler
             data = MapStyleData(data, collate, config.optim.batch_size, config.seed,
@@ -102,14 +122,13 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.checkpoint_dir = checkpoint_dir or f"{config.out_dir}/checkpoints"
         self.optimizer = create_optimizer(
-            model, config.optim.lr, config.optim.weight_decay, config.optim.betas, config.optim.eps
-        )
+            model, config.optim.lr, config.optim.weight_decay, config.optim.betas, config.optim.eps,
+            kind=config.optim.optimizer,
+        )  # fmt: skip
         self.scheduler = create_scheduler(
             self.optimizer, config.optim.warmup_steps, self.total_steps, config.optim.min_lr_ratio
         )
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
-        if config.gradient_checkpointing:
-            model.set_gradient_checkpointing(True)
         # Position and counters (all saved in checkpoints).
         self.step = 0
         self.epoch = 0
@@ -153,7 +172,11 @@ class Trainer:
         if self._saved_step == self.step:
             return
         self._saved_step = self.step
-        if self.distributed.is_main:
+        if self.config.strategy == "fsdp":  # every rank writes its shards (sharded_checkpoint.py)
+            save_sharded_checkpoint(self.checkpoint_dir, self.step, self.model, self.optimizer,
+                                    self.training_state(), self.config.checkpoint.keep_last,
+                                    self.run_id)  # fmt: skip
+        elif self.distributed.is_main:
             save_checkpoint(self.checkpoint_dir, self.step, self.model, self.training_state(),
                             self.config.checkpoint.keep_last, self.run_id)  # fmt: skip
         if self.distributed.enabled:
@@ -161,10 +184,15 @@ class Trainer:
 
     def restore(self, resume: str) -> None:
         path = resolve_resume(self.checkpoint_dir, resume)
-        weights, state = load_checkpoint(path)
-        load_into(self.model, {k: v.to(self.device) for k, v in weights.items()}, str(path))
-
-        self.optimizer.load_state_dict(state["optimizer"])
+        if is_sharded_checkpoint(path):  # written by an FSDP run, on any number of processes
+            state = load_sharded_checkpoint(path, self.model, self.optimizer)
+        elif is_sharded(self.model):
+            raise CheckpointError(f"{path} is a plain (ddp) checkpoint: resume it with strategy=ddp "
+                                  "(an fsdp run resumes sharded checkpoints)")  # fmt: skip
+        else:
+            weights, state = load_checkpoint(path)
+            load_into(self.model, {k: v.to(self.device) for k, v in weights.items()}, str(path))
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
@@ -218,8 +246,8 @@ class Trainer:
         with self._autocast():
             losses = self.task.training_step(model, batch, self._backward)
         loss = losses["loss"].detach().float()
-        if self.distributed.enabled:
-            self._all_reduce_gradients()
+        if self.distributed.enabled and self.config.strategy != "fsdp":
+            self._all_reduce_gradients()  # (FSDP reduce-scatters, averaged, in the backward)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in model.parameters() if p.grad is not None]
@@ -296,13 +324,16 @@ class Trainer:
                 f"epoch {self.epoch} has no complete batch of {self.config.optim.batch_size}"
             )
         for batch in self.data.loader(self.epoch, self.batch_in_epoch):
-            count = batch["images"].shape[0] * self.distributed.world_size
+            rows = _batch_rows(batch)
+            count = rows * self.distributed.world_size
             skipped = batch.get("skipped", [])
             self.skipped_samples += len(skipped)
             self.skipped_examples.extend(skipped[: max(0, 10 - len(self.skipped_examples))])
             tick = time.perf_counter()
-            # A batch whose samples were (nearly) all unusable has no contrastive pairs: skip it.
-            metrics = self.train_step(batch) if batch["images"].shape[0] >= 2 else None
+            # A batch whose samples were (nearly) all unusable has no contrastive pairs: skip it
+            # (tasks whose single rows are examples, such as SFTTask, set `min_rows = 1`).
+            usable = rows >= getattr(self.task, "min_rows", 2)
+            metrics = self.train_step(batch) if usable else None
             self.step += 1
             self.batch_in_epoch += 1
             self.samples_seen += count

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlkit.layers.checkpointing import checkpoint_modules
 from vlkit.models.decoder.config import DecoderConfig, DecoderOutput
 from vlkit.models.decoder.kv_cache import KVCache, StaticKVCache
 from vlkit.models.decoder.masks import mask_and_positions
@@ -119,11 +120,15 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, H_kv, T, Dh)
         groups = self.num_heads // self.num_kv_heads
-        if groups > 1:  # share each key/value head across `groups` query heads
+        # Without a mask SDPA shares each key/value head across `groups` query heads itself
+        # (`enable_gqa`, no copies; transformers' `use_gqa_in_sdpa` makes the same choice);
+        # with a mask some backends fall back to the math kernel on GQA, so repeat them.
+        gqa = groups > 1 and mask is None
+        if groups > 1 and not gqa:
             k = k.repeat_interleave(groups, dim=1)  # (B, H, T, Dh)
             v = v.repeat_interleave(groups, dim=1)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and n > 1
+            q, k, v, attn_mask=mask, is_causal=mask is None and n > 1, enable_gqa=gqa
         )  # (B, H, L, Dh)
         return out.transpose(1, 2).reshape(b, n, -1)
 
@@ -220,6 +225,11 @@ class DecoderLM(nn.Module):
         if writer is None:
             raise RuntimeError("saving checkpoints needs vlkit.hub: `import vlkit.hub` first")
         writer(self, directory)
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each decoder layer's activations in the backward pass (training only;
+        `vlkit.layers.checkpointing`). Covers subclasses whose layers are `model.layers`."""
+        checkpoint_modules(self.model.layers, enabled)
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The token embedding table (VLMs embed text ids with it before splicing images in)."""

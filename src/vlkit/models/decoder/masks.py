@@ -51,7 +51,20 @@ def mask_and_positions(
         )
     if position_ids is None:
         position_ids = torch.arange(past, past + n, device=device).expand(b, n)
+    if past == 0 and attention_mask is not None and _no_padding(attention_mask):
+        # An all-ones mask is plain causal attention: SDPA's `is_causal` path (and GQA without
+        # repeating keys) instead of a (B, 1, L, L) mask, as transformers'
+        # `_ignore_causal_mask_sdpa` drops it. SFT batches without padding always carry one.
+        attention_mask = None
     return attention_mask_4d(attention_mask, b, n, past, device), position_ids
+
+
+def _no_padding(attention_mask: torch.Tensor) -> bool:
+    """Whether the (B, T) mask keeps every column; False while compiling (the check reads the
+    tensor on the host, which would break the graph; transformers skips it there too)."""
+    if torch.compiler.is_compiling():
+        return False
+    return bool(attention_mask.all())
 
 
 def _check_position_ids(position_ids: torch.Tensor, b: int, n: int) -> torch.Tensor:

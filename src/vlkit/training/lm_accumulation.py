@@ -1,0 +1,172 @@
+"""Exact gradient accumulation for next-token losses: weighted by supervised tokens, not batches.
+
+A causal LM's loss is the mean cross-entropy over the batch's supervised tokens (labels that are
+not -100). Split into micro-batches, the tempting recipe -- average each micro-batch's *mean*
+loss -- weights a token in a micro-batch with few targets more than one in a micro-batch with
+many; transformers' Trainer did exactly that until 4.46 (its `num_items_in_batch` fix,
+huggingface/transformers#34198). Here every micro-batch back-propagates
+
+    sum of its tokens' cross-entropy / N,   N = supervised tokens of the whole batch,
+
+so the accumulated `.grad` is the gradient of the full batch's token mean, whatever the
+micro-batches' lengths and label counts. Across data-parallel ranks the same holds with N the
+global count (`SFTTask` passes `num_tokens`).
+
+Unlike GradCache (`vlkit.training.accumulation`) nothing is cached and replayed: the loss is a
+sum over rows, so each micro-batch runs forward and backward exactly once and dropout simply
+draws its masks from the RNG as any training forward does. (No RNG replay is needed; the masks
+differ from those of one full-batch forward only as two full-batch forwards' masks differ.)
+
+Each micro-batch drops its trailing columns that are padding for every row in it (attention mask
+0, no target, no `<image>` placeholder). Under causal attention no kept position attends to a
+later one, so the kept logits are unchanged; with left padding there are no such columns and
+nothing is trimmed. Micro-batches of short rows then cost what their rows need.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlkit.losses.next_token import IGNORE_INDEX
+
+__all__ = [
+    "MODEL_INPUT_KEYS",
+    "accumulated_lm_backward",
+    "model_inputs",
+    "supervised_tokens",
+]
+
+# The SFT batch keys a generative model may take (transformers' names; vlkit's VLMs use the same).
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask")
+
+
+def supervised_tokens(labels: torch.Tensor) -> int:
+    """Targets of the shifted next-token loss: labels[:, 1:] that are not -100 (the label at
+    position 0 is never predicted)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def model_inputs(model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch's `MODEL_INPUT_KEYS` that `model.forward` names as parameters (a text-only LM
+    gets no `pixel_values`; LLaVA no `pixel_attention_mask`)."""
+    inner = getattr(model, "module", model)  # DistributedDataParallel hides the signature
+    accepted = inspect.signature(inner.forward).parameters
+    return {k: batch[k] for k in MODEL_INPUT_KEYS if k in accepted and batch.get(k) is not None}
+
+
+def _kept_columns(inputs: dict[str, Any], labels: torch.Tensor, image_token_id: int | None) -> int:
+    """Columns up to the last one that is not padding in some row: mask 1, a target or an
+    `<image>` placeholder. Without an attention mask nothing is known to be padding."""
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        return labels.shape[1]
+    used = (mask != 0) | (labels != IGNORE_INDEX)  # (b, L)
+    if image_token_id is not None and "input_ids" in inputs:
+        used |= inputs["input_ids"] == image_token_id
+    columns = used.any(dim=0).nonzero()
+    return int(columns[-1]) + 1 if len(columns) else 1
+
+
+def _micro_batch(
+    inputs: dict[str, Any],
+    labels: torch.Tensor,
+    rows: slice,
+    image_token_id: int | None,
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """Rows `rows` of every input, then the shared trailing padding columns trimmed."""
+    batch = labels.shape[0]
+    part: dict[str, Any] = {}
+    for key, value in inputs.items():
+        if not torch.is_tensor(value) or value.shape[0] != batch:
+            raise ValueError(
+                f"batch[{key!r}] has shape {tuple(getattr(value, 'shape', ()))}, not one entry per "
+                f"row of the {batch}-row batch, so it cannot be split into micro-batches "
+                "(give per-row pixel_values (B, images, C, H, W), or no micro_batch_size)"
+            )
+        part[key] = value[rows]
+    part_labels = labels[rows]
+    width = _kept_columns(part, part_labels, image_token_id)
+    if width < part_labels.shape[1]:
+        for key in ("input_ids", "attention_mask"):
+            if key in part:
+                part[key] = part[key][:, :width]
+        part_labels = part_labels[:, :width]
+    return part, part_labels
+
+
+def _summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum (not mean) of the shifted next-token cross-entropy, only at the target positions
+    (the float32 upcast then covers targets, not the whole (B, L, V) block)."""
+    targets = labels[:, 1:].to(logits.device)  # (b, L-1)
+    chosen = targets != IGNORE_INDEX
+    scores = logits[:, :-1][chosen]  # (n, V)
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()  # as transformers' loss and `next_token_loss`
+    return F.cross_entropy(scores, targets[chosen], reduction="sum")
+
+
+def accumulated_lm_backward(
+    model: nn.Module,
+    batch: dict[str, Any],
+    micro_batch_size: int | None,
+    backward_fn: Callable[[torch.Tensor], None] | None = None,
+    *,
+    num_tokens: float | None = None,
+) -> torch.Tensor:
+    """Accumulates into `.grad` the gradient of the batch's mean next-token loss, in micro-batches.
+
+    Args:
+        model: A causal (V)LM whose forward takes some of `MODEL_INPUT_KEYS` and returns an object
+            with `.logits` (B, L, V): vlkit's generative models, or transformers' own.
+        batch: `input_ids` and `labels` (B, L) (-100 = not a target), optional `attention_mask`
+            (B, L), `pixel_values` (B, images, C, H, W) and `pixel_attention_mask`; other keys
+            are ignored. Padding may be on either side; only right padding is trimmed.
+        micro_batch_size: Rows per forward/backward; None (or >= B): the whole batch at once.
+            Peak activation memory follows it; the gradient does not depend on it.
+        backward_fn: Runs backward on each micro-batch's share of the loss (the trainer's, through
+            a grad scaler); default `loss.backward()`.
+        num_tokens: The denominator N; default this batch's supervised tokens. Data-parallel
+            ranks pass (global tokens) / (world size), so that averaging the ranks' gradients
+            gives the gradient of the global token mean (`SFTTask`).
+
+    Returns:
+        The loss, detached: (sum of this batch's token cross-entropies) / N, which with the
+        default N is the batch's mean loss (NaN when it has no supervised token, as
+        `next_token_loss`).
+
+    Raises:
+        ValueError: `micro_batch_size` < 1, an empty batch, or an input without one entry per
+            row.
+    """
+    labels = batch["labels"]
+    rows = labels.shape[0]
+    if rows == 0:
+        raise ValueError("the batch has no rows")
+    if micro_batch_size is None:
+        micro_batch_size = rows
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+    denominator = float(supervised_tokens(labels) if num_tokens is None else num_tokens)
+    backward = backward_fn or torch.Tensor.backward
+    inputs = model_inputs(model, batch)
+    image_token_id = getattr(model, "image_token_id", None)
+    if image_token_id is None:  # a transformers VLM keeps it in its config
+        image_token_id = getattr(getattr(model, "config", None), "image_token_id", None)
+    total: torch.Tensor | None = None
+    for start in range(0, rows, micro_batch_size):
+        part, part_labels = _micro_batch(
+            inputs, labels, slice(start, start + micro_batch_size), image_token_id
+        )
+        logits = model(**part).logits  # (b, l, V)
+        # 0 / 0 is NaN like the mean of no targets; a rank without targets contributes 0 / N.
+        loss = _summed_loss(logits, part_labels) / denominator
+        backward(loss)
+        share = loss.detach().double()  # float64: micro-batch shares add up without rounding
+        total = share if total is None else total + share
+    return total.to(loss.dtype)
