@@ -7,6 +7,8 @@
     vlkit embed --model PATH (--images DIR | --texts FILE) --out FILE.npy
     vlkit eval zeroshot|retrieval|vqa|captions ... --out DIR   (metrics.json + report.md + plot)
     vlkit train-vlm kind=llava task=easy_vqa vision=CLIP_CHECKPOINT out_dir=DIR [key=value ...]
+    vlkit finetune --model DIR --data PATH --out RUN [--eval-data PATH] [--lora SPEC] [key=value ...]
+    vlkit benchmark --model M --tasks imagenet1k,cifar10,coco_retrieval --data-root DIR --out OUT
     vlkit generate --model DIR --image X [--image Y] [--video FRAMES_DIR] --prompt "..." [--int8]
     vlkit index --model PATH --images DIR --out INDEX_DIR [--kind flat|ivf|hnsw]
     vlkit search --index INDEX_DIR (--text "..." | --image FILE) [--k 5] [--json]
@@ -34,11 +36,13 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from vlkit.cli.benchmark import add_benchmark_parser, benchmark_command
 from vlkit.cli.demo import add_demo_parser, demo_command
 from vlkit.cli.embed import add_embed_parsers, embed_command, zeroshot_command
 from vlkit.cli.errors import UsageError
 from vlkit.cli.evaluate import add_eval_parser, eval_command
 from vlkit.cli.export import add_export_parser, export_command
+from vlkit.cli.finetune import add_finetune_parser, finetune_command
 from vlkit.cli.generate import add_generate_parser, generate_command
 from vlkit.cli.index import add_index_parsers, index_command, print_search
 from vlkit.cli.serve import add_serve_parser, serve_command
@@ -63,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(commands)
     add_generate_parser(commands)
     add_train_vlm_parser(commands)
+    add_finetune_parser(commands)
+    add_benchmark_parser(commands)
     add_export_parser(commands)
     add_index_parsers(commands)
     add_viz_parsers(commands)
@@ -120,6 +126,8 @@ HANDLERS: dict[str, Handler] = {
     "eval": _prints_json(eval_command),
     "generate": generate_command,  # streams the tokens as they come
     "train-vlm": _prints_json(train_vlm_command),
+    "finetune": _prints_json(finetune_command),
+    "benchmark": _prints_json(benchmark_command),
     "export": _prints_json(export_command),
     "index": _prints_json(index_command),
     "search": print_search,

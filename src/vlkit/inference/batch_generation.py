@@ -1,0 +1,161 @@
+"""Batched greedy answers from any `VLMPipeline`: one left-padded `generate` call per batch.
+
+`VLMPipeline.generate` answers one prompt (batch 1). Benchmarks answer thousands, so
+`generate_batch` stacks the inputs of several `pipeline.prepare(images, prompt)` calls into one
+left-padded batch and runs the model's `generate` once:
+
+* Each row is built by the pipeline's own `prepare` (the model's chat template and processor,
+  exactly as `vlkit generate` builds it), so a batched answer is the answer the row gets alone.
+* Rows are padded on the LEFT with an attention mask: `generation.generate` then gives each row
+  the RoPE positions `cumsum(mask) - 1` (transformers' `_prepare_position_ids_for_generation`),
+  which is what makes a left-padded row generate what it would alone (tested in
+  tests/test_generative_benchmark.py and tests/parity/test_transformers_llava.py).
+* Pixels: SmolVLM / Idefics3 take (B, N, 3, H, W) with all-zero padding images for rows with
+  fewer views (transformers' convention, `models/smolvlm.py` drops them) and a
+  `pixel_attention_mask`; LLaVA takes the images of all rows flattened in order, (N, 3, H, W).
+
+Kinds without those conventions (`vlkit train-vlm` runs, BLIP-2, composed models) are answered
+one request at a time through `pipeline.generate`: same results, no batching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from vlkit.inference.llava_pipeline import LlavaPipeline
+from vlkit.inference.smolvlm_pipeline import SmolVLMPipeline
+from vlkit.inference.vlm_pipeline import VLMInputs, VLMPipeline
+
+__all__ = ["Request", "batchable", "generate_batch"]
+
+Request = tuple[Sequence[Any], str]
+"""(RGB PIL images, user prompt) of one sample."""
+
+
+def batchable(pipeline: VLMPipeline) -> bool:
+    """Whether `generate_batch` runs `pipeline`'s requests as one batch (else one by one).
+
+    Exact types: `ComposedPipeline` subclasses `LlavaPipeline` but lays its pixels out
+    differently (one tensor per prompt), so it takes the one-by-one path.
+    """
+    return type(pipeline) in (SmolVLMPipeline, LlavaPipeline)
+
+
+def _stop_ids(pipeline: VLMPipeline) -> set[int]:
+    return set(pipeline.stop_token_ids)
+
+
+def _cut(ids: list[int], stops: set[int]) -> list[int]:
+    """The ids before the first stop token (the pipeline's `decode` drops it anyway)."""
+    for n, token in enumerate(ids):
+        if token in stops:
+            return ids[:n]
+    return ids
+
+
+def _pad_id(pipeline: VLMPipeline) -> int:
+    """The filler of padded prompt positions (masked out, so any id works) and of finished rows."""
+    pad = getattr(pipeline.model, "pad_token_id", None)
+    if pad is not None:
+        return int(pad)
+    stops = sorted(_stop_ids(pipeline))
+    return stops[0] if stops else 0
+
+
+def _left_pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
+    """(B, P) of 1-D rows, each right-aligned (left padding with `value`)."""
+    longest = max(row.shape[0] for row in rows)
+    out = rows[0].new_full((len(rows), longest), value)
+    for i, row in enumerate(rows):
+        out[i, longest - row.shape[0] :] = row
+    return out
+
+
+def _stack_images(prepared: list[VLMInputs], key: str, dims: int) -> torch.Tensor | None:
+    """(B, N, ...) of per-row (1, N_i, ...) tensors, padded with zeros to the largest N_i and
+    spatial size (SmolVLM's `pad_images`: zero images and zero mask are padding)."""
+    tensors = [inputs.model_inputs.get(key) for inputs in prepared]
+    if all(t is None for t in tensors):
+        return None
+    if any(t is None for t in tensors):
+        raise ValueError(f"rows disagree on {key}: some have images and some do not")
+    shape = [max(t.shape[d] for t in tensors) for d in range(1, dims)]  # type: ignore[union-attr]
+    out = tensors[0].new_zeros((len(tensors), *shape))  # type: ignore[union-attr]
+    for i, t in enumerate(tensors):
+        region = (i, *(slice(0, s) for s in t.shape[1:]))  # type: ignore[union-attr]
+        out[region] = t[0]  # type: ignore[index]
+    return out
+
+
+def _batch_inputs(pipeline: VLMPipeline, prepared: list[VLMInputs]) -> VLMInputs:
+    """One left-padded batch of per-row `prepare` outputs."""
+    pad = _pad_id(pipeline)
+    ids = _left_pad([inputs.input_ids[0] for inputs in prepared], pad)
+    masks = []
+    for inputs in prepared:
+        mask = inputs.model_inputs.get("attention_mask")
+        masks.append(torch.ones_like(inputs.input_ids[0]) if mask is None else mask[0])
+    model_inputs: dict[str, torch.Tensor | None] = {"attention_mask": _left_pad(masks, 0)}
+    if isinstance(pipeline, SmolVLMPipeline):
+        model_inputs["pixel_values"] = _stack_images(prepared, "pixel_values", 5)
+        model_inputs["pixel_attention_mask"] = _stack_images(prepared, "pixel_attention_mask", 4)
+    else:  # LLaVA: every row's images, flattened in row order, as its placeholders are
+        pixels = [inputs.model_inputs.get("pixel_values") for inputs in prepared]
+        present = [p for p in pixels if p is not None]
+        model_inputs["pixel_values"] = torch.cat(present) if present else None
+    return VLMInputs(ids, model_inputs)
+
+
+@torch.no_grad()
+def generate_batch(
+    pipeline: VLMPipeline,
+    requests: Sequence[Request],
+    max_new_tokens: int = 16,
+    **generate_options: Any,
+) -> list[str]:
+    """Greedy answers (decoded, special tokens dropped) to (images, prompt) requests.
+
+    Args:
+        pipeline: From `vlkit.inference.vlm_loading.load_vlm`.
+        requests: (RGB PIL images, user prompt) per sample; the prompt goes through the
+            model's chat template as in `vlkit generate`.
+        max_new_tokens: Generation budget per answer; each row stops at the pipeline's stop
+            tokens.
+        **generate_options: Further `generate` keywords (`sampling_options(...)`, ...).
+
+    Returns:
+        One answer per request, in order (not stripped).
+    """
+    if not requests:
+        return []
+    if not batchable(pipeline) or len(requests) == 1:
+        return [
+            pipeline.decode(
+                pipeline.generate(
+                    pipeline.prepare(list(images), prompt), max_new_tokens, **generate_options
+                )
+            )
+            for images, prompt in requests
+        ]
+    prepared = [pipeline.prepare(list(images), prompt) for images, prompt in requests]
+    if len({inputs.model_inputs.get("pixel_values") is None for inputs in prepared}) > 1:
+        # Rows with and without images cannot share one pixel tensor: answer them one by one.
+        return [
+            pipeline.decode(pipeline.generate(inputs, max_new_tokens, **generate_options))
+            for inputs in prepared
+        ]
+    batch = _batch_inputs(pipeline, prepared)
+    generate_options.setdefault("pad_token_id", _pad_id(pipeline))
+    sequences = pipeline.model.generate(
+        batch.input_ids,
+        **batch.model_inputs,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=pipeline.eos_token_id,
+        **generate_options,
+    )  # (B, P + N)
+    stops = _stop_ids(pipeline)
+    prompt_length = batch.input_ids.shape[1]
+    return [pipeline.decode(_cut(row[prompt_length:].tolist(), stops)) for row in sequences]
