@@ -217,12 +217,42 @@ def test_existing_out_refused_then_resumed(tmp_path, tiny_model, data_root, caps
         (["--tasks", "cifar10", "--data", "oops"], "expected TASK=PATH"),
         (["--tasks", "cifar10", "--recall-k", "0"], "--recall-k"),
         (["--tasks", "cifar10", "--resume", "--overwrite"], "exclude each other"),
+        (["--tasks", "cifar10", "--data-root", "/nonexistent/x"], "--data-root /nonexistent/x"),
+        (["--tasks", "cifar10,mmvet", "--judge", "gpt4"], "--judge 'gpt4': expected"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, argv, message):
     assert main(["benchmark", "--model", "m", "--out", str(tmp_path / "o"), *argv]) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error
+
+
+def test_judge_failure_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
+    import vlkit.cli.benchmark as cli_benchmark
+    from vlkit.evaluation.judges import JudgeError
+
+    def failing(config):
+        raise JudgeError("judge http://127.0.0.1:9/v1/chat/completions: HTTP 401 bad key")
+
+    monkeypatch.setattr(cli_benchmark, "run_benchmark", failing)
+    argv = ["benchmark", "--model", "m", "--tasks", "mmvet", "--judge", "openai:x", "--out",
+            str(tmp_path / "o")]  # fmt: skip
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert "HTTP 401 bad key" in error and "--judge openai:x" in error and "\n" not in error
+
+
+def test_torn_results_line_is_dropped_on_resume(tmp_path, tiny_model, data_root):
+    """A run killed while writing a record leaves a torn last line; --resume drops it and
+    appends the next records on lines of their own."""
+    model_dir, _, _ = tiny_model
+    _vlkit(tmp_path, model_dir, data_root, "cifar10", "--limit", "4")
+    with (tmp_path / "bench" / "results.jsonl").open("a") as stream:
+        stream.write('{"dataset": "flickr30k", "mod')
+    records = _vlkit(tmp_path, model_dir, data_root, "cifar10,flickr30k_retrieval", "--limit",
+                     "4", "--resume")  # fmt: skip
+    assert list(records) == ["cifar10", "flickr30k_retrieval"]
+    assert records["flickr30k_retrieval"]["status"] == "ok"
 
 
 def test_linear_probe_training_equals_clip_benchmarks(monkeypatch):

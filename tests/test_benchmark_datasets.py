@@ -276,3 +276,30 @@ def test_wrong_split_and_foreign_folder(roots, tmp_path):
     # Images of a partial ImageNet-R copy keep their 200-class labels.
     write_wnid_folders(tmp_path / "r", ["n01443537", "n12267677"])
     assert classification_dataset("imagenet-r", tmp_path / "r").targets == [0, 199]
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a hostile "CIFAR batch" can hold."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_pickles_never_run_code(tmp_path, monkeypatch, protocol):
+    import pickle
+
+    write_cifar10(tmp_path)
+    base = tmp_path / "cifar-10-batches-py"
+    # Arrays pickled with any protocol (numpy 2's `_frombuffer` at 5) still read.
+    entry = pickle.loads((base / "test_batch").read_bytes())
+    (base / "test_batch").write_bytes(pickle.dumps(entry, protocol=protocol))
+    assert len(classification_dataset("cifar10", tmp_path)) == len(entry["labels"])
+    monkeypatch.chdir(tmp_path)
+    entry["batch_label"] = _RunsCode()
+    (base / "test_batch").write_bytes(pickle.dumps(entry, protocol=protocol))
+    with pytest.raises(ValueError, match=r"test_batch: not a CIFAR batch file \(posix.system"):
+        classification_dataset("cifar10", tmp_path)
+    assert not (tmp_path / "PWNED").exists()

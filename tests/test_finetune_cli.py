@@ -317,6 +317,12 @@ def test_missing_inputs_exit_2(setup, tmp_path, capsys) -> None:
         (["finetune", "--model", str(tmp_path / "nomodel"), "--data", str(setup["train"]),
           "--out", str(tmp_path / "d")], "nomodel"),
     ]  # fmt: skip
+    # A torn saved config (written atomically now, but from elsewhere) is named, not a bare
+    # JSON error.
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "finetune_config.json").write_text('{"model": "x", "da')
+    cases.append((["finetune", "--out", str(tmp_path / "e"), "--resume", "latest"],
+                  "finetune_config.json: not JSON"))  # fmt: skip
     for argv, expected in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()

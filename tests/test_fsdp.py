@@ -215,3 +215,75 @@ def test_sharded_checkpoint_on_one_process_names_mismatches(tmp_path):
         load_sharded_checkpoint(
             path, torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 5))
         )
+
+
+class _RunsCode:
+    """Unpickling this calls `os.system`: what a crafted checkpoint file could hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_sharded_checkpoint_loading_never_runs_code(tmp_path):
+    """DCP unpickles `.metadata` and `torch.load`s byte entries with weights_only=False; vlkit's
+    reader and planner (training/safe_dcp.py) build only checkpoint data and refuse the rest."""
+    import pickle
+
+    from vlkit.hub import CheckpointError
+    from vlkit.training.sharded_checkpoint import (
+        consolidated_state_dict,
+        load_sharded_checkpoint,
+        save_sharded_checkpoint,
+    )
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.25)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    path = save_sharded_checkpoint(tmp_path / "ok", 1, model, optimizer, {"k": 1})
+    copy = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    copy_optimizer = torch.optim.AdamW(copy.parameters(), lr=1.0)
+    load_sharded_checkpoint(path, copy, copy_optimizer)  # the safe path reads real checkpoints
+    assert copy_optimizer.param_groups[0]["lr"] == 0.25  # a byte entry, read weights_only
+    assert torch.equal(consolidated_state_dict(path)["0.weight"], model[0].weight)
+
+    marker = tmp_path / "ran"
+    metadata = path / "dcp" / ".metadata"
+    metadata.write_bytes(pickle.dumps(_RunsCode(marker)))
+    with pytest.raises(
+        CheckpointError, match=r"refusing to load posix\.system|refusing to load os"
+    ):
+        load_sharded_checkpoint(path, copy, copy_optimizer)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        consolidated_state_dict(path)
+    assert not marker.exists()
+
+    # A byte entry (an optimizer's param groups) holding an object: refused, never run.
+    import io
+
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+    from torch.distributed.checkpoint.planner import LoadItemType, ReadItem
+
+    from vlkit.training.safe_dcp import SafeLoadPlanner
+
+    planner = SafeLoadPlanner(flatten_state_dict=False)
+    planner.state_dict = {"groups": None}
+    size = torch.Size([0])
+    item = ReadItem(LoadItemType.BYTE_IO, MetadataIndex("groups"), size,
+                    MetadataIndex("groups"), size, size)  # fmt: skip
+    buffer = io.BytesIO()
+    torch.save([{"lr": 0.5, "betas": (0.9, 0.99)}], buffer)
+    buffer.seek(0)
+    planner.load_bytes(item, buffer)
+    assert planner.state_dict["groups"] == [{"lr": 0.5, "betas": (0.9, 0.99)}]
+    buffer = io.BytesIO()
+    torch.save(_RunsCode(marker), buffer)
+    buffer.seek(0)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        planner.load_bytes(item, buffer)
+    assert not marker.exists()

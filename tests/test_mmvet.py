@@ -312,6 +312,9 @@ def test_cache_and_bounded_retries(tmp_path: Path) -> None:
     assert len(again) == 3
     assert grade_sample(judge, "q", "a", "p", cache=again) == grade and len(judge.calls) == 3
     assert again.hits == 3
+    # The torn line is cut off, so a reply appended after it reads back (it is not glued to it).
+    again.put("after-torn", JudgeReply("0.7", "c"))
+    assert JudgeCache(tmp_path / "cache.jsonl").get("after-torn") == JudgeReply("0.7", "c")
     # Another run is another key (the official runs re-ask the judge at temperature 0).
     grade_sample(judge, "q", "a", "p", run=1, cache=again)
     assert len(judge.calls) == 4

@@ -17,6 +17,7 @@ from typing import Any
 
 from vlkit.cli.arguments import int_at_least
 from vlkit.cli.errors import UsageError
+from vlkit.evaluation.judges import JudgeError
 from vlkit.evaluation.report import json_safe
 from vlkit.recipes.benchmark import BenchmarkConfig, run_benchmark
 from vlkit.recipes.benchmark_tasks import TASKS
@@ -102,4 +103,7 @@ def benchmark_command(args: argparse.Namespace) -> Any:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    return json_safe(run_benchmark(config))
+    try:
+        return json_safe(run_benchmark(config))
+    except JudgeError as error:  # a wrong key or URL, an endpoint down: answers stay cached
+        raise UsageError(f"--judge {args.judge}: {error} (rerun with --resume)") from None

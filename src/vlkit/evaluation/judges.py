@@ -272,7 +272,14 @@ class JudgeCache:
         self.hits = self.misses = 0
         self._replies: dict[str, JudgeReply] = {}
         if self.path is not None and self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
+            text = self.path.read_text(encoding="utf-8")
+            if text and not text.endswith("\n"):
+                # A line torn by an interrupted write: cut it off, or the next reply appended
+                # would join it on one unreadable line and be lost (and asked for again).
+                text = text[: text.rfind("\n") + 1]
+                with self.path.open("r+b") as file:
+                    file.truncate(len(text.encode("utf-8")))
+            for line in text.splitlines():
                 try:
                     entry = json.loads(line)
                     self._replies[entry["key"]] = JudgeReply(entry["text"], entry["model"])

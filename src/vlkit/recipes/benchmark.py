@@ -31,6 +31,7 @@ import torch
 
 from vlkit.distributed import resolve_device
 from vlkit.evaluation.report import json_safe
+from vlkit.hub.weights import atomic_write
 from vlkit.recipes.benchmark_contrastive import linear_probe_task, retrieval_task, zeroshot_task
 from vlkit.recipes.benchmark_report import write_benchmark_report
 from vlkit.recipes.benchmark_tasks import CONTRASTIVE_KINDS, BenchmarkTask, resolve_tasks
@@ -89,16 +90,36 @@ class BenchmarkConfig:
 
 def read_results(out_dir: str | Path) -> list[dict[str, Any]]:
     """The records of `out_dir/results.jsonl` (the last record of a task wins), in file order."""
-    path = Path(out_dir) / RESULTS
+    records: dict[str, dict[str, Any]] = {}
+    for record in _result_lines(Path(out_dir) / RESULTS):
+        records.pop(record.get("benchmark", record["dataset"]), None)
+        records[record.get("benchmark", record["dataset"])] = record
+    return list(records.values())
+
+
+def _result_lines(path: Path) -> list[dict[str, Any]]:
+    """Every record of results.jsonl, in file order. A last line cut short (a run killed while
+    appending, before records were written atomically) is dropped; a bad line elsewhere is
+    refused in one line naming it."""
     if not path.is_file():
         return []
-    records: dict[str, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            records.pop(record.get("benchmark", record["dataset"]), None)
-            records[record.get("benchmark", record["dataset"])] = record
-    return list(records.values())
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for n, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n < len(lines) - 1:
+                raise ValueError(f"{path}: line {n + 1} is not a JSON record") from None
+    return records
+
+
+def _append_record(out: Path, record: dict[str, Any]) -> None:
+    """results.jsonl with `record` appended, rewritten atomically: a killed run leaves the old
+    file or the new one, never a torn record that a resumed run would glue its next one to."""
+    lines = [json.dumps(r) for r in _result_lines(out / RESULTS)] + [json.dumps(record)]
+    text = "".join(line + "\n" for line in lines)
+    atomic_write(out / RESULTS, lambda temporary: temporary.write_text(text))
 
 
 class _Model:
@@ -182,6 +203,10 @@ def run_benchmark(config: BenchmarkConfig) -> list[dict[str, Any]]:
         raise ValueError(f"--data {unknown[0]}=...: not one of the --tasks being run")
     if config.limit is not None and config.limit < 1:
         raise ValueError(f"--limit {config.limit}: must be at least 1")
+    if config.data_root is not None and not Path(config.data_root).is_dir():
+        raise ValueError(f"--data-root {config.data_root}: no such directory")
+    if any(task.kind == "mmvet" for task in tasks):
+        _check_judge(config.judge)  # before hours of other tasks, not after them
     device = resolve_device(config.device, "--device")
     out = prepare_run_directory(config.out_dir, BENCHMARK_FILES, resume=config.resume,
                                 overwrite=config.overwrite)  # fmt: skip
@@ -209,10 +234,20 @@ def run_benchmark(config: BenchmarkConfig) -> list[dict[str, Any]]:
             record.update(metrics=result["metrics"], status="ok", samples=result["samples"],
                           seconds=round(time.perf_counter() - start, 3))  # fmt: skip
             _write_details(out, task.name, result["details"])
-        with (out / RESULTS).open("a") as stream:
-            stream.write(json.dumps(json_safe(record)) + "\n")
+        _append_record(out, json_safe(record))
         write_benchmark_report(out, read_results(out), config.model)
     return read_results(out)
+
+
+def _check_judge(spec: str) -> None:
+    """Refuses a judge spec `judge_from_spec` would refuse, without loading a local judge."""
+    from vlkit.evaluation.judges import JUDGE_SPECS, OpenAIChatJudge
+
+    kind, _, value = spec.partition(":")
+    if kind == "openai":
+        OpenAIChatJudge.from_env(model=value or None)  # an API key where one is needed
+    elif kind != "local" or not value:
+        raise ValueError(f"--judge {spec!r}: expected {JUDGE_SPECS}")
 
 
 def _write_details(out: Path, name: str, details: dict[str, Any]) -> None:

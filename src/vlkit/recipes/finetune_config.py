@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vlkit.hub.weights import atomic_write
 from vlkit.overrides import (
     ConfigError,
     accepts_aliases,
@@ -164,12 +165,16 @@ class FinetuneConfig:
         return from_dict(cls, values, FINETUNE_FLAT_KEYS)
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Written atomically: `--resume` reads it back, so a crash must not leave half of it."""
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        atomic_write(Path(path), lambda temporary: temporary.write_text(text))
 
     @classmethod
     def from_json(cls, path: str | Path) -> FinetuneConfig:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}: not JSON ({error})") from None
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from None
 

@@ -49,6 +49,7 @@ from vlkit.training.checkpoint import (
     _prune,
     _recover_replaced,
 )
+from vlkit.training.safe_dcp import SafeFileSystemReader, SafeLoadPlanner
 
 DCP_DIR = "dcp"
 FORMAT = "dcp"
@@ -210,7 +211,8 @@ def load_sharded_checkpoint(
             f"{', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"
         )
     try:
-        dcp.load(state, checkpoint_id=str(path / DCP_DIR))
+        dcp.load(state, storage_reader=SafeFileSystemReader(str(path / DCP_DIR)),
+                 planner=SafeLoadPlanner())  # fmt: skip
     except (Exception, CheckpointException) as error:  # (a BaseException: each rank's failure)
         raise CheckpointError(f"{path} does not match the model: {_last_line(error)}") from error
     set_state_dict(
@@ -234,9 +236,8 @@ def _last_line(error: BaseException) -> str:
 
 def _saved_model_keys(path: str | Path) -> dict[str, Any]:
     """The model's keys in a sharded checkpoint's metadata -> their storage metadata."""
-    import torch.distributed.checkpoint as dcp
 
-    metadata = dcp.FileSystemReader(str(Path(path) / DCP_DIR)).read_metadata()
+    metadata = SafeFileSystemReader(str(Path(path) / DCP_DIR)).read_metadata()
     return {key[len("model.") :]: item for key, item in metadata.state_dict_metadata.items()
             if key.startswith("model.")}  # fmt: skip
 
@@ -256,7 +257,8 @@ def consolidated_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     weights = {key: torch.empty(item.size, dtype=item.properties.dtype)
                for key, item in _saved_model_keys(path).items()
                if isinstance(item, TensorStorageMetadata)}  # fmt: skip
-    dcp.load({"model": weights}, checkpoint_id=str(Path(path) / DCP_DIR), no_dist=True)
+    dcp.load({"model": weights}, storage_reader=SafeFileSystemReader(str(Path(path) / DCP_DIR)),
+             planner=SafeLoadPlanner(), no_dist=True)  # fmt: skip
     return weights
 
 

@@ -90,6 +90,44 @@ def _need(name: str, root: Path, *files: Path) -> None:
         raise missing(name, root, LAYOUTS[name], f"no {absent[0]}")
 
 
+# What CIFAR's pickles may name: numpy arrays and dtypes (Python 2's and 3's spellings, numpy 1's
+# `numpy.core` and numpy 2's `numpy._core`), nothing that runs code.
+_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}  # fmt: skip
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that builds dicts, lists, strings and numpy arrays only: a data file never
+    runs code (plain `pickle.load`, as torchvision uses, would call whatever the file names)."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"{module}.{name} is not a numpy array part")
+        if module.startswith("numpy.core."):  # numpy 2 keeps numpy.core only as a shim
+            module = "numpy._core." + module.removeprefix("numpy.core.")
+            try:
+                return super().find_class(module, name)
+            except ModuleNotFoundError:  # numpy 1
+                module = "numpy.core." + module.removeprefix("numpy._core.")
+        return super().find_class(module, name)
+
+
+def _read_pickle(path: Path) -> dict:
+    """A CIFAR pickle (torchvision's latin1 decoding), refused in one line if it holds anything
+    but plain containers and numpy arrays."""
+    with open(path, "rb") as f:
+        try:
+            entry = _ArrayUnpickler(f, encoding="latin1").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
+            raise ValueError(f"{path}: not a CIFAR batch file ({error})") from None
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: not a CIFAR batch file (a {type(entry).__name__}, not a dict)")
+    return entry
+
+
 def _cifar(name: str, root: Path, limit: int | None, split: str) -> ClassificationDataset:
     _split(name, split, ("train", "test"))
     root = Path(root)
@@ -108,13 +146,11 @@ def _cifar(name: str, root: Path, limit: int | None, split: str) -> Classificati
     _need(name, root, *(base / b for b in [*batches, meta]))
     data, labels = [], []
     for batch in batches:  # torchvision's CIFAR10.__init__: latin1 pickles, CHW rows -> HWC
-        with open(base / batch, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+        entry = _read_pickle(base / batch)
         data.append(entry["data"])
         labels += entry[label_key]
     images = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
-    with open(base / meta, "rb") as f:
-        classes = pickle.load(f, encoding="latin1")[key]
+    classes = _read_pickle(base / meta)[key]
     return ClassificationDataset(
         name, range(len(labels)), labels, classes, templates(name), ArrayImages(images)
     ).limited(limit)
