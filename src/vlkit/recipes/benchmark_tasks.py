@@ -22,7 +22,6 @@ ImageNet numbers (63.2 / 68.3 / 75.5).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,25 +71,48 @@ class BenchmarkTask:
         return KINDS[self.kind]
 
 
-def _reader(module: str, function: str, *args: Any, splits: bool = True) -> DatasetReader:
-    """A dataset callable that imports `vlkit.<module>.<function>` when it is called.
-
-    The adapters import torchvision, pyarrow, ...; a benchmark run reads only its tasks' data,
-    so nothing is imported before a task asks for it. `splits=False`: the adapter reads one
-    split only (the generative sets) and takes no `split` argument.
-    """
+def _classification(dataset: str) -> DatasetReader:
+    """CLIP_benchmark's `dataset` read by `vlkit.data.benchmarks.classification`. The adapters
+    import torchvision formats, pyarrow, ...: imported when a task reads its data, not before."""
 
     def read(root: Path, limit: int | None = None, split: str = "test") -> Any:
-        reader = getattr(importlib.import_module(f"vlkit.{module}"), function)
-        if isinstance(reader, dict):  # a registry of adapters {dataset name: callable}
-            reader, rest = reader[args[0]], args[1:]
-            return reader(*rest, Path(root), limit=limit, split=split)
-        if not splits:
-            return reader(*args, Path(root), limit=limit)
-        return reader(*args, Path(root), limit=limit, split=split)
+        from vlkit.data.benchmarks.classification import CLASSIFICATION
 
-    read.__name__ = f"{function}{args!r}"
+        return CLASSIFICATION[dataset](Path(root), limit=limit, split=split)
+
+    read.__name__ = f"classification({dataset!r})"
     return read
+
+
+def _retrieval(dataset: str) -> DatasetReader:
+    """A Karpathy test split (`vlkit.data.benchmarks.karpathy`), imported when read."""
+
+    def read(root: Path, limit: int | None = None, split: str = "test") -> Any:
+        from vlkit.data.benchmarks.karpathy import RETRIEVAL
+
+        return RETRIEVAL[dataset](Path(root), limit=limit, split=split)
+
+    read.__name__ = f"retrieval({dataset!r})"
+    return read
+
+
+def _generative(task: str) -> DatasetReader:
+    """A generative set (`vlkit.data.benchmarks.vqa_sets`; one split each), imported when read."""
+
+    def read(root: Path, limit: int | None = None, split: str = "test") -> Any:
+        from vlkit.data.benchmarks.vqa_sets import DATASETS
+
+        return DATASETS[task](Path(root), limit=limit)
+
+    read.__name__ = f"generative({task!r})"
+    return read
+
+
+def _mmvet(root: Path, limit: int | None = None, split: str = "test") -> Any:
+    """MM-Vet (`vlkit.data.benchmarks.mmvet`; one split), imported when read."""
+    from vlkit.data.benchmarks.mmvet import mmvet_dataset
+
+    return mmvet_dataset(Path(root), limit=limit)
 
 
 # The CLIP paper checkpoints as `vlkit benchmark --model` names them (hub ids, open_clip names).
@@ -155,7 +177,7 @@ _PROBED = ("cifar10", "cifar100", "stl10", "food101", "pets", "flowers", "dtd", 
 def _build_tasks() -> dict[str, BenchmarkTask]:
     tasks: dict[str, BenchmarkTask] = {}
     for name, dataset_name, layout in _CLASSIFICATION:
-        reader = _reader("data.benchmarks.classification", "CLASSIFICATION", dataset_name)
+        reader = _classification(dataset_name)
         tasks[name] = BenchmarkTask(name, "zeroshot", reader, layout, dataset_name, name,
                                     _published(dataset_name))  # fmt: skip
         if name in _PROBED:
@@ -169,7 +191,7 @@ def _build_tasks() -> dict[str, BenchmarkTask]:
          "flickr30k/dataset_flickr30k.json (Karpathy splits) + flickr30k/flickr30k-images/*.jpg"),
     )  # fmt: skip
     for name, dataset_name, data_dir, _, layout in retrieval:
-        reader = _reader("data.benchmarks.karpathy", "RETRIEVAL", dataset_name)
+        reader = _retrieval(dataset_name)
         tasks[name] = BenchmarkTask(name, "retrieval", reader, layout, dataset_name, data_dir,
                                     metric="image_retrieval_recall@5")  # fmt: skip
     generative = (
@@ -183,10 +205,10 @@ def _build_tasks() -> dict[str, BenchmarkTask]:
          "cider_d"),
     )  # fmt: skip
     for name, kind, data_dir, layout, metric in generative:
-        reader = _reader("data.benchmarks.vqa_sets", f"{name}_dataset", splits=False)
+        reader = _generative(name)
         tasks[name] = BenchmarkTask(name, kind, reader, layout, name, data_dir, metric=metric)
     tasks["mmvet"] = BenchmarkTask(
-        "mmvet", "mmvet", _reader("data.benchmarks.mmvet", "mmvet_dataset", splits=False),
+        "mmvet", "mmvet", _mmvet,
         "mmvet/mm-vet.json + mmvet/images/ (github.com/yuweihao/MM-Vet)", "mmvet", "mmvet",
         metric="total",
     )  # fmt: skip
