@@ -47,6 +47,12 @@ parser.add_argument("--out", default=None, help="default runs/composed/KIND")
 parser.add_argument("--steps", type=int, default=None, help="main-stage steps")
 parser.add_argument("--connector-steps", type=int, default=None, help="LLaVA stage 1 steps")
 parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the stages")
+parser.add_argument(
+    "--vision-tokens",
+    default="layer3",
+    help="the ResNet tower's tokens: final (2x2 grid) or layer3 (4x4 grid)",
+)
+parser.add_argument("--lm-layers", type=int, default=2, help="layers of the LM trained here")
 parser.add_argument("--init-from", default="", help="continue from a stage checkpoint directory")
 parser.add_argument("--quick", action="store_true", help="tiny run, random tower")
 args = parser.parse_args()
@@ -66,7 +72,12 @@ elif not Path(vision).exists():
     print(f"{vision} is missing: training the demo CLIP tower first (~3 min)")
     run_demo(Path(vision).parent, plots=False, progress=False, threads=1)
 
-overrides = {"lr": args.lr, "init_from": args.init_from}
+overrides = {
+    "lr": args.lr,
+    "init_from": args.init_from,
+    "vision_tokens": args.vision_tokens,
+    "lm_layers": args.lm_layers,
+}
 if args.connector_steps is not None:
     overrides["connector_steps"] = args.connector_steps
 if args.steps is not None:
