@@ -18,9 +18,12 @@ OUT/model --image X --prompt "..."` runs it). `--language DIR` reuses a pretrain
 instead of training one; `--init-from OUT/stage2/checkpoints/step_N` continues from a stage
 checkpoint of the same composition.
 
-The schedule: batch 64, peak lr 2e-3 (`vlkit train-vlm`'s recipe), cosine to 1e-4; LLaVA 200
-projector-only steps + 3,800 joint steps, the frozen-LM kinds 4,000 connector steps (the same
-4,000 x 64 samples). Measured numbers: benchmarks/RESULTS.md ("Composed VLMs on easy-VQA").
+The schedule (`full_run_config`): a 4-layer width-128 Llama pretrained 400 steps; the tower's
+layer3 feature map (4x4 = 16 tokens); batch 64, peak lr 2e-3 (`vlkit train-vlm`'s recipe),
+cosine to 1e-4; LLaVA 200 projector-only steps + 3,800 joint steps, the frozen-LM kinds 4,000
+connector steps (the same 4,000 x 64 samples). Measured, this default command: accuracy 0.9987 on
+all 9,673 test questions (2-core CPU, 1,877 s); the other rows, with `--lm-layers 2
+--vision-tokens final`, in benchmarks/RESULTS.md ("Composed VLMs on easy-VQA").
 
 `--quick`: a random `small-rn-64` tower, 20 LM steps, 512 training questions, 5 + 20 VLM steps
 and 32 test questions (a few seconds; tests/test_composed_training.py runs it).
@@ -52,7 +55,7 @@ parser.add_argument(
     default="layer3",
     help="the ResNet tower's tokens: final (2x2 grid) or layer3 (4x4 grid)",
 )
-parser.add_argument("--lm-layers", type=int, default=2, help="layers of the LM trained here")
+parser.add_argument("--lm-layers", type=int, default=4, help="layers of the LM trained here")
 parser.add_argument("--init-from", default="", help="continue from a stage checkpoint directory")
 parser.add_argument("--quick", action="store_true", help="tiny run, random tower")
 args = parser.parse_args()

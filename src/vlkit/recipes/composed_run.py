@@ -124,13 +124,16 @@ class ComposedRunConfig:
 def full_run_config(
     kind: str, vision: str, language: str = "", **overrides: Any
 ) -> ComposedRunConfig:
-    """The measured run of `kind` (benchmarks/RESULTS.md, the example's default): a 400-step LM
-    pretraining (unless `language`), then the same 4,000 steps of 64 for every kind: LLaVA 200
-    projector-only + 3,800 projector + LM steps, qformer / flamingo 4,000 connector steps with
-    the LM frozen; peak lr 2e-3, cosine to 1e-4; all 9,673 test questions."""
+    """The measured run of `kind` (benchmarks/RESULTS.md, the example's default): a 400-step
+    pretraining of a 4-layer LM (unless `language`), the ResNet tower's layer3 tokens, then the
+    same 4,000 steps of 64 for every kind: LLaVA 200 projector-only + 3,800 projector + LM
+    steps, qformer / flamingo 4,000 connector steps with the LM frozen; peak lr 2e-3, cosine to
+    1e-4; all 9,673 test questions. `overrides` replace any of these (the comparison rows used
+    `lm_layers=2, vision_tokens="final"`)."""
     stage1, steps = (200, 3800) if kind == "llava" else (0, 4000)
     settings: dict[str, Any] = dict(kind=kind, vision=vision, language=language, lm_steps=400,
-                                    connector_steps=stage1, steps=steps, max_test=None)  # fmt: skip
+                                    lm_layers=4, vision_tokens="layer3", connector_steps=stage1,
+                                    steps=steps, max_test=None)  # fmt: skip
     return ComposedRunConfig(**{**settings, **overrides})
 
 
