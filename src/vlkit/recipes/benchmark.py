@@ -35,6 +35,7 @@ from vlkit.hub.weights import atomic_write
 from vlkit.recipes.benchmark_contrastive import linear_probe_task, retrieval_task, zeroshot_task
 from vlkit.recipes.benchmark_report import write_benchmark_report
 from vlkit.recipes.benchmark_tasks import CONTRASTIVE_KINDS, BenchmarkTask, resolve_tasks
+from vlkit.recipes.prediction_cache import read_json_lines
 from vlkit.training.run_directory import prepare_run_directory
 
 __all__ = ["BENCHMARK_FILES", "BenchmarkConfig", "read_results", "run_benchmark"]
@@ -103,15 +104,7 @@ def _result_lines(path: Path) -> list[dict[str, Any]]:
     refused in one line naming it."""
     if not path.is_file():
         return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for n, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n < len(lines) - 1:
-                raise ValueError(f"{path}: line {n + 1} is not a JSON record") from None
-    return records
+    return read_json_lines(path)[0]
 
 
 def _append_record(out: Path, record: dict[str, Any]) -> None:

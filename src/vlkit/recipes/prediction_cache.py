@@ -16,7 +16,27 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PredictionCache"]
+__all__ = ["PredictionCache", "read_json_lines"]
+
+
+def read_json_lines(path: Path) -> tuple[list[Any], bool]:
+    """The JSON values of a JSON-lines file written by appending, and whether its last line was
+    torn (cut short by a process killed mid-write: dropped). A bad line before the last is
+    refused, naming the file and line: that is damage, not an interrupted append.
+
+    Raises:
+        ValueError: A line other than the last is not JSON.
+    """
+    lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    values, torn = [], False
+    for n, line in enumerate(lines):
+        try:
+            values.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n < len(lines) - 1:
+                raise ValueError(f"{path}: line {n + 1} is not JSON") from None
+            torn = True
+    return values, torn
 
 
 def _key(sample_id: Any) -> str:
@@ -47,17 +67,7 @@ class PredictionCache:
             self._write_all()
 
     def _read(self) -> None:
-        lines = self.path.read_text(encoding="utf-8").split("\n")
-        entries, torn = [], False
-        for n, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                if any(rest.strip() for rest in lines[n + 1 :]):
-                    raise ValueError(f"{self.path}: line {n + 1} is not JSON") from None
-                torn = True  # the last line, cut short by an interrupted write
+        entries, torn = read_json_lines(self.path)
         if not entries or "header" not in entries[0]:
             raise ValueError(f"{self.path}: not a prediction cache (no header line)")
         old = entries[0]["header"]
