@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from vlkit.data.datasets.image_text import parse_key
 from vlkit.data.datasets.llava_conversations import (
@@ -41,7 +42,7 @@ from vlkit.data.transforms import ImageTransform
 from vlkit.evaluation.generative import generate_answers
 from vlkit.evaluation.vqa import exact_match_accuracy
 from vlkit.losses.next_token import IGNORE_INDEX
-from vlkit.training.callbacks import JsonlLogger
+from vlkit.training.callbacks import JsonlLogger, ProgressBar
 from vlkit.training.config import OptimConfig, TrainConfig
 from vlkit.training.flops import flops_per_sample
 from vlkit.training.trainer import Trainer
@@ -246,7 +247,8 @@ def pretrain_lm(cfg: ComposedRunConfig, directory: str | Path) -> dict[str, Any]
 
     train_config = _train_config(cfg.lm_steps, cfg.lm_batch_size, 3e-3, cfg, directory / "run")
     summary = Trainer(train_config, lm, TextLMTask(), _TextRows(rows),
-                      lambda s: _collate_text(s, tokenizer.pad_token_id), [_Record()]).fit()  # fmt: skip
+                      lambda s: _collate_text(s, tokenizer.pad_token_id),
+                      [_Record(), ProgressBar("LM pretraining")]).fit()  # fmt: skip
     lm.save_pretrained(directory)
     return {"first_loss": losses[0], "last_loss": losses[-1], "steps": len(losses),
             "train_seconds": float(summary["train_seconds"]),
@@ -299,7 +301,8 @@ def conversation_accuracy(
     model.eval()
     predictions: list[str] = []
     try:
-        for start in range(0, len(indices), batch_size):
+        starts = range(0, len(indices), batch_size)
+        for start in tqdm(starts, desc="easy-VQA test", unit="batch", dynamic_ncols=True):
             chunk = indices[start : start + batch_size]
             images = torch.stack([data.load_image(i) for i in chunk])  # (b, 3, S, S)
             prompts = [data.prompt_ids(i) for i in chunk]
@@ -322,7 +325,7 @@ def _fit(
                 losses.append(float(metrics["loss"]))
 
     config = _train_config(steps, cfg.batch_size, cfg.lr, cfg, out)
-    callbacks = [_Record(), JsonlLogger(out / "metrics.jsonl", 10)]
+    callbacks = [_Record(), JsonlLogger(out / "metrics.jsonl", 10), ProgressBar(out.name)]
     summary = Trainer(config, model, ConversationLMTask(), data,
                       lambda s: collate_conversations(s, pad), callbacks).fit()  # fmt: skip
     k = max(1, min(10, len(losses) // 4))
