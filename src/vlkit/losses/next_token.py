@@ -8,16 +8,21 @@ target tokens. The generative VLMs' `forward(..., labels=...).loss` and the VLM 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IGNORE_INDEX", "next_token_loss"]
+__all__ = ["IGNORE_INDEX", "next_token_loss", "next_token_loss_from_hidden"]
 
 IGNORE_INDEX = -100
 
 
 def next_token_loss(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    num_items_in_batch: float | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of the logits at t against the labels at t + 1.
 
@@ -25,6 +30,9 @@ def next_token_loss(
         logits: (B, L, V); computed in float32 whatever their dtype (as transformers does).
         labels: (B, L) targets, `ignore_index` where not a target.
         ignore_index: The label value that is not a target.
+        num_items_in_batch: Divide the summed cross-entropy by this instead of the number of
+            targets (transformers' argument of the same name, for exact accumulation over
+            micro-batches: N = the whole batch's targets).
 
     Returns:
         Scalar loss, the mean over the target tokens (NaN when there are none, as in PyTorch).
@@ -34,6 +42,45 @@ def next_token_loss(
     # padding the (B, L) labels with one ignored column costs nothing and gives the same mean.
     targets = F.pad(labels, (0, 1), value=ignore_index)[:, 1:]  # (B, L): label at t + 1
     flat = logits.reshape(-1, logits.shape[-1])  # (B*L, V), a view of contiguous logits
-    return F.cross_entropy(
-        flat.float(), targets.reshape(-1).to(flat.device), ignore_index=ignore_index
-    )
+    if num_items_in_batch is None:
+        return F.cross_entropy(
+            flat.float(), targets.reshape(-1).to(flat.device), ignore_index=ignore_index
+        )
+    summed = F.cross_entropy(
+        flat.float(), targets.reshape(-1).to(flat.device), ignore_index=ignore_index,
+        reduction="sum",
+    )  # fmt: skip
+    return summed / num_items_in_batch
+
+
+def next_token_loss_from_hidden(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    ignore_index: int = IGNORE_INDEX,
+    num_items_in_batch: float | None = None,
+) -> torch.Tensor:
+    """`next_token_loss` of `head(hidden)`, with the head applied only where there is a target.
+
+    The LM head is the largest matrix of a small LM (SmolVLM-256M: 576 x 49,152, more
+    multiply-adds per token than six of its decoder layers), and fine-tuning data supervises only
+    the answer tokens, so computing the (B, L, V) logits of every image and prompt position just
+    to drop them is most of the head's forward and backward. The selected rows' logits are the
+    same numbers, so the loss and the gradients are those of `next_token_loss(head(hidden))`.
+
+    Args:
+        hidden: (B, L, D) final hidden states (after the LM's last norm).
+        labels: (B, L) targets, `ignore_index` where not a target.
+        head: (n, D) -> (n, V) logits (the LM head, with its float32 upcast).
+        ignore_index, num_items_in_batch: As `next_token_loss`.
+
+    Returns:
+        Scalar loss, as `next_token_loss` (NaN when there is no target and no
+        `num_items_in_batch`).
+    """
+    targets = F.pad(labels, (0, 1), value=ignore_index)[:, 1:].to(hidden.device)  # label at t+1
+    chosen = targets != ignore_index  # (B, L)
+    scores = head(hidden[chosen]).float()  # (n, V): the head on target positions only
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss = F.cross_entropy(scores, targets[chosen], reduction=reduction)
+    return loss if num_items_in_batch is None else loss / num_items_in_batch

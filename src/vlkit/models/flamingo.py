@@ -187,7 +187,7 @@ class FlamingoVLM(nn.Module):
             media=self.media_cache(pixel_values),
         )
         loss = next_token_loss(out.logits, labels) if labels is not None else None
-        return VLMOutput(logits=out.logits, cache=out.cache, loss=loss)
+        return VLMOutput(out.logits, cache=out.cache, loss=loss)
 
     @torch.no_grad()
     def generate(

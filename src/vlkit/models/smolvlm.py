@@ -12,14 +12,14 @@ images. Any vision encoder that returns (N, T, Dv) tokens and any connector (N, 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from vlkit.losses.next_token import next_token_loss
+from vlkit.losses.next_token import next_token_loss, next_token_loss_from_hidden
 from vlkit.models.decoder import DecoderLM, DecoderOutput, KVCache
 from vlkit.models.decoder import generate as _generate
 from vlkit.models.frozen_vision import is_frozen, keep_frozen_in_eval
@@ -30,17 +30,30 @@ class VLMOutput:
     """Result of `GenerativeVLM.forward`.
 
     Attributes:
-        logits: (B, L, V) next-token logits.
+        logits: (B, L, V) next-token logits. Given labels, the loss is computed from the LM
+            head at the target positions only, and the full logits are computed on first
+            access from `hidden_states` (the same numbers as an eager forward's).
         cache: The decoder's `KVCache` when `use_cache`, else None.
         image_features: (I, D) features spliced into the prompt (I = image tokens), or None.
         loss: The shifted next-token cross-entropy (`vlkit.losses.next_token_loss`) when
             `labels` were given, else None.
+        hidden_states: (B, L, D) final hidden states when the logits are computed on access.
     """
 
-    logits: torch.Tensor
+    computed_logits: torch.Tensor | None = None
     cache: KVCache | None = None
     image_features: torch.Tensor | None = None
     loss: torch.Tensor | None = None
+    hidden_states: torch.Tensor | None = None
+    head: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if self.computed_logits is None:
+            if self.head is None or self.hidden_states is None:
+                raise ValueError("VLMOutput has neither logits nor hidden states")
+            self.computed_logits = self.head(self.hidden_states)
+        return self.computed_logits
 
 
 class GenerativeVLM(nn.Module):
@@ -164,6 +177,7 @@ class GenerativeVLM(nn.Module):
         pixel_attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         use_cache: bool = False,
+        num_items_in_batch: float | None = None,
     ) -> VLMOutput:
         """Logits (and the loss, given labels) for a prompt with images.
 
@@ -177,20 +191,39 @@ class GenerativeVLM(nn.Module):
             position_ids: (B, L) RoPE positions; default `arange(L)` whatever the mask, as
                 transformers' forward (`DecoderLM.forward`).
             use_cache: Return the decoder's KV cache.
+            num_items_in_batch: With labels: divide the summed cross-entropy by this instead
+                of the number of targets (transformers' argument, for exact accumulation).
 
         Returns:
             `VLMOutput` with (B, L, V) logits and `loss` (None without labels).
         """
         embeds, features = self.embed(input_ids, pixel_values, pixel_attention_mask)
+        decoder_inputs = self.decoder_inputs(input_ids)
+        # With labels, the LM head runs on the target positions only (see
+        # `next_token_loss_from_hidden`); decoders with their own forward (CogVLM's visual
+        # expert, Flamingo's) compute all logits as before.
+        head_at_targets = labels is not None and type(self.decoder).forward is DecoderLM.forward
         out = self.decoder(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=use_cache,
-            **self.decoder_inputs(input_ids),
+            **decoder_inputs,
+            **({"return_hidden": True} if head_at_targets else {}),
         )
-        loss = next_token_loss(out.logits, labels) if labels is not None else None
-        return VLMOutput(logits=out.logits, cache=out.cache, image_features=features, loss=loss)
+        if head_at_targets:
+            head = self.decoder.logits_from_hidden
+            loss = next_token_loss_from_hidden(
+                out.hidden_states, labels, head, num_items_in_batch=num_items_in_batch
+            )
+            return VLMOutput(
+                cache=out.cache, image_features=features, loss=loss,
+                hidden_states=out.hidden_states, head=head,
+            )  # fmt: skip
+        loss = None
+        if labels is not None:
+            loss = next_token_loss(out.logits, labels, num_items_in_batch=num_items_in_batch)
+        return VLMOutput(out.logits, cache=out.cache, image_features=features, loss=loss)
 
     @torch.no_grad()
     def generate(

@@ -158,14 +158,22 @@ def accumulated_lm_backward(
     image_token_id = getattr(model, "image_token_id", None)
     if image_token_id is None:  # a transformers VLM keeps it in its config
         image_token_id = getattr(getattr(model, "config", None), "image_token_id", None)
+    # vlkit's generative models take transformers' `num_items_in_batch` and then run the LM
+    # head on the target positions only (`next_token_loss_from_hidden`); other models return
+    # all logits and the targets are picked here.
+    inner = getattr(model, "module", model)
+    own_loss = "num_items_in_batch" in inspect.signature(inner.forward).parameters
     total: torch.Tensor | None = None
     for start in range(0, rows, micro_batch_size):
         part, part_labels = _micro_batch(
             inputs, labels, slice(start, start + micro_batch_size), image_token_id
         )
-        logits = model(**part).logits  # (b, l, V)
         # 0 / 0 is NaN like the mean of no targets; a rank without targets contributes 0 / N.
-        loss = _summed_loss(logits, part_labels) / denominator
+        if own_loss:
+            loss = model(**part, labels=part_labels, num_items_in_batch=denominator).loss
+        else:
+            logits = model(**part).logits  # (b, l, V)
+            loss = _summed_loss(logits, part_labels) / denominator
         backward(loss)
         share = loss.detach().double()  # float64: micro-batch shares add up without rounding
         total = share if total is None else total + share

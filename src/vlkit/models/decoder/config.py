@@ -69,9 +69,12 @@ class DecoderOutput:
     """Result of `DecoderLM.forward`.
 
     Attributes:
-        logits: (B, L, V) next-token logits.
+        logits: (B, L, V) next-token logits; None when `forward(..., return_hidden=True)`.
         cache: The updated `KVCache` when `use_cache` (or a cache was passed), else None.
+        hidden_states: (B, L, D) final hidden states after the last norm, only with
+            `return_hidden=True` (the caller applies `DecoderLM.logits_from_hidden` where needed).
     """
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     cache: KVCache | StaticKVCache | None = None
+    hidden_states: torch.Tensor | None = None

@@ -244,6 +244,7 @@ class DecoderLM(nn.Module):
         cache: KVCache | StaticKVCache | None = None,
         use_cache: bool = False,
         cache_position: torch.Tensor | None = None,
+        return_hidden: bool = False,
     ) -> DecoderOutput:
         """Run the decoder on new tokens, optionally continuing from a cache.
 
@@ -262,15 +263,21 @@ class DecoderLM(nn.Module):
             cache_position: (L,) slots of a `StaticKVCache` to write the new tokens at, instead
                 of those after its `seq_len` (a captured decode step passes a fixed tensor);
                 `attention_mask` must then be None (the cache's `slot_mask` is used).
+            return_hidden: Return the final (normed) hidden states instead of the logits, for a
+                caller that needs the LM head at a few positions only (a loss over answer
+                tokens: `vlkit.losses.next_token_loss_from_hidden`).
 
         Returns:
-            `DecoderOutput(logits (B, L, V) float, cache or None)`.
+            `DecoderOutput(logits (B, L, V) float, cache or None)`; with `return_hidden`,
+            `logits` is None and `hidden_states` (B, L, D) is set.
         """
         x, cos, sin, mask, cache = self.prepare_inputs(
             input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, cache_position
         )
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, cache)
+        if return_hidden:
+            return DecoderOutput(logits=None, cache=cache, hidden_states=self.model.norm(x))
         return self.output(x, cache)
 
     def generate(
@@ -345,4 +352,8 @@ class DecoderLM(nn.Module):
         self, x: torch.Tensor, cache: KVCache | StaticKVCache | None = None
     ) -> DecoderOutput:
         """Final norm and LM head: last hidden states (B, L, D) -> (B, L, V) float logits."""
-        return DecoderOutput(logits=self.lm_head(self.model.norm(x)).float(), cache=cache)
+        return DecoderOutput(logits=self.logits_from_hidden(self.model.norm(x)), cache=cache)
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM head on final (normed) hidden states (..., D) -> float logits (..., V)."""
+        return self.lm_head(hidden).float()
