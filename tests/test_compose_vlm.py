@@ -48,10 +48,12 @@ KIND_OPTIONS: dict[str, dict[str, Any]] = {
     "flamingo": {"num_queries": 4},
     "cogvlm": {},
     "pixel_shuffle": {"scale_factor": 2},
+    "qwen": {"num_queries": 4, "image_size": 48},  # a 6x6 grid from the 4x4 position table
 }
 # (vision, language) pairs per kind: both towers and both LM families are covered.
 PAIRS = {"llava": ("clip", "llama"), "qformer": ("siglip", "qwen2"), "flamingo": ("clip", "qwen2"),
-         "cogvlm": ("siglip", "llama"), "pixel_shuffle": ("siglip", "llama")}  # fmt: skip
+         "cogvlm": ("siglip", "llama"), "pixel_shuffle": ("siglip", "llama"),
+         "qwen": ("clip", "llama")}  # fmt: skip
 
 
 def _tokenizer() -> Any:

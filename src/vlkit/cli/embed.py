@@ -1,7 +1,9 @@
 """`vlkit zeroshot` (rank labels for images) and `vlkit embed` (write embeddings to .npy).
 
     vlkit zeroshot IMAGE... --model PATH --labels "a cat,a dog" [--templates NAME|FILE] [--json]
+                   [--temperature T]   (probabilities from cos / T: the course's tau sweep)
     vlkit embed --model PATH (--images DIR | --texts FILE) --out FILE.npy [--strict]
+    (both: [--image-size N] to encode at N x N with interpolated position embeddings, ViT towers)
 
 The work is `vlkit.inference.embed.zeroshot` and `vlkit.inference.embed.embed`. `embed` shows a
 progress bar and skips images that cannot be read, with a warning naming each and a count at the
@@ -14,12 +16,14 @@ import argparse
 import json
 import sys
 
-from vlkit.cli.arguments import int_at_least, output_file
+from vlkit.cli.arguments import float_range, int_at_least, output_file
 from vlkit.cli.errors import UsageError
 from vlkit.distributed import resolve_device
 from vlkit.inference.embed import embed, embeddings_path, zeroshot
 
 __all__ = ["add_embed_parsers", "embed_command", "zeroshot_command"]
+
+IMAGE_SIZE_HELP = "encode images at N x N pixels: ViT towers, interpolated position embeddings"
 
 
 def add_embed_parsers(commands: argparse._SubParsersAction) -> None:
@@ -34,6 +38,10 @@ def add_embed_parsers(commands: argparse._SubParsersAction) -> None:
     )
     zs.add_argument("--json", action="store_true", help="print JSON instead of a table")
     zs.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
+    zs.add_argument("--image-size", type=int_at_least(1), default=None, help=IMAGE_SIZE_HELP)
+    zs.add_argument("--temperature", type=float_range(0, low_open=True), default=None,
+                    help="probabilities from cos / T instead of the model's learned scale "
+                    "(T > 0, e.g. 0.01 / 0.07 / 0.5; the ranking stays)")  # fmt: skip
 
     em = commands.add_parser("embed", help="write image or text embeddings to .npy")
     em.add_argument("--model", required=True, help="checkpoint directory, file or hub id")
@@ -46,6 +54,7 @@ def add_embed_parsers(commands: argparse._SubParsersAction) -> None:
     )
     em.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     em.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
+    em.add_argument("--image-size", type=int_at_least(1), default=None, help=IMAGE_SIZE_HELP)
 
 
 def warn_skipped(path: str, reason: str) -> None:
@@ -59,7 +68,8 @@ def zeroshot_command(args: argparse.Namespace) -> None:
     if not labels:
         raise UsageError("--labels is empty: give comma-separated class names")
     device = resolve_device(args.device, "--device")  # before the model loads
-    results = zeroshot(args.images, args.model, labels, args.templates, args.top, device)
+    results = zeroshot(args.images, args.model, labels, args.templates, args.top, device,
+                       image_size=args.image_size, temperature=args.temperature)  # fmt: skip
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -81,7 +91,8 @@ def embed_command(args: argparse.Namespace) -> None:
         warn_skipped(path, reason)
 
     embeddings = embed(args.model, args.out, args.images, args.texts, ("--images", "--texts"),
-                       device, args.batch_size, args.strict, progress=True, on_skip=on_skip)  # fmt: skip
+                       device, args.batch_size, args.strict, progress=True, on_skip=on_skip,
+                       image_size=args.image_size)  # fmt: skip
     print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {out} "
           f"(row names: {out.with_suffix('.json')})")  # fmt: skip
     if skipped:

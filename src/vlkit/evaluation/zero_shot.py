@@ -85,15 +85,26 @@ def build_zero_shot_classifier(
 
 @torch.no_grad()
 def label_probabilities(
-    model: torch.nn.Module, image_embeds: torch.Tensor, classifier: torch.Tensor
+    model: torch.nn.Module,
+    image_embeds: torch.Tensor,
+    classifier: torch.Tensor,
+    temperature: float | None = None,
 ) -> torch.Tensor:
     """(N, C) probabilities of the classes for unit image embeddings (N, D).
 
     CLIP: softmax over the classes of the temperature-scaled cosine similarities. SigLIP (a model
     with a logit bias): the per-class sigmoid of its logits, the probability it was trained to
     output (as transformers' zero-shot pipeline reports it).
+
+    Args:
+        temperature: Use logits cos / temperature instead of the model's learned scale (the
+            course's tau = 0.01 / 0.07 / 0.5 sweep): sharper or flatter probabilities, the same
+            ranking. None: the model's own.
     """
-    logits = model.temperature().float() * image_embeds.float() @ classifier.T.float()
+    if temperature is not None and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    scale = model.temperature().float() if temperature is None else 1.0 / temperature
+    logits = scale * image_embeds.float() @ classifier.T.float()
     if getattr(model, "logit_bias", None) is not None:
         return torch.sigmoid(logits + model.logit_bias.float())
     return logits.softmax(dim=-1)

@@ -87,15 +87,22 @@ class QwenResampler(nn.Module):
         table = F.interpolate(table, size=(height, width), mode="bicubic", align_corners=False)
         return table.permute(0, 2, 3, 1).reshape(height * width, -1)  # (H*W, D)
 
-    def forward(self, media_tokens: Tensor, grid_hw: tuple[int, int] | None = None) -> Tensor:
+    def forward(
+        self,
+        media_tokens: Tensor,
+        grid_hw: tuple[int, int] | None = None,
+        return_attention: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Resample a grid of visual tokens.
 
         Args:
             media_tokens: (B, N, Dv) row-major grid of visual tokens.
             grid_hw: (H, W) of the grid; defaults to a square ``sqrt(N)`` grid.
+            return_attention: Also return the queries' attention to the tokens
+                (B, heads, K, N).
 
         Returns:
-            (B, K, D) resampled tokens.
+            (B, K, D) resampled tokens (and the attention probabilities).
         """
         b, n, _ = media_tokens.shape
         if grid_hw is None:
@@ -109,4 +116,4 @@ class QwenResampler(nn.Module):
         q = self.ln_q(self.query) + self.pos_embed  # (K, D)
         q = q.unsqueeze(0).expand(b, -1, -1)  # (B, K, D)
         key_pos = self.key_pos_embed(*grid_hw).to(kv.dtype)  # (N, D)
-        return self.attn(q, kv, key_pos_embed=key_pos)  # (B, K, D)
+        return self.attn(q, kv, key_pos_embed=key_pos, return_attention=return_attention)

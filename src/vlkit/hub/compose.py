@@ -13,6 +13,10 @@ classes and connectors), plus SmolVLM / nanoVLM's pixel-shuffle connector:
 
 * llava: projector per vision token (LLaVA-1.5: the penultimate layer, CLS dropped; `full`
   keeps it), spliced at T placeholders; saved in transformers' LLaVA layout (`hf_llava`).
+  `anyres=True` (or `pinpoints=[(h, w), ...]`) makes it LLaVA-NeXT: images tiled into a global
+  view plus a grid of tiles chosen per image, the features unpadded with each image's size and
+  closed row by row by a learned `image_newline`, so each image fills its own number of
+  placeholders (`vlkit.models.llava_next`); saved in vlkit's composed format.
 * qformer: BLIP-2's Q-Former (`num_queries` queries, on the penultimate layer as BLIP-2 Sec. 3.1)
   and its projection, spliced at Q placeholders.
 * flamingo: a linear map + Perceiver Resampler read by gated cross-attention blocks (tanh gates
@@ -20,6 +24,9 @@ classes and connectors), plus SmolVLM / nanoVLM's pixel-shuffle connector:
 * cogvlm: LLaVA splicing plus a visual expert (QKV / FFN copies of the LM's, Wang et al. 2023).
 * pixel_shuffle: the tower's final patch tokens, pixel-shuffled by `scale_factor` and projected
   (Idefics3 / SmolVLM / nanoVLM's connector), spliced at (grid / s)^2 placeholders.
+* qwen: Qwen-VL's position-aware adapter (`QwenResampler`: `num_queries` queries with 2-D
+  sin-cos positions) over the tower's final patch grid at any `image_size` (the tower's position
+  embeddings interpolated), spliced at `num_queries` placeholders (`vlkit.models.qwen_vl`).
 
 What is frozen is `vlkit.models.composition`'s table (the papers' choices; `trainable=` changes
 it). The LM's own tokenizer gets the image token as an added special token (unless it has it);
@@ -41,9 +48,11 @@ import torch
 from tokenizers import AddedToken, Tokenizer
 from torch import nn
 
+from vlkit.data.anyres_processor import AnyResProcessor
 from vlkit.data.chat_template import select_chat_template
 from vlkit.data.composed_processor import FixedCountProcessor
 from vlkit.data.llava_processor import LlavaProcessor
+from vlkit.data.resolution import preprocess_at_size
 from vlkit.data.tokenizers.hf_json import HFTokenizer
 from vlkit.data.transforms import ImageTransform
 from vlkit.errors import CheckpointError
@@ -62,6 +71,7 @@ from vlkit.models.composition import (
     set_trainable,
 )
 from vlkit.models.decoder import DecoderLM
+from vlkit.models.llava_next import check_pinpoints
 from vlkit.models.resnet import ModifiedResNet
 from vlkit.models.vit import VisionTransformer
 
@@ -77,7 +87,11 @@ _FEATURES: dict[str, tuple[int | None, str]] = {
     "flamingo": (None, "full"),
     "cogvlm": (-2, "default"),
     "pixel_shuffle": (None, "default"),
+    "qwen": (None, "default"),
 }
+# Queries (qformer, qwen) or latents (flamingo) when `num_queries` is not given; Qwen-VL's
+# adapter needs a square number (a 2-D grid of query positions; 256 in the paper).
+_NUM_QUERIES = {"qwen": 64}
 
 
 def _load_vision(vision: Any) -> tuple[CLIP, str]:
@@ -157,6 +171,34 @@ def _add_image_token(tokenizer: HFTokenizer, image_token: str) -> Tokenizer:
     return backend
 
 
+def _check_qwen_tower(tower: nn.Module, image_size: int | None) -> None:
+    """The qwen kind reads a ViT's patch grid at `image_size` (at least one patch)."""
+    if not isinstance(tower, VisionTransformer):
+        raise ValueError(
+            f"vision: the qwen kind needs a ViT tower (a patch grid with learned positions), "
+            f"got a {type(tower).__name__}"
+        )
+    if image_size is not None and image_size < tower.config.patch_size:
+        raise ValueError(
+            f"image_size={image_size}: must be at least the tower's patch size, "
+            f"{tower.config.patch_size}"
+        )
+
+
+def _anyres_pinpoints(
+    kind: str, tower: nn.Module, anyres: bool, pinpoints: Any
+) -> list[list[int]] | None:
+    """The checked pinpoints of an anyres llava, or None when anyres is off."""
+    if not anyres and pinpoints is None:
+        return None
+    option = "pinpoints" if pinpoints is not None else "anyres"
+    if kind != "llava":
+        raise ValueError(f"{option}: only the llava kind tiles images (LLaVA-NeXT), not {kind!r}")
+    if not isinstance(tower, VisionTransformer):
+        raise ValueError(f"{option}: anyres needs a ViT tower, got a {type(tower).__name__}")
+    return check_pinpoints(pinpoints, tower.config.image_size)
+
+
 def _feature_choice(
     kind: str, tower: VisionTransformer, layer: Any, strategy: str | None
 ) -> tuple[list[int] | None, bool]:
@@ -194,11 +236,14 @@ def compose_vlm(
     vision_feature_layer: int | list[int] | None = None,
     vision_feature_select_strategy: str | None = None,
     projector: str = "mlp2x_gelu",
-    num_queries: int = 32,
+    num_queries: int | None = None,
     qformer_layers: int = 2,
     perceiver_layers: int = 2,
     cross_attention_every: int = 1,
     scale_factor: int = 2,
+    image_size: int | None = None,
+    anyres: bool = False,
+    pinpoints: list[tuple[int, int]] | list[list[int]] | None = None,
     seed: int = 0,
 ) -> nn.Module:
     """A generative VLM of `kind` from a pretrained image tower and a pretrained causal LM.
@@ -209,7 +254,7 @@ def compose_vlm(
             vlkit's format, transformers' LLaVA reads ViTs only).
         language: A Llama / Qwen2 / Qwen3 causal-LM directory or hub id, or a vlkit `DecoderLM`
             (copied, then `tokenizer` is required).
-        kind: "llava", "qformer", "flamingo", "cogvlm" or "pixel_shuffle".
+        kind: "llava", "qformer", "flamingo", "cogvlm", "pixel_shuffle" or "qwen".
         trainable: The parts that train (`vlkit.models.composition.COMPOSE_PARTS`); default:
             the paper's choice (`DEFAULT_TRAINABLE`).
         tokenizer: An `HFTokenizer` or its directory; default: the language directory's.
@@ -222,15 +267,23 @@ def compose_vlm(
             token 0 for llava / cogvlm), "full" keeps every token; default: "full" for qformer
             and flamingo.
         projector: llava / cogvlm projector type (`vlkit.fusion.projector.build_projector`).
-        num_queries: Q-Former queries (qformer) or Perceiver latents (flamingo).
+        num_queries: Q-Former queries (qformer), Perceiver latents (flamingo) or the adapter's
+            queries (qwen, a square number); default 32, 64 for qwen.
         qformer_layers, perceiver_layers, cross_attention_every: Connector sizes.
         scale_factor: pixel_shuffle's factor s (the grid side must be a multiple).
+        image_size: qwen only: the side images are resized to for the tower (Qwen-VL's 448 px
+            stage), its position embeddings interpolated; default: the tower's own size.
+        anyres: llava only: LLaVA-NeXT's tiling (`vlkit.models.llava_next.AnyResLlavaVLM`),
+            with LLaVA-NeXT's grids (1x2, 2x1, 2x2, 3x1, 1x3 tiles of the tower's size).
+        pinpoints: llava only: the (height, width) grids to choose from, multiples of the
+            tower's image size; giving them turns anyres on.
         seed: Seeds the new modules' initialisation (the global RNG is left as it was).
 
     Returns:
-        The model (`LlavaVLM`, `QFormerVLM`, `FlamingoVLM`, `CogVLM` or, for pixel_shuffle, a
-        `SplicingVLM`), in train mode with its frozen parts set, and the attributes `processor`
-        (prompt + images -> `input_ids`, `attention_mask`, `pixel_values`), `tokenizer` (the
+        The model (`LlavaVLM` (`AnyResLlavaVLM` with anyres), `QFormerVLM`, `FlamingoVLM`,
+        `CogVLM`, `QwenVLM` or, for pixel_shuffle, a `SplicingVLM`), in train mode with its
+        frozen parts set, and the attributes `processor` (prompt + images -> `input_ids`,
+        `attention_mask`, `pixel_values`, and `image_sizes` with anyres), `tokenizer` (the
         LM's `HFTokenizer` with the image token), `composition` (the parts record) and
         `compose_spec`. `save_pretrained(dir)` writes it for `vlkit.from_pretrained`.
 
@@ -242,12 +295,19 @@ def compose_vlm(
     if kind not in COMPOSE_KINDS:
         raise ValueError(f"kind must be one of {', '.join(COMPOSE_KINDS)}, got {kind!r}")
     parts = check_parts(kind, DEFAULT_TRAINABLE[kind] if trainable is None else trainable)
+    if num_queries is None:
+        num_queries = _NUM_QUERIES.get(kind, 32)
+    if image_size is not None and kind != "qwen":
+        raise ValueError(f"image_size: only the qwen kind takes another image size, not {kind!r}")
     clip, vision_source = _load_vision(vision)
     # A CLIP passed in is left as it was (its tower gets frozen here): the VLM holds a copy.
     tower = copy.deepcopy(clip.vision) if isinstance(vision, CLIP) else clip.vision
     is_vit = isinstance(tower, VisionTransformer)
     if not is_vit and not isinstance(tower, ModifiedResNet):
         raise ValueError(f"vision: a {type(tower).__name__} image tower is not supported")
+    if kind == "qwen":
+        _check_qwen_tower(tower, image_size)
+    grids = _anyres_pinpoints(kind, tower, anyres, pinpoints)
     lm, hf_tokenizer, language_source, _ = _load_language(language, tokenizer)
     template = _chat_template(hf_tokenizer, chat_template)
     hf_tokenizer.chat_template = template
@@ -261,6 +321,17 @@ def compose_vlm(
         layers, drop_first = _feature_choice(
             kind, tower, vision_feature_layer, vision_feature_select_strategy
         )
+        if grids is not None and int(tower.config.class_token) != int(drop_first):
+            raise ValueError(
+                f"vision_feature_select_strategy={vision_feature_select_strategy!r}: anyres "
+                "stitches square patch grids, so exactly the tower's class token is dropped "
+                f"('{'default' if tower.config.class_token else 'full'}' for this tower)"
+            )
+        if kind == "qwen" and tower.config.class_token and not drop_first:
+            raise ValueError(
+                "vision_feature_select_strategy='full': the qwen adapter reads a 2-D patch grid, "
+                "so a tower's class token must be dropped ('default')"
+            )
         source = None
         try:
             family = vision_family(tower)
@@ -290,6 +361,8 @@ def compose_vlm(
         "eos_token_id": eos,
         "pad_token_id": config.pad_token_id,
     }  # fmt: skip
+    if grids is not None:
+        spec["anyres"] = {"pinpoints": grids}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_composed(spec, tower, lm)
@@ -300,12 +373,18 @@ def compose_vlm(
         special["pad_token"] = special["eos_token"]  # batches need one; transformers' usual fix
     # A ViT llava / cogvlm expands `<image>` per patch token as transformers' LlavaProcessor
     # (written in its layout); every other model fills a fixed count per image.
+    preprocess = clip.config.preprocess
+    if image_size is not None:  # qwen at another resolution: the same steps, another size
+        preprocess = preprocess_at_size(preprocess, image_size)
+        spec["vision"]["image_size"] = image_size
     processor = LlavaProcessor(
-        backend, ImageTransform(clip.config.preprocess),
+        backend, ImageTransform(preprocess),
         tower.config.patch_size if is_vit else 32, "default" if drop_first else "full",
         int(is_vit and tower.config.class_token), image_token, template, special,
     )  # fmt: skip
-    if not (is_vit and kind in ("llava", "cogvlm")):
+    if grids is not None:  # tiles, a count per image (LLaVA-NeXT)
+        processor = AnyResProcessor.from_llava(processor, grids)
+    elif not (is_vit and kind in ("llava", "cogvlm")):
         processor = FixedCountProcessor.from_llava(processor, model.num_image_tokens)
     source = Path(hf_tokenizer.source)
     config_file = (source if source.is_dir() else source.parent) / "tokenizer_config.json"

@@ -1,5 +1,5 @@
 """vlkit's own directory format for composed VLMs (`vlkit.compose_vlm`) of the kinds that have no
-transformers equivalent (qformer, flamingo, cogvlm, pixel_shuffle; llava is written in
+transformers equivalent (qformer, flamingo, cogvlm, pixel_shuffle, qwen; llava is written in
 transformers' LLaVA layout by `hf_llava`).
 
 A directory holds
@@ -14,7 +14,9 @@ A directory holds
   tokenizer_config.json, processor_config.json (image processor inside), chat_template.jinja.
 
 A llava whose tower is a ResNet (transformers' LLaVA reads ViT hidden states only) is written in
-this format too.
+this format too, and so is an anyres llava (LLaVA-NeXT tiling, `vlkit.models.llava_next`): its
+config has `"anyres": {"pinpoints": [[height, width], ...]}` and its processor is an
+`AnyResProcessor` with those pinpoints.
 
 `build_composed` makes the model of a spec (used by `compose_vlm` with the pretrained parts and
 by `load_composed` with random ones, then filled from the weights).
@@ -30,11 +32,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlkit.data.anyres_processor import AnyResProcessor
 from vlkit.data.composed_processor import FixedCountProcessor
 from vlkit.data.llava_processor import LlavaProcessor
 from vlkit.errors import CheckpointError
 from vlkit.fusion.pixel_shuffle import PixelShuffleConnector
 from vlkit.fusion.projector import LlavaProjector
+from vlkit.fusion.qwen_resampler import QwenResampler
 from vlkit.hub.hf_config_files import read_json_object
 from vlkit.hub.hf_llava_processor import read_llava_processor, save_llava_processor
 from vlkit.hub.weights import find_weights, load_into, read_weights, write_json, write_safetensors
@@ -45,7 +49,9 @@ from vlkit.models.flamingo import FlamingoVLM
 from vlkit.models.frozen_vision import VisionTokens
 from vlkit.models.fusion_vlm import FusionVLMConfig
 from vlkit.models.llava import LlavaVLM
+from vlkit.models.llava_next import AnyResLlavaVLM
 from vlkit.models.qformer_vlm import QFormerConnector, QFormerVLM
+from vlkit.models.qwen_vl import QwenVLM
 from vlkit.models.resnet import ModifiedResNet, ResNetConfig
 from vlkit.models.splicing_vlm import SplicingVLM
 from vlkit.models.vit import VisionTransformer, ViTConfig
@@ -140,7 +146,7 @@ def build_composed(
     options = spec["connector"]
     image_token_id = int(spec["image_token_id"])
     fusion = None
-    if kind != "pixel_shuffle":
+    if kind not in ("pixel_shuffle", "qwen"):
         fusion = FusionVLMConfig(
             kind=kind, decoder=dec, image_token_id=image_token_id, vision_dim=width,
             num_queries=options["num_queries"], projector=options["projector"],
@@ -158,7 +164,12 @@ def build_composed(
                 f"projector={options['projector']!r}: {error} (vision width {width}, "
                 f"language hidden_size {dec.hidden_size})"
             ) from None
-        if kind == "llava":
+        anyres = spec.get("anyres")
+        if kind == "llava" and anyres:
+            model = AnyResLlavaVLM(
+                vision, projector, plain, image_token_id, anyres["pinpoints"], fusion
+            )
+        elif kind == "llava":
             model = LlavaVLM(vision, projector, plain, image_token_id, count, fusion)
         else:
             decoder = CogVLMDecoder(dec)
@@ -180,6 +191,12 @@ def build_composed(
         )  # fmt: skip
         if language is not None:
             _decoder_into(model.decoder, language)
+    elif kind == "qwen":
+        try:
+            resampler = QwenResampler(dec.hidden_size, options["num_queries"], dec.num_heads, width)
+        except ValueError as error:
+            raise ValueError(f"num_queries={options['num_queries']}: {error}") from None
+        model = QwenVLM(vision, resampler, plain, image_token_id)
     else:
         scale = int(options["scale_factor"])
         side = math.isqrt(count)
@@ -269,19 +286,26 @@ def load_composed(directory: str | Path) -> nn.Module:
         set_trainable(model, config["kind"], trained)
     model.composition = composition
     if (root / "tokenizer.json").is_file():
-        model.processor = read_composed_processor(root, config["kind"], model.num_image_tokens)
+        model.processor = read_composed_processor(
+            root, config["kind"], model.num_image_tokens, config.get("anyres")
+        )
     return model.eval()
 
 
 def read_composed_processor(
-    directory: str | Path, kind: str | None = None, count: int | None = None
+    directory: str | Path,
+    kind: str | None = None,
+    count: int | None = None,
+    anyres: dict[str, Any] | None = None,
 ) -> LlavaProcessor:
     """The processor of a composed directory: a `FixedCountProcessor` (the image transform gives
-    one size, so every image fills the model's `num_image_tokens` placeholders).
+    one size, so every image fills the model's `num_image_tokens` placeholders), or for an anyres
+    llava an `AnyResProcessor` (tiles; a count per image).
 
     Args:
         directory: The composed directory.
-        kind, count: Default: `composed_vlm_config.json`'s "kind" and "num_image_tokens".
+        kind, count, anyres: Default: `composed_vlm_config.json`'s "kind", "num_image_tokens"
+            and "anyres".
 
     Raises:
         CheckpointError: Missing or broken processor files or config keys, named.
@@ -294,6 +318,9 @@ def read_composed_processor(
             kind, count = config["kind"], int(config["num_image_tokens"])
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{path}: missing or bad key {error}") from error
+        anyres = config.get("anyres")
+    if anyres:
+        return AnyResProcessor.from_llava(read_llava_processor(root), anyres["pinpoints"])
     return FixedCountProcessor.from_llava(read_llava_processor(root), count)
 
 

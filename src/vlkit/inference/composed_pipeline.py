@@ -1,7 +1,7 @@
 """A composed VLM directory (`vlkit.compose_vlm` + `save_pretrained`) as a `VLMPipeline`.
 
 Two layouts: vlkit's (`composed_vlm_config.json`, the qformer / flamingo / cogvlm /
-pixel_shuffle kinds) and transformers' LLaVA layout whose config.json records the composition
+pixel_shuffle / qwen kinds and an anyres llava) and transformers' LLaVA layout whose config.json records the composition
 (`vlkit_composition`). The processor is the model's (`LlavaProcessor`, or a fixed count of
 placeholders per image); the prompt is one user turn whose text holds one image token per image,
 then the prompt, rendered by the LM's own chat template with the assistant prompt added (plain
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from vlkit.data.anyres_processor import AnyResProcessor
 from vlkit.hub import from_pretrained
 from vlkit.hub.composed_checkpoint import is_composed_directory
 from vlkit.hub.hf_llava_config import is_llava_directory
@@ -66,7 +67,16 @@ class ComposedPipeline(LlavaPipeline):
 
     def prepare(self, images: Sequence[Any], prompt: str, video: Any = None) -> VLMInputs:
         """As `LlavaPipeline.prepare`, with the images as one row's (1, N, 3, H, W): Flamingo
-        reads a 4-D batch as one image per row."""
+        reads a 4-D batch as one image per row. An anyres llava's processor tiles: its
+        (N, V, 3, S, S) views go as they are, with the `image_sizes` it returns."""
+        if isinstance(self.processor, AnyResProcessor) and images:
+            if video is not None:
+                raise ValueError("a LLaVA model takes images, not video")
+            text = self.prompt_text(len(images), prompt)
+            encoded = self.processor(text=text, images=list(images))
+            tensors = {key: value.to(self.device) for key, value in encoded.items()}
+            names = ("pixel_values", "attention_mask", "image_sizes")
+            return VLMInputs(tensors["input_ids"], {name: tensors[name] for name in names})
         inputs = super().prepare(images, prompt, video)
         pixels = inputs.model_inputs.get("pixel_values")
         if pixels is not None and pixels.dim() == 4:

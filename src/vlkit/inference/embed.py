@@ -25,6 +25,7 @@ from vlkit.evaluation.zero_shot import (
     load_templates,
 )
 from vlkit.hub.clip_checkpoint import load_clip
+from vlkit.inference.any_resolution import at_image_size
 from vlkit.inference.image_files import encode_image_paths
 
 __all__ = ["embed", "embeddings_path", "zeroshot"]
@@ -37,6 +38,8 @@ def zeroshot(
     templates: str = "none",
     top: int | None = None,
     device: str | torch.device = "cpu",
+    image_size: int | None = None,
+    temperature: float | None = None,
 ) -> list[dict]:
     """Ranks `labels` for each image.
 
@@ -47,6 +50,10 @@ def zeroshot(
     Args:
         top: Keep the `top` best labels (at least 1); None: all of them.
         device: "cpu", "cuda", "auto", ... (checked by `resolve_device`).
+        image_size: Encode images at this size instead of the checkpoint's, with interpolated
+            position embeddings (ViT towers; `vlkit.inference.any_resolution`).
+        temperature: Probabilities from cos / temperature instead of the model's learned scale
+            (> 0; the ranking stays the same); None: the model's.
 
     Returns:
         One {"image": path, "ranking": [{"label", "probability"}, ...]} per image, best first,
@@ -58,13 +65,15 @@ def zeroshot(
         raise ValueError(f"top={top}: must be at least 1 (None: every label)")
     target = resolve_device(device)
     model, tokenizer, transform = load_clip(model_path)
+    if image_size is not None:
+        transform = at_image_size(model, image_size)
     model = model.to(target)
     classifier = build_zero_shot_classifier(model, tokenizer, labels, load_templates(templates))
     # One image per forward pass, as a single-image query would be encoded.
     embeddings = encode_image_files(model, transform, images, batch_size=1)  # (N, D)
     results = []
     for path, image in zip(images, embeddings, strict=True):
-        probs = label_probabilities(model, image[None], classifier)[0]
+        probs = label_probabilities(model, image[None], classifier, temperature)[0]
         order = probs.argsort(descending=True)[:top]
         ranked = [{"label": labels[i], "probability": round(probs[i].item(), 6)} for i in order]
         results.append({"image": str(path), "ranking": ranked})
@@ -115,6 +124,7 @@ def embed(
     strict: bool = False,
     progress: bool = False,
     on_skip: Callable[[str, str], None] | None = None,
+    image_size: int | None = None,
 ) -> np.ndarray:
     """Writes L2-normalised embeddings (N, D) as .npy and the inputs' names next to it (.json).
 
@@ -134,6 +144,8 @@ def embed(
         strict: Stop at the first unreadable image instead of skipping it.
         progress: Show a tqdm bar while images are encoded.
         on_skip: Called with (path, reason) for each unreadable image that is skipped.
+        image_size: Encode images at this size instead of the checkpoint's, with interpolated
+            position embeddings (ViT towers; `vlkit.inference.any_resolution`).
 
     Raises:
         ValueError: Bad arguments, no input, or no image that could be read (ImageLoadError
@@ -145,6 +157,8 @@ def embed(
     names = _image_files(images_dir, what[0]) if images_dir is not None else None
     lines = _text_lines(texts_file, what[1]) if texts_file is not None else None
     model, tokenizer, transform = load_clip(model_path)
+    if image_size is not None:
+        transform = at_image_size(model, image_size)
     model = model.to(target)
     if names is not None:
         encoded = encode_image_paths(model, transform, names, batch_size, strict, progress, on_skip)

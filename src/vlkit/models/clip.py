@@ -83,9 +83,40 @@ class CLIP(nn.Module):
         self.vision.set_gradient_checkpointing(enabled)
         self.text.set_gradient_checkpointing(enabled)
 
-    def encode_image(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Images (B, 3, H, W) -> embeddings (B, embed_dim)."""
-        embeds = self.image_projection(self.vision(pixel_values).pooled)
+    def set_interpolate_pos_encoding(self, enabled: bool = True) -> None:
+        """Let `encode_image` take images of any size by default (a runtime mode, never saved;
+        see `VisionTransformer.set_interpolate_pos_encoding`). ViT image towers only."""
+        self._vit_tower("set_interpolate_pos_encoding").set_interpolate_pos_encoding(enabled)
+
+    def _vit_tower(self, what: str) -> VisionTransformer:
+        if not isinstance(self.vision, VisionTransformer):
+            raise ValueError(
+                f"{what} needs a ViT image tower (learned patch positions); this model's is "
+                f"a {type(self.vision).__name__}"
+            )
+        return self.vision
+
+    def encode_image(
+        self,
+        pixel_values: torch.Tensor,
+        normalize: bool = False,
+        interpolate_pos_encoding: bool | None = None,
+    ) -> torch.Tensor:
+        """Images (B, 3, H, W) -> embeddings (B, embed_dim).
+
+        Args:
+            interpolate_pos_encoding: Take any H, W, the position embeddings resized as
+                transformers' `interpolate_pos_encoding=True` does (ViT towers). None: the
+                tower's mode (`set_interpolate_pos_encoding`, off by default).
+        """
+        if interpolate_pos_encoding:
+            tower = self._vit_tower("interpolate_pos_encoding=True")
+            output = tower(pixel_values, interpolate_pos_encoding=True)
+        elif interpolate_pos_encoding is None or not isinstance(self.vision, VisionTransformer):
+            output = self.vision(pixel_values)
+        else:
+            output = self.vision(pixel_values, interpolate_pos_encoding=False)
+        embeds = self.image_projection(output.pooled)
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
     def encode_text(
@@ -116,9 +147,12 @@ class CLIP(nn.Module):
         pixel_values: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
     ) -> CLIPOutput:
         image = (
-            self.encode_image(pixel_values, normalize=True) if pixel_values is not None else None
+            self.encode_image(pixel_values, True, interpolate_pos_encoding)
+            if pixel_values is not None
+            else None
         )
         text = (
             self.encode_text(input_ids, attention_mask, normalize=True)

@@ -18,7 +18,14 @@ cogvlm         vision, connector, expert, language    connector (the MLP adapter
                                                       (Wang et al. 2023, Sec. 2.2: the LM and
                                                       ViT frozen)
 pixel_shuffle  vision, connector, language            connector (the modality projection)
+qwen           vision, connector, language            connector (the position-aware adapter);
+                                                      Qwen-VL's stage 1 (Bai et al. 2023, Sec.
+                                                      3.1) also trains the ViT: pass
+                                                      trainable=("vision", "connector")
 =============  =====================================  ==========================================
+
+An anyres llava (LLaVA-NeXT, `vlkit.models.llava_next`) has one more parameter, `image_newline`,
+which belongs to the connector (it trains with the projector).
 
 `set_trainable(model, kind, parts)` sets `requires_grad` part by part (a frozen vision tower also
 stays in eval mode: `frozen_vision.keep_frozen_in_eval`); `composition_record` is the dict a
@@ -49,13 +56,14 @@ __all__ = [
     "set_trainable",
 ]
 
-COMPOSE_KINDS = ("llava", "qformer", "flamingo", "cogvlm", "pixel_shuffle")
+COMPOSE_KINDS = ("llava", "qformer", "flamingo", "cogvlm", "pixel_shuffle", "qwen")
 COMPOSE_PARTS: dict[str, tuple[str, ...]] = {
     "llava": ("vision", "connector", "language"),
     "qformer": ("vision", "connector", "language"),
     "flamingo": ("vision", "connector", "cross_attention", "language"),
     "cogvlm": ("vision", "connector", "expert", "language"),
     "pixel_shuffle": ("vision", "connector", "language"),
+    "qwen": ("vision", "connector", "language"),
 }
 DEFAULT_TRAINABLE: dict[str, tuple[str, ...]] = {
     "llava": ("connector",),
@@ -63,6 +71,7 @@ DEFAULT_TRAINABLE: dict[str, tuple[str, ...]] = {
     "flamingo": ("connector", "cross_attention"),
     "cogvlm": ("connector", "expert"),
     "pixel_shuffle": ("connector",),
+    "qwen": ("connector",),
 }
 _EXPERT = ("vision_expert_attn.", "vision_expert_mlp.")
 
@@ -71,7 +80,8 @@ def _part_of(kind: str, name: str) -> str:
     """The part a parameter (its `named_parameters` name) belongs to."""
     if name.startswith("vision."):
         return "vision"
-    if name.startswith(("connector.", "media_projection.", "perceiver.")):
+    # image_newline: LLaVA-NeXT's row terminator (an anyres llava), trained with the projector.
+    if name.startswith(("connector.", "media_projection.", "perceiver.", "image_newline")):
         return "connector"
     if kind == "flamingo" and name.startswith("decoder.gated_cross_attention."):
         return "cross_attention"

@@ -3,7 +3,8 @@
 CLIP (Radford et al. 2021, Sec. 2.4): conv patch embedding without bias, a CLS token, learnable
 positions, an extra LayerNorm before the blocks, pooled = LN(CLS). SigLIP (Zhai et al. 2023):
 biased patch embedding, no CLS token, no pre-norm, LN over all tokens, then a multihead
-attention-pooling head.
+attention-pooling head. Images of another size than the pretrained one go through with
+`interpolate_pos_encoding=True` (the position table resized as transformers resizes it).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from vlkit.layers import AttentionPoolingHead, Transformer
 from vlkit.models.outputs import VisionOutput
+from vlkit.models.position_interpolation import interpolate_position_embedding, patch_grid
 
 
 @dataclass
@@ -97,6 +99,7 @@ class VisionTransformer(nn.Module):
             if config.pool == "map"
             else None
         )
+        self.interpolate_pos_encoding = False  # runtime mode: set_interpolate_pos_encoding
         self.init_weights()
 
     @property
@@ -113,20 +116,54 @@ class VisionTransformer(nn.Module):
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.transformer.gradient_checkpointing = enabled
 
-    def forward(self, images: torch.Tensor, return_attention: bool = False) -> VisionOutput:
-        expected = (self.config.num_channels, self.config.image_size, self.config.image_size)
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+    def set_interpolate_pos_encoding(self, enabled: bool = True) -> None:
+        """Make `forward` default to `interpolate_pos_encoding=enabled`: a runtime mode (like
+        gradient checkpointing, never saved) so that helpers that only call `encode_image`
+        (zero-shot, embedding, search) can run on images of another size."""
+        self.interpolate_pos_encoding = enabled
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        return_attention: bool = False,
+        interpolate_pos_encoding: bool | None = None,
+    ) -> VisionOutput:
+        """Encode images.
+
+        Args:
+            images: (B, C, H, W); H = W = `config.image_size` unless interpolating.
+            return_attention: Also return each block's attention maps.
+            interpolate_pos_encoding: Accept any H, W >= patch size, resizing the learned
+                position embeddings to the `(H // p, W // p)` grid as transformers'
+                `interpolate_pos_encoding=True` does (`vlkit.models.position_interpolation`).
+                None: the mode set by `set_interpolate_pos_encoding` (off by default).
+        """
+        if interpolate_pos_encoding is None:
+            interpolate_pos_encoding = self.interpolate_pos_encoding
+        size, channels = self.config.image_size, self.config.num_channels
+        if images.ndim != 4 or images.shape[1] != channels:
             raise ValueError(
-                f"expected images of shape (B, {', '.join(map(str, expected))}), "
-                f"got {tuple(images.shape)}"
+                f"expected images of shape (B, {channels}, H, W), got {tuple(images.shape)}"
             )
-        # Stride-p convolution: (B, D, g, g), g = image_size // p (remainder pixels unused).
+        height, width = images.shape[-2:]
+        if not interpolate_pos_encoding and (height, width) != (size, size):
+            raise ValueError(
+                f"expected images of shape (B, {channels}, {size}, {size}), got "
+                f"{tuple(images.shape)} (other sizes need interpolate_pos_encoding=True)"
+            )
+        patch_grid(height, width, self.config.patch_size)  # at least one patch, or a ValueError
+        # Stride-p convolution: (B, D, h, w), h = H // p (remainder pixels unused).
         x = self.patch_embed(images.to(self.patch_embed.weight.dtype))
-        x = x.flatten(2).transpose(1, 2)  # (B, g*g, D)
+        x = x.flatten(2).transpose(1, 2)  # (B, h*w, D)
         if self.class_token is not None:
             cls = self.class_token.to(x.dtype).expand(x.shape[0], 1, -1)
-            x = torch.cat([cls, x], dim=1)  # (B, 1 + g*g, D)
-        x = x + self.position_embedding.to(x.dtype)
+            x = torch.cat([cls, x], dim=1)  # (B, 1 + h*w, D)
+        positions = self.position_embedding
+        if interpolate_pos_encoding:
+            positions = interpolate_position_embedding(
+                positions, height, width, self.config.patch_size, self.class_token is not None
+            )  # (1 + h*w, D) or (h*w, D)
+        x = x + positions.to(x.dtype)
         x = self.norm_pre(x)
         x, attentions = self.transformer(x, return_attention=return_attention)
         x = self.norm_post(x)

@@ -1,0 +1,116 @@
+"""The processor of an anyres (LLaVA-NeXT) composed model: tiles, sizes and per-image counts.
+
+As transformers' `LlavaNextProcessor` (processing_llava_next.py) with its
+`LlavaNextImageProcessor`: each image becomes a global view plus a grid of tiles
+(`vlkit.data.anyres_tiling.anyres_pixel_values`), the images' views are zero-padded to one count,
+`image_sizes` keeps each image's original (height, width), and each `<image>` of the prompts
+expands to that image's own `anyres_token_count`. Tokenizer, chat template and text options are
+the `LlavaProcessor`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from vlkit.data.anyres_placeholders import anyres_token_count
+from vlkit.data.anyres_tiling import anyres_pixel_values
+from vlkit.data.llava_processor import _TEXT_OPTIONS, LlavaProcessor, _expand, _flat_images
+from vlkit.data.smolvlm.tokenization import TextOptions, encode_prompts
+
+__all__ = ["AnyResProcessor"]
+
+
+class AnyResProcessor(LlavaProcessor):
+    """A `LlavaProcessor` that tiles images (LLaVA-NeXT "anyres").
+
+    Build it with `AnyResProcessor.from_llava(processor, pinpoints)`; the transform's square
+    image size is the tile size S and the processor's `patch_size` the tower's.
+
+    Attributes:
+        pinpoints: Candidate (height, width) grids, multiples of S.
+    """
+
+    pinpoints: list[tuple[int, int]]
+
+    @classmethod
+    def from_llava(
+        cls, processor: LlavaProcessor, pinpoints: Sequence[Sequence[int]]
+    ) -> AnyResProcessor:
+        """The same processor, tiling with `pinpoints`."""
+        out = cls.__new__(cls)
+        out.__dict__.update(processor.__dict__)
+        out.pinpoints = [(int(h), int(w)) for h, w in pinpoints]
+        return out
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.transform.config.output_size[0])
+
+    def num_image_tokens(self, height: int, width: int) -> int:
+        """Placeholders an image of original size (height, width) fills."""
+        return anyres_token_count((height, width), self.pinpoints, self.tile_size, self.patch_size)
+
+    def images_to_views(self, images: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, V, 3, S, S) views, zero views after each image's own, and (N, 2) sizes."""
+        tiled = [
+            anyres_pixel_values(image, self.pinpoints, self.transform.config) for image in images
+        ]
+        most = max(views.shape[0] for views, _ in tiled)
+        pixel_values = torch.zeros(len(tiled), most, *tiled[0][0].shape[1:])
+        for index, (views, _) in enumerate(tiled):
+            pixel_values[index, : views.shape[0]] = views
+        return pixel_values, torch.tensor([size for _, size in tiled], dtype=torch.long)
+
+    def __call__(
+        self,
+        text: str | Sequence[str] | None = None,
+        images: Any = None,
+        **kwargs: Any,
+    ) -> dict[str, torch.Tensor]:
+        """`input_ids`, `attention_mask` (B, L) and, with images, `pixel_values`
+        (N, V, 3, S, S) and `image_sizes` (N, 2). Arguments and errors as `LlavaProcessor`."""
+        kwargs.pop("return_tensors", None)
+        unknown = sorted(set(kwargs) - _TEXT_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown processor keyword(s) {unknown}")
+        if text is None and images is None:
+            raise ValueError("You need to provide at least one input to call AnyResProcessor")
+        flat = _flat_images(images)
+        out: dict[str, torch.Tensor] = {}
+        counts: list[int] = []
+        if flat:
+            out["pixel_values"], out["image_sizes"] = self.images_to_views(flat)
+            counts = [self.num_image_tokens(h, w) for h, w in out["image_sizes"].tolist()]
+        if text is None:
+            return out
+        prompts = [text] if isinstance(text, str) else list(text)
+        if not all(isinstance(p, str) for p in prompts):
+            raise ValueError("`text` must be a string or list of strings.")
+        found = sum(p.count(self.image_token) for p in prompts)
+        if found != len(flat):
+            raise ValueError(
+                f"The total number of {self.image_token} tokens in the prompts should be the same "
+                f"as the number of images passed. Found total {found} {self.image_token} tokens "
+                f"and {len(flat)} images."
+            )
+        expanded = _expand(prompts, self.image_token, counts)
+        encoded = encode_prompts(
+            self.tokenizer,
+            expanded,
+            TextOptions(**kwargs),
+            pad_token=self.special_tokens.get("pad_token"),
+            default_padding_side=self.padding_side,
+            truncation_side=self.truncation_side,
+            model_max_length=self.model_max_length,
+        )
+        placed = int((encoded["input_ids"] == self.image_token_id).sum())
+        if placed != sum(counts):
+            raise ValueError(
+                f"Mismatch in `image` token count between text and `input_ids`. Got ids={placed} "
+                f"and text={sum(counts)}. Likely due to `truncation='max_length'`. Please disable "
+                "truncation or increase `max_length`."
+            )
+        return {**encoded, **out}
