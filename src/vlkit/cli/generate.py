@@ -2,14 +2,17 @@
 
     vlkit generate --model runs/vlm --image shape.png --prompt "what color is the shape?"
     vlkit generate --model SMOLVLM_DIR --image a.jpg --image b.jpg --prompt "Compare them." --int8
+    vlkit generate --model SMOLVLM_DIR --image a.jpg --prompt "Describe it." --int4
     vlkit generate --model SMOLVLM_DIR --video FRAMES_DIR --prompt "What happens?"
     vlkit generate --model SMOLVLM_DIR --video clip.mp4 --prompt "What happens?"
+    vlkit generate --model ONNX_DIR --image a.jpg --prompt "Describe it." --onnx-variant q4
 
 `--model` is either a `train_vlm` run directory (`vlm_config.json`: a vlkit fusion VLM with its
 word tokenizer) or a Hugging Face SmolVLM / SmolVLM2 / Idefics3 directory (its processor builds
-the chat prompt, tiles the images and samples video frames); `vlkit.inference.load_vlm` loads
-either as a `VLMPipeline`. Tokens are printed as they are generated. `--attention-map PNG`
-(fusion runs) saves the answer's attention over the image.
+the chat prompt, tiles the images and samples video frames), or its ONNX export (`vlkit export
+--format onnx`: run with onnxruntime, `--onnx-variant` picks fp32 / int8 / q4 files);
+`vlkit.inference.load_vlm` loads each as a `VLMPipeline`. Tokens are printed as they are
+generated. `--attention-map PNG` (fusion runs) saves the answer's attention over the image.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from vlkit.cli.errors import UsageError
 from vlkit.data.images import load_image
 from vlkit.data.smolvlm.image_processor import Video
 from vlkit.distributed import resolve_device
+from vlkit.inference.onnx_vlm import ONNX_VARIANTS
+from vlkit.inference.onnx_vlm_pipeline import OnnxVLMPipeline
 from vlkit.inference.text_streamer import TextStreamer
 from vlkit.inference.vlm_loading import load_vlm, vlm_directory, vlm_pipeline_class
 from vlkit.inference.vlm_pipeline import sampling_options
@@ -56,6 +61,9 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
                      help="nucleus sampling mass in (0, 1]")  # fmt: skip
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--int8", action="store_true", help="dynamic INT8 linear layers (CPU)")
+    gen.add_argument("--int4", action="store_true", help="weight-only INT4 linear layers (CPU)")
+    gen.add_argument("--onnx-variant", choices=list(ONNX_VARIANTS), default=None,
+                     help="which files of an ONNX export run (default fp32)")  # fmt: skip
     gen.add_argument("--attention-map", default=None, help="PNG: answer attention (fusion runs)")
     gen.add_argument("--device", default="cpu")
 
@@ -78,8 +86,23 @@ def generate_command(args: argparse.Namespace, out: TextIO | None = None) -> str
         raise UsageError(f"{args.model}: a {kind.description} answers about exactly one --image")
     if args.int8 and args.device != "cpu":
         raise UsageError("--int8 runs on the CPU: drop --device or --int8")
+    if args.int4 and args.int8:
+        raise UsageError("--int4 and --int8 exclude each other: choose one")
+    if args.int4 and args.device != "cpu":
+        raise UsageError("--int4 runs on the CPU: drop --device or --int4")
+    onnx_export = issubclass(kind, OnnxVLMPipeline)
+    if args.onnx_variant and not onnx_export:
+        raise UsageError(f"--onnx-variant needs {OnnxVLMPipeline.directory_hint}")
+    if onnx_export and args.int8:
+        raise UsageError("--int8: an ONNX export runs its INT8 files with --onnx-variant int8")
+    if onnx_export and args.int4:
+        raise UsageError("--int4: an ONNX export runs its INT4 files with --onnx-variant q4")
+    if onnx_export and args.device != "cpu":
+        raise UsageError("--device: an ONNX export runs on the CPU (drop --device)")
     torch.manual_seed(args.seed)
-    pipeline = load_vlm(model, device=args.device, int8=args.int8)
+    pipeline = load_vlm(
+        model, device=args.device, int8=args.int8, onnx_variant=args.onnx_variant, int4=args.int4
+    )
     if not args.prompt.strip() and pipeline.needs_prompt:  # a captioner takes no prompt
         raise UsageError(
             '--prompt is empty: give a question or instruction, e.g. --prompt "What is in the image?"'

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from vlkit.inference.quantize import quantize_int8
+from vlkit.inference.quantize_int4 import quantize_int4
 
 __all__ = ["VLMInputs", "VLMPipeline", "sampling_options"]
 
@@ -154,6 +155,10 @@ class VLMPipeline(ABC):
     def quantize_int8(self) -> None:
         """Replaces the model by its dynamic INT8 version (`inference.quantize`; CPU only)."""
         self.model = quantize_int8(self.model)
+
+    def quantize_int4(self) -> None:
+        """Replaces the model by its weight-only INT4 version (`inference.quantize_int4`; CPU)."""
+        self.model = quantize_int4(self.model)
 
     @torch.no_grad()
     def generate(

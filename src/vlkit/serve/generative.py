@@ -122,7 +122,8 @@ class VLM:
 
 
 def load_served_vlm(path: str) -> VLM:
-    """A fusion run (`vlm_config.json`) or a SmolVLM / Idefics3 directory, loaded for answering.
+    """A fusion run (`vlm_config.json`) or a SmolVLM / Idefics3 directory, loaded for answering;
+    a SmolVLM ONNX export runs its fp32 files with onnxruntime (`inference/onnx_vlm_pipeline.py`).
 
     Raises:
         FileNotFoundError, ValueError, CheckpointError: Not a VLM directory, named in one line.
