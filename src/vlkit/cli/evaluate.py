@@ -6,7 +6,8 @@
   [{"image_id", "caption"}]}``) with the images under a root folder (`ImageTextRetrieval`).
 * vqa: the official VQAv2 annotation, question and results files (`vqa_corpus_accuracy`).
 * captions: COCO captions references and a COCO results list ``[{"image_id", "caption"}]``
-  (`caption_scores`).
+  (`caption_scores`): by default BLEU-1..4, ROUGE-L, CIDEr-D (pycocoevalcap's ``Cider``) and
+  plain CIDEr (the paper's formula, without CIDEr-D's clipping and length penalty).
 
 Image files are counted on a progress bar (images, rate, time left) while they are encoded. As in
 `vlkit index` / `vlkit embed`, a file that cannot be read (truncated, not an image) is skipped with
@@ -43,11 +44,12 @@ from vlkit.evaluation.benchmark_files import (
 from vlkit.evaluation.caption_metrics import caption_scores
 from vlkit.evaluation.embeddings import encode_images, encode_texts, image_file_batches
 from vlkit.evaluation.evaluator import eval_mode
+from vlkit.evaluation.modality_gap import modality_gap_metrics
 from vlkit.evaluation.retrieval import ImageTextRetrieval, recall_curve, retrieval_ranks
 from vlkit.evaluation.vqa import vqa_corpus_accuracy
 from vlkit.evaluation.zero_shot import ZeroShotClassification, load_templates
 
-DEFAULT_CAPTION_METRICS = ("bleu", "rouge_l", "cider_d")
+DEFAULT_CAPTION_METRICS = ("bleu", "rouge_l", "cider_d", "cider_plain")
 _RECALL = "per_class_recall/"
 
 
@@ -74,10 +76,12 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     vq.add_argument("--questions", required=True, help="VQAv2 questions JSON")
     vq.add_argument("--results", required=True, help="[{question_id, answer}, ...] JSON")
 
-    cp = kinds.add_parser("captions", help="BLEU / ROUGE-L / CIDEr-D of COCO caption results")
+    cp = kinds.add_parser("captions", help="BLEU / ROUGE-L / CIDEr-D / CIDEr of COCO captions")
     cp.add_argument("--references", required=True, help="COCO captions JSON")
     cp.add_argument("--results", required=True, help="[{image_id, caption}, ...] JSON")
-    cp.add_argument("--metrics", default="bleu,rouge_l,cider_d", help="comma-separated")
+    cp.add_argument("--metrics", default=",".join(DEFAULT_CAPTION_METRICS),
+                    help="comma-separated: bleu, rouge_l, cider_d (pycocoevalcap's Cider), "
+                    "cider_plain (the paper's CIDEr), meteor, spice")  # fmt: skip
     cp.add_argument("--tokenizer", default="ptb", choices=["ptb", "ptb-java", "none"])
     cp.add_argument(
         "--allow-missing",
@@ -188,16 +192,21 @@ def eval_zeroshot(
     Returns:
         {"top1", "top5" (NaN with fewer than 5 classes), "mean_per_class_recall",
         "per_class_recall": {class: recall}, "num_images" (images scored), "num_classes",
-        "templates", "skipped_images" (unreadable files left out)}.
+        "templates", "skipped_images" (unreadable files left out), "modality_gap" (distance
+        between the centroids of the unit image embeddings and of the class text weights)}.
     """
     paths, labels, names = image_folder(images_root, "--images")
     prompts = load_templates(templates)
     model, tokenizer, transform = load_model(model_dir, device)
     evaluator = ZeroShotClassification(tokenizer, names, prompts, per_class_recall=True)
     files = _ImageFiles(strict, f"--images {images_root}")
-    scores = evaluator.evaluate(model, files.batches(paths, transform, batch_size, labels))
+    predictions = evaluator.predict(model, files.batches(paths, transform, batch_size, labels))
+    scores = evaluator.score(predictions)
     files.report(len(paths))
     metrics: dict[str, Any] = {k: v for k, v in scores.items() if not k.startswith(_RECALL)}
+    # The modality gap between the images and the class text weights (Liang et al. 2022).
+    gap = modality_gap_metrics(predictions.image_embeddings, predictions.classifier)
+    metrics["modality_gap"] = gap["modality_gap"]
     metrics["per_class_recall"] = {name: scores[_RECALL + name] for name in names}
     metrics.update(num_images=len(paths) - len(files.skipped), num_classes=len(names),
                    templates=templates, skipped_images=files.skipped)  # fmt: skip
@@ -205,7 +214,8 @@ def eval_zeroshot(
     out = _out_dir(out_dir)
     plot = "per_class_recall.png"
     report.bar_chart(metrics["per_class_recall"], out / plot, "Per-class recall", "recall")
-    summary = {k: metrics[k] for k in ("top1", "top5", "mean_per_class_recall", "num_images")}
+    summary = {k: metrics[k] for k in ("top1", "top5", "mean_per_class_recall", "modality_gap",
+                                       "num_images")}  # fmt: skip
     summary["skipped_images"] = len(files.skipped)
     sections = [("Summary", summary), ("Per-class recall", metrics["per_class_recall"])]
     report.write_report(out, "Zero-shot classification", metrics, sections, plot)
@@ -233,7 +243,9 @@ def eval_retrieval(
 
     Returns:
         retrieval_metrics' keys, plus "recall_curve" {"k", "i2t", "t2i"}, "num_images" and
-        "num_texts" (scored), "skipped_images" (unreadable files left out, with their captions).
+        "num_texts" (scored), "skipped_images" (unreadable files left out, with their captions),
+        "modality_gap" (centroid distance of the unit image and caption embeddings, each image
+        counted once) and "mean_paired_cosine" (of each caption with its image).
     """
     if max_k < 1:
         raise UsageError(f"--max-k must be at least 1, got {max_k}")
@@ -260,6 +272,8 @@ def eval_retrieval(
     metrics: dict[str, Any] = evaluator.score(ranks)
     ks = list(range(1, max_k + 1))
     curve = {"i2t": recall_curve(i2t, ks), "t2i": recall_curve(t2i, ks)}
+    gap = modality_gap_metrics(image_emb, text_emb, ids)  # Liang et al. 2022, each image once
+    metrics.update(modality_gap=gap["modality_gap"], mean_paired_cosine=gap["mean_paired_cosine"])
     metrics.update(recall_curve={"k": ks, **curve}, num_images=len(new_index),
                    num_texts=len(captions), skipped_images=files.skipped)  # fmt: skip
 

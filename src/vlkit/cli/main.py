@@ -3,9 +3,12 @@
     vlkit demo [--out runs/demo]
     vlkit train [--config FILE|NAME] [key=value ...] [--resume latest|DIR]
     vlkit data shard --root DIR --annotations FILE --out DIR [--samples-per-shard N]
+    vlkit data filter --model M --data CSV_OR_SHARDS --min-score S --out OUT   (CLIP-score filtering)
+    vlkit audit --model M --data D.csv --attribute COLUMN --prompts "a,b" --out DIR [--debias "A|B"]
     vlkit zeroshot IMAGE... --model PATH --labels "a cat,a dog" [--templates NAME|FILE] [--json]
     vlkit embed --model PATH (--images DIR | --texts FILE) --out FILE.npy
     vlkit eval zeroshot|retrieval|vqa|captions ... --out DIR   (metrics.json + report.md + plot)
+    vlkit gap --model M --data CAPTIONS_OR_CSV [--before M0] --out DIR   (modality gap + PCA plot)
     vlkit train-vlm kind=llava task=easy_vqa vision=CLIP_CHECKPOINT out_dir=DIR [key=value ...]
     vlkit finetune --model DIR --data PATH --out RUN [--eval-data PATH] [--lora SPEC] [key=value ...]
     vlkit benchmark --model M --tasks imagenet1k,cifar10,coco_retrieval --data-root DIR --out OUT
@@ -36,6 +39,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from vlkit.cli.audit import add_audit_parser, audit_command
 from vlkit.cli.benchmark import add_benchmark_parser, benchmark_command
 from vlkit.cli.demo import add_demo_parser, demo_command
 from vlkit.cli.embed import add_embed_parsers, embed_command, zeroshot_command
@@ -43,6 +47,7 @@ from vlkit.cli.errors import UsageError
 from vlkit.cli.evaluate import add_eval_parser, eval_command
 from vlkit.cli.export import add_export_parser, export_command
 from vlkit.cli.finetune import add_finetune_parser, finetune_command
+from vlkit.cli.gap import add_gap_parser, gap_command
 from vlkit.cli.generate import add_generate_parser, generate_command
 from vlkit.cli.index import add_index_parsers, index_command, print_search
 from vlkit.cli.serve import add_serve_parser, serve_command
@@ -65,10 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_shard_parsers(commands)
     add_embed_parsers(commands)
     add_eval_parser(commands)
+    add_gap_parser(commands)
     add_generate_parser(commands)
     add_train_vlm_parser(commands)
     add_finetune_parser(commands)
     add_benchmark_parser(commands)
+    add_audit_parser(commands)
     add_export_parser(commands)
     add_index_parsers(commands)
     add_viz_parsers(commands)
@@ -124,10 +131,12 @@ HANDLERS: dict[str, Handler] = {
     "zeroshot": zeroshot_command,
     "embed": embed_command,
     "eval": _prints_json(eval_command),
+    "gap": _prints_json(gap_command),
     "generate": generate_command,  # streams the tokens as they come
     "train-vlm": _prints_json(train_vlm_command),
     "finetune": _prints_json(finetune_command),
     "benchmark": _prints_json(benchmark_command),
+    "audit": _prints_json(audit_command),
     "export": _prints_json(export_command),
     "index": _prints_json(index_command),
     "search": print_search,

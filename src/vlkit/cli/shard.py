@@ -9,6 +9,7 @@ import argparse
 from typing import Any
 
 from vlkit.cli.arguments import int_at_least, output_directory
+from vlkit.cli.data_filter import add_filter_parser, filter_command
 from vlkit.data.shards import write_annotated_shards
 
 
@@ -24,10 +25,13 @@ def add_shard_parsers(commands: argparse._SubParsersAction) -> None:
                        help="samples per .tar shard (>= 1)")  # fmt: skip
     shard.add_argument("--image-column", default="image")
     shard.add_argument("--caption-column", default="caption")
+    add_filter_parser(data_commands)  # `vlkit data filter` (cli/data_filter.py)
 
 
 def shard_command(args: argparse.Namespace) -> dict[str, Any]:
-    """Runs `vlkit data shard`; returns the JSON-serialisable summary that the CLI prints."""
+    """Runs `vlkit data shard` (or `data filter`); returns the JSON summary the CLI prints."""
+    if args.data_command == "filter":
+        return filter_command(args)
     output_directory(args.out, "--out")
     return write_annotated_shards(
         args.root,

@@ -13,7 +13,7 @@ from vlkit.evaluation.linear_probe import (
     fit_logistic_regression,
     linear_probe,
 )
-from vlkit.evaluation.modality_gap import modality_gap
+from vlkit.evaluation.modality_gap import modality_gap, modality_gap_metrics
 from vlkit.evaluation.retrieval import (
     ImageTextRetrieval,
     RetrievalData,
@@ -56,6 +56,7 @@ __all__ = [
     "linear_probe",
     "load_templates",
     "modality_gap",
+    "modality_gap_metrics",
     "normalize_vqa_answer",
     "ptb_tokenize",
     "retrieval_metrics",

@@ -14,6 +14,7 @@ monotone function of the pairs' cosine similarity, which is also returned.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -102,4 +103,48 @@ def modality_gap(
     return out
 
 
-__all__ = ["modality_gap"]
+def modality_gap_metrics(
+    image_emb: torch.Tensor | np.ndarray,
+    text_emb: torch.Tensor | np.ndarray,
+    text_image: Sequence[int] | None = None,
+) -> dict[str, float]:
+    """The gap numbers a report prints, for images with any number of captions each.
+
+    The centroid distance takes every image once and every text once, so an image with five
+    captions (COCO) weighs as much as one with a single caption; with `text_image` the pair
+    statistics are over (text j, its image text_image[j]) pairs.
+
+    Args:
+        image_emb: (n_images, dim) image embeddings.
+        text_emb: (n_texts, dim) text embeddings.
+        text_image: Image index of each text, or None for an unpaired set (no pair statistics).
+
+    Returns:
+        {"modality_gap": centroid distance, "image_centroid_norm", "text_centroid_norm"} and,
+        with `text_image`, {"mean_paired_distance", "mean_paired_cosine"}.
+    """
+    gap = modality_gap(image_emb, text_emb, paired=False)
+    out = {
+        "modality_gap": gap["centroid_distance"],
+        "image_centroid_norm": gap["image_centroid_norm"],
+        "text_centroid_norm": gap["text_centroid_norm"],
+    }
+    if text_image is not None:
+        index = torch.as_tensor(list(text_image), dtype=torch.long)
+        if len(index) != text_emb.shape[0]:
+            raise ValueError(
+                f"text_image: {len(index)} image indices for {text_emb.shape[0]} texts"
+            )
+        if len(index) and (int(index.min()) < 0 or int(index.max()) >= image_emb.shape[0]):
+            raise ValueError(f"text_image: indices must lie in [0, {image_emb.shape[0]})")
+        if isinstance(image_emb, torch.Tensor):
+            paired_images = image_emb.detach().cpu()[index]  # (n_texts, dim)
+        else:
+            paired_images = np.asarray(image_emb)[index.numpy()]
+        pairs = modality_gap(paired_images, text_emb, paired=True)
+        out["mean_paired_distance"] = pairs["mean_paired_distance"]
+        out["mean_paired_cosine"] = pairs["mean_paired_cosine"]
+    return out
+
+
+__all__ = ["modality_gap", "modality_gap_metrics"]

@@ -3,6 +3,11 @@ stage-1 objectives, multi-modality contrastive losses (CoMM, K-modality InfoNCE)
 next-token (causal LM) cross-entropy of the generative VLMs."""
 
 from vlkit.losses.contrastive import ClipLoss, clip_loss
+from vlkit.losses.hard_negative import (
+    HardNegativeInfoNCE,
+    hard_negative_cross_entropy,
+    hard_negative_infonce,
+)
 from vlkit.losses.matching import (
     build_itm_batch,
     itg_loss,
@@ -18,12 +23,15 @@ from vlkit.losses.sigmoid import SigLipLoss, sigmoid_loss
 __all__ = [
     "IGNORE_INDEX",
     "ClipLoss",
+    "HardNegativeInfoNCE",
     "MemoryBankInfoNCE",
     "MomentumEncoder",
     "SigLipLoss",
     "build_itm_batch",
     "clip_loss",
     "comm_loss",
+    "hard_negative_cross_entropy",
+    "hard_negative_infonce",
     "info_nce",
     "itg_loss",
     "itm_loss",

@@ -6,6 +6,11 @@ every text with the batch's images plus the queued images. Queued entries are co
 gradient). Because old entries came from older weights, MoCo (Sec. 3.2) computes the keys with a
 slowly moving momentum copy of the encoder: `MomentumEncoder` keeps that copy, and the loss then
 takes the keys (`key_image_emb`, `key_text_emb`) from it.
+
+`vlkit train loss.kind=memory_bank` trains with both (`vlkit.training.tasks.MemoryBankTask`); the
+queue, its pointer and the momentum weights are saved with every checkpoint, so a resumed run
+continues exactly. With `hard_negative_beta > 0` the queue's negatives are weighted by their
+hardness as in Robinson et al. 2021 (`vlkit.losses.hard_negative`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import copy
 import torch
 from torch import nn
 
+from vlkit.losses.hard_negative import hard_negative_cross_entropy
 from vlkit.losses.pairwise import pair_logits, symmetric_cross_entropy
 
 __all__ = ["MemoryBankInfoNCE", "MomentumEncoder"]
@@ -27,14 +33,27 @@ class MemoryBankInfoNCE(nn.Module):
         embed_dim: Embedding size.
         size: Number of past samples kept per modality.
         label_smoothing: As in `ClipLoss`.
+        hard_negative_beta: Weight the negatives by hardness (Robinson et al. 2021, beta >= 0;
+            0: plain InfoNCE). Not combined with label smoothing.
     """
 
-    def __init__(self, embed_dim: int, size: int, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        size: int,
+        label_smoothing: float = 0.0,
+        hard_negative_beta: float = 0.0,
+    ) -> None:
         super().__init__()
         if size < 1:
             raise ValueError(f"memory bank size must be >= 1, got {size}")
+        if hard_negative_beta < 0:
+            raise ValueError(f"hard_negative_beta must be >= 0, got {hard_negative_beta}")
+        if hard_negative_beta and label_smoothing:
+            raise ValueError("hard_negative_beta and label_smoothing cannot be combined")
         self.size = size
         self.label_smoothing = label_smoothing
+        self.hard_negative_beta = hard_negative_beta
         self.register_buffer("image_queue", torch.zeros(size, embed_dim))
         self.register_buffer("text_queue", torch.zeros(size, embed_dim))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
@@ -78,7 +97,14 @@ class MemoryBankInfoNCE(nn.Module):
         logits_i2t = pair_logits(image_emb, texts, logit_scale, logit_bias)  # (B, B + filled)
         logits_t2i = pair_logits(text_emb, images, logit_scale, logit_bias)
         labels = torch.arange(image_emb.shape[0], device=image_emb.device)
-        loss = symmetric_cross_entropy(logits_i2t, logits_t2i, labels, self.label_smoothing)
+        if self.hard_negative_beta:
+            beta = self.hard_negative_beta
+            loss = (
+                hard_negative_cross_entropy(logits_i2t, labels, beta)
+                + hard_negative_cross_entropy(logits_t2i, labels, beta)
+            ) / 2
+        else:
+            loss = symmetric_cross_entropy(logits_i2t, logits_t2i, labels, self.label_smoothing)
         if self.training:
             self.enqueue(keys_image, keys_text)
         return loss

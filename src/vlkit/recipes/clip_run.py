@@ -32,11 +32,10 @@ from vlkit.evaluation.retrieval import ImageTextRetrieval, RetrievalData
 from vlkit.evaluation.zero_shot import ZeroShotClassification
 from vlkit.hub import from_pretrained
 from vlkit.hub.clip_checkpoint import get_tokenizer
-from vlkit.losses.contrastive import ClipLoss
-from vlkit.losses.sigmoid import SigLipLoss
 from vlkit.models.clip import CLIP, create_model
 from vlkit.models.presets import PRESETS
 from vlkit.overrides import ConfigError
+from vlkit.training.balanced_data import balanced_training_data
 from vlkit.training.callbacks import (
     CurvePlotter,
     EvaluatorCallback,
@@ -48,7 +47,7 @@ from vlkit.training.config import TrainConfig
 from vlkit.training.data import ShardData
 from vlkit.training.freeze import lock_image_tower
 from vlkit.training.run_directory import TRAIN_RUN_FILES, prepare_run_directory
-from vlkit.training.tasks import ContrastiveTask
+from vlkit.training.tasks import build_contrastive_task
 from vlkit.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -148,15 +147,6 @@ def build_evaluators(config: TrainConfig, model: CLIP) -> dict[str, tuple[Evalua
     raise ConfigError(f"eval.every: data.source={config.data.source} has no held-out split")
 
 
-def build_loss(config: TrainConfig, distributed: DistributedInfo) -> torch.nn.Module:
-    """The contrastive loss of `config.loss`, gathering across processes when distributed."""
-    if config.loss.kind == "siglip":
-        return SigLipLoss(distributed=distributed.enabled)
-    if distributed.enabled:
-        return ClipLoss(label_smoothing=config.loss.label_smoothing, distributed=True)
-    return ClipLoss(label_smoothing=config.loss.label_smoothing)
-
-
 def train(
     config: TrainConfig, resume: str | None = None, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -184,6 +174,12 @@ def train(
     if config.optim.lock_image:
         lock_image_tower(model, config.optim.lock_image_unlocked_groups)
     dataset = build_dataset(config, model, distributed)
+    if config.data.balance_by is not None:  # group-balanced batches, weights in balance.json
+        dataset = balanced_training_data(
+            dataset, config.data.balance_by, collate_image_text, config.optim.batch_size,
+            config.seed, out, config.data.num_workers, distributed.rank, distributed.world_size,
+            pin_memory=resolve_device(config.device).type == "cuda",
+        )  # fmt: skip
     callbacks = []
     if distributed.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -197,7 +193,8 @@ def train(
             TensorBoardLogger(out / "tensorboard", config.log_every),
             CurvePlotter(out / "metrics.jsonl", out / "training_curves.png"),
         ]
-    task = ContrastiveTask(build_loss(config, distributed), config.optim.micro_batch_size)
+    # The loss of config.loss (memory bank, hard negatives, fixed temperature: training/tasks.py).
+    task = build_contrastive_task(config, model, distributed)
     trainer = Trainer(config, model, task, dataset, collate_image_text, callbacks, distributed)
     summary = trainer.fit(resume=resume)
     if distributed.is_main:

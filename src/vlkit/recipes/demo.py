@@ -83,7 +83,12 @@ from vlkit.losses import ClipLoss
 from vlkit.models.clip import CLIP, create_model
 from vlkit.overrides import ConfigError, accepts_aliases, check_fields
 from vlkit.recipes.demo_evaluation import EasyVQAEvaluator
-from vlkit.recipes.demo_report import plot_examples, plot_training, report_markdown
+from vlkit.recipes.demo_report import (
+    plot_examples,
+    plot_modality_gap,
+    plot_training,
+    report_markdown,
+)
 from vlkit.training.callbacks import JsonlLogger, ProgressBar
 from vlkit.training.config import (
     FLAT_KEYS,
@@ -243,13 +248,19 @@ def _run(config: DemoConfig, out_dir: Path) -> dict[str, Any]:
     test_images = _preload(test_examples, model)
     test_labels = torch.tensor([e.label for e in test_examples])
     data_seconds = time.perf_counter() - started
+    # The modality gap of the untrained model (Liang et al. 2022: it exists at initialisation),
+    # to set against the trained one's; evaluation uses no random draw, so the run is unchanged.
+    evaluator = EasyVQAEvaluator(tokenizer, config.templates, config.eval_batch_size)
+    gap_init, *init_embeddings = evaluator.modality_gap(model, (test_images, test_labels))
 
     history = _train(model, config, train_examples, out_dir)
     metrics = _evaluate(model, tokenizer, config, test_images, test_labels)
 
     tail = max(1, len(history["loss"]) // 20)
     summary: dict[str, Any] = {
-        **{k: metrics[k] for k in metrics if k not in ("similarity", "examples")},
+        **{k: metrics[k] for k in metrics if k not in ("similarity", "examples", "embeddings")},
+        "modality_gap_init": round(gap_init["modality_gap"], 4),
+        "mean_paired_cosine_init": round(gap_init["mean_paired_cosine"], 4),
         "train_seconds": round(history["seconds"], 2),
         "steps": len(history["loss"]),
         "planned_steps": config.optim.max_steps,
@@ -279,6 +290,7 @@ def _run(config: DemoConfig, out_dir: Path) -> dict[str, Any]:
     plots = plot_training(history, metrics["similarity"], out_dir) if config.plots else []
     if config.plots and plots:
         plots.append(plot_examples(examples, out_dir))
+        plots.append(plot_modality_gap(init_embeddings, metrics["embeddings"], out_dir))
     summary["plots"] = plots
     summary["total_seconds"] = round(time.perf_counter() - started, 2)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -341,8 +353,8 @@ def _evaluate(
     images: torch.Tensor,
     labels: torch.Tensor,
 ) -> dict[str, Any]:
-    """The test metrics (`EasyVQAEvaluator`), rounded, with the plots' similarity matrix and the
-    zero-shot examples."""
+    """The test metrics (`EasyVQAEvaluator`), rounded, with the plots' similarity matrix, the
+    zero-shot examples and the (image, caption) embeddings of the modality-gap plot."""
     evaluator = EasyVQAEvaluator(tokenizer, config.templates, config.eval_batch_size)
     predictions = evaluator.predict(model, (images, labels))
     metrics = evaluator.score(predictions)
@@ -355,6 +367,7 @@ def _evaluate(
     return {
         **{key: round(value, 4) for key, value in metrics.items()},
         "similarity": similarity,
+        "embeddings": (outputs.image_embeddings, predictions.captions[labels]),
         "examples": _zero_shot_examples(
             model, outputs.image_embeddings, outputs.classifier, labels
         ),

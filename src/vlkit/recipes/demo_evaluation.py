@@ -10,6 +10,10 @@ the preprocessed test images and their class indices (`CLASS_NAMES` order).
 - Retrieval R@1 between the test images and their canonical captions "a <colour> <shape>".
   Many images share a caption, so a retrieved caption (image -> text) or image (text -> image)
   counts as a hit when it has the query's class.
+- The modality gap (Liang et al. 2022, `vlkit.evaluation.modality_gap`): the distance between
+  the centroids of the unit image embeddings and of the unit embeddings of their canonical
+  captions, and the mean cosine of each image with its caption. `modality_gap` alone measures it
+  without the zero-shot work (the demo calls it on the untrained model too).
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from typing import Any
 import torch
 
 from vlkit.data.datasets.easy_vqa import CANONICAL_TEMPLATE, CLASS_NAMES, SHAPES
-from vlkit.evaluation.embeddings import encode_texts
+from vlkit.evaluation.embeddings import encode_images, encode_texts, image_batches
 from vlkit.evaluation.evaluator import eval_mode
+from vlkit.evaluation.modality_gap import modality_gap_metrics
 from vlkit.evaluation.zero_shot import ZeroShotClassification, ZeroShotPredictions
 
 __all__ = ["EasyVQAEvaluator", "EasyVQAPredictions"]
@@ -52,6 +57,7 @@ class EasyVQAEvaluator:
         batch_size: int = 250,
     ) -> None:
         self.tokenizer = tokenizer
+        self.batch_size = batch_size
         self.zero_shot = ZeroShotClassification(tokenizer, CLASS_NAMES, templates, batch_size)
 
     @torch.no_grad()
@@ -66,7 +72,7 @@ class EasyVQAEvaluator:
 
     def score(self, predictions: EasyVQAPredictions, data: Any = None) -> dict[str, float]:
         """zero_shot_top1 / _top5 / _mean_per_class_recall, color_accuracy, shape_accuracy,
-        retrieval_i2t_r1, retrieval_t2i_r1."""
+        retrieval_i2t_r1, retrieval_t2i_r1, modality_gap, mean_paired_cosine."""
         outputs = predictions.zero_shot
         labels = outputs.labels
         zero_shot = self.zero_shot.score(outputs)
@@ -76,6 +82,7 @@ class EasyVQAEvaluator:
         sims = outputs.image_embeddings @ caption_emb.T  # (N images, N captions)
         i2t = (labels[sims.argmax(dim=1)] == labels).float().mean().item()
         t2i = (labels[sims.argmax(dim=0)] == labels).float().mean().item()
+        gap = _gap(outputs.image_embeddings, caption_emb)
         return {
             "zero_shot_top1": zero_shot["top1"],
             "zero_shot_top5": zero_shot["top5"],
@@ -84,8 +91,28 @@ class EasyVQAEvaluator:
             "shape_accuracy": ((predicted % n_shapes) == (labels % n_shapes)).float().mean().item(),
             "retrieval_i2t_r1": i2t,
             "retrieval_t2i_r1": t2i,
+            **gap,
         }  # fmt: skip
+
+    @torch.no_grad()
+    def modality_gap(
+        self, model: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        """(modality_gap and mean_paired_cosine, image (N, D) and caption (N, D) unit
+        embeddings): image i paired with its class's canonical caption."""
+        images, labels = data
+        captions = [CANONICAL_TEMPLATE.format(c) for c in CLASS_NAMES]
+        with eval_mode(model):
+            image_emb = encode_images(model, image_batches(images, self.batch_size))
+            caption_emb = encode_texts(model, self.tokenizer, captions)[labels]
+        return _gap(image_emb, caption_emb), image_emb, caption_emb
 
     def evaluate(self, model: torch.nn.Module, data: Any) -> dict[str, float]:
         """The metrics of `score`, fractions in [0, 1]."""
         return self.score(self.predict(model, data), data)
+
+
+def _gap(image_emb: torch.Tensor, caption_emb: torch.Tensor) -> dict[str, float]:
+    """modality_gap and mean_paired_cosine of images and their captions (row i with row i)."""
+    gap = modality_gap_metrics(image_emb, caption_emb, range(len(caption_emb)))
+    return {"modality_gap": gap["modality_gap"], "mean_paired_cosine": gap["mean_paired_cosine"]}

@@ -3,6 +3,7 @@ and report.md (all drawn from the summary and the evaluation of `vlkit.recipes.d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,11 @@ import torch
 from PIL import Image
 
 from vlkit.data.datasets.easy_vqa import CLASS_NAMES
+from vlkit.evaluation.modality_gap import modality_gap
+from vlkit.hub.weights import atomic_write
+from vlkit.viz.modality_gap_plot import GapPanel, modality_gap_figure
 
-__all__ = ["plot_examples", "plot_training", "report_markdown"]
+__all__ = ["plot_examples", "plot_modality_gap", "plot_training", "report_markdown"]
 
 
 def plot_examples(examples: list[dict[str, Any]], out_dir: Path) -> str:
@@ -28,6 +32,19 @@ def plot_examples(examples: list[dict[str, Any]], out_dir: Path) -> str:
     fig.savefig(out_dir / "zero_shot_examples.png", dpi=110)
     plt.close(fig)
     return "zero_shot_examples.png"
+
+
+def plot_modality_gap(
+    before: Sequence[torch.Tensor], after: Sequence[torch.Tensor], out_dir: Path
+) -> str:
+    """The test images and their captions in a joint 2-D PCA, at initialisation and after
+    training (modality_gap.png; `vlkit.viz.modality_gap_plot`)."""
+    panels = []
+    for title, (image_emb, caption_emb) in (("initialisation", before), ("trained", after)):
+        distance = modality_gap(image_emb, caption_emb)["centroid_distance"]
+        panels.append(GapPanel(title, image_emb, caption_emb, range(len(image_emb)), distance))
+    atomic_write(out_dir / "modality_gap.png", lambda tmp: modality_gap_figure(panels, tmp))
+    return "modality_gap.png"
 
 
 def plot_training(history: dict[str, Any], similarity: torch.Tensor, out_dir: Path) -> list[str]:
@@ -95,6 +112,10 @@ def report_markdown(summary: dict[str, Any]) -> str:
         f"| loss, first -> last 5% of steps | {summary['initial_loss']:.3f} -> "
         f"{summary['final_loss']:.3f} |",
         f"| final temperature exp(logit_scale) | {summary['final_temperature']:.2f} |",
+        f"| modality gap (centroid distance), init -> trained | "
+        f"{summary['modality_gap_init']:.3f} -> {summary['modality_gap']:.3f} |",
+        f"| mean cosine image-caption, init -> trained | "
+        f"{summary['mean_paired_cosine_init']:.3f} -> {summary['mean_paired_cosine']:.3f} |",
         "",
         f"The loss cannot reach 0: a batch of {optim['batch_size']} holds several images of each "
         "class, and their "

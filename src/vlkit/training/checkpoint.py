@@ -5,6 +5,8 @@ A checkpoint is a directory `step_XXXXXXXX/` with
   loads the checkpoint directly; any other module's weights are saved as its state dict),
 - `training_state.pt`: optimizer, scheduler, grad-scaler and RNG states, the data position and
   counters, read back with `torch.load(weights_only=True)` (tensors and plain containers only),
+- `task_state.safetensors` when the task keeps tensors of its own (`MemoryBankTask`: MoCo's
+  queue, its pointer and the momentum key encoder), so that resuming continues exactly,
 - `checkpoint.json`: the step and the id of the run that wrote it.
 It is written into a temporary directory, every file fsynced, then renamed into place; the
 `latest` pointer file is replaced atomically afterwards (write order: checkpoint, directory
@@ -35,6 +37,7 @@ from vlkit.hub.weights import atomic_write, read_weights, write_safetensors
 from vlkit.models.clip import CLIP
 
 STATE_FILE = "training_state.pt"
+TASK_FILE = "task_state.safetensors"
 META_FILE = "checkpoint.json"
 REPLACED = ".replaced"  # suffix of a checkpoint moved aside while its step is re-saved
 LATEST = "latest"
@@ -86,6 +89,7 @@ def save_checkpoint(
     training_state: dict[str, Any],
     keep_last: int = 2,
     run_id: str | None = None,
+    task_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Writes checkpoint `step` atomically, points `latest` at it, then prunes.
 
@@ -97,6 +101,7 @@ def save_checkpoint(
         keep_last: Checkpoints of this run to keep (0: all). The new one is always kept.
         run_id: The run's id, recorded in `checkpoint.json`; pruning deletes only checkpoints
             with this id (None: those written with None).
+        task_state: The task's own tensors (`Task.state_dict()`), written to `TASK_FILE`.
 
     Returns:
         The checkpoint directory.
@@ -115,6 +120,8 @@ def save_checkpoint(
         else:
             write_safetensors(model.state_dict(), staging / "model.safetensors")
         torch.save(training_state, staging / STATE_FILE)
+        if task_state is not None:
+            write_safetensors(task_state, staging / TASK_FILE)
         (staging / META_FILE).write_text(json.dumps({"step": step, "run_id": run_id}) + "\n")
         _fsync_tree(staging)
         if final.exists():  # re-saving a step: move the old one aside (a directory can't be
@@ -185,3 +192,19 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     except Exception as error:
         raise CheckpointError(f"cannot read {path / STATE_FILE}: {error}") from error
     return read_weights(path / "model.safetensors"), state
+
+
+def load_task_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The task's tensors saved with checkpoint `path` (`save_checkpoint(task_state=...)`).
+
+    Raises:
+        CheckpointError: The checkpoint has none (written by a task without state, e.g. a
+            loss.kind=clip run resumed as memory_bank).
+    """
+    file = Path(path) / TASK_FILE
+    if not file.is_file():
+        raise CheckpointError(
+            f"{path} has no {TASK_FILE}: it was written by a run whose task keeps no state "
+            "(resume it with the loss it was trained with)"
+        )
+    return read_weights(file)

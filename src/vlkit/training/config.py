@@ -67,6 +67,10 @@ class DataConfig:
             `vlkit data shard`, shuffled through a `shuffle_buffer`).
         augment: Random training augmentation of the images.
         num_workers: DataLoader worker processes.
+        balance_by: Draw every value of this metadata column equally often (a column of the
+            folder source's annotation file; easy_vqa: class, color or shape), with
+            inverse-frequency weights saved in the run's balance.json
+            (`vlkit.training.balanced_data`); None: plain shuffling.
     """
 
     source: DataSource = "easy_vqa"
@@ -79,9 +83,15 @@ class DataConfig:
     num_samples: int = 4000
     augment: bool = True
     num_workers: int = 0
+    balance_by: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.balance_by is not None and self.source not in ("folder", "easy_vqa"):
+            raise ConfigError(
+                f"data.balance_by: data.source={self.source} has no metadata columns "
+                "(balance data.source=folder or easy_vqa)"
+            )
         check_range("data.shuffle_buffer", self.shuffle_buffer, 1)
         check_range("data.num_samples", self.num_samples, 1)
         check_range("data.num_workers", self.num_workers, 0)
@@ -179,19 +189,55 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    """The contrastive loss.
+    """The contrastive loss and its temperature (docs/contrastive.md).
 
     Attributes:
-        kind: "clip" (InfoNCE) or "siglip" (pairwise sigmoid; needs a model with a logit bias).
-        label_smoothing: For the "clip" loss.
+        kind: "clip" (InfoNCE over the batch), "siglip" (pairwise sigmoid; needs a model with a
+            logit bias) or "memory_bank" (MoCo, He et al. 2020: InfoNCE over the batch plus a
+            FIFO queue of the last `memory_bank_size` keys, embedded by a momentum copy of the
+            model; queue and copy are saved with each checkpoint). Single process, no
+            micro-batches.
+        label_smoothing: For the "clip" and "memory_bank" losses.
+        learn_temperature: Train the temperature tau (CLIP); false: keep it fixed (at
+            `temperature` when set, else the model's), out of the optimizer and never clamped.
+        temperature: Start from this tau (> 0; the logits are cos / tau, CLIP starts at 0.07);
+            None: the model's own.
+        hard_negative_beta: Weight the negatives by their hardness (Robinson et al. 2021,
+            `vlkit.losses.hard_negative`; >= 0, 0: plain InfoNCE); "clip" and "memory_bank".
+        memory_bank_size: Past keys queued per modality ("memory_bank"; >= 1).
+        momentum: The key encoder's EMA momentum m in [0, 1) (MoCo Eq. 2; "memory_bank");
+            None: no key encoder, the queue holds the model's own (detached) embeddings.
+
+    Every InfoNCE run (clip or memory_bank, beta = 0, no label smoothing) logs
+    `mi_lower_bound` = log N - loss each step (van den Oord et al. 2018, Sec. 2.3), N being the
+    candidates each query is scored against.
     """
 
-    kind: Literal["clip", "siglip"] = "clip"
+    kind: Literal["clip", "siglip", "memory_bank"] = "clip"
     label_smoothing: float = 0.0
+    learn_temperature: bool = True
+    temperature: float | None = None
+    hard_negative_beta: float = 0.0
+    memory_bank_size: int = 4096
+    momentum: float | None = 0.995
 
     def __post_init__(self) -> None:
         check_fields(self)
         check_range("loss.label_smoothing", self.label_smoothing, 0, 1, high_open=True)
+        check_range("loss.temperature", self.temperature, 0, low_open=True)
+        check_range("loss.hard_negative_beta", self.hard_negative_beta, 0)
+        check_range("loss.memory_bank_size", self.memory_bank_size, 1)
+        check_range("loss.momentum", self.momentum, 0, 1, high_open=True)
+        if self.hard_negative_beta and self.kind == "siglip":
+            raise ConfigError(
+                "loss.hard_negative_beta: weights InfoNCE's negatives (loss.kind clip or "
+                "memory_bank), not siglip's"
+            )
+        if self.hard_negative_beta and self.label_smoothing:
+            raise ConfigError(
+                "loss.hard_negative_beta: cannot be combined with loss.label_smoothing "
+                f"(got {self.label_smoothing}); set one of them to 0"
+            )
 
 
 @dataclass
@@ -338,6 +384,13 @@ class TrainConfig:
             raise ConfigError("out_dir: empty; name the run directory ('.' for the current one)")
         if self.optim.batch_size < 2:
             raise ConfigError("optim.batch_size: contrastive training needs a batch of >= 2")
+        if self.loss.kind == "memory_bank" and self.optim.micro_batch_size is not None:
+            raise ConfigError(
+                "optim.micro_batch_size: loss.kind=memory_bank trains whole batches (the queue "
+                "already supplies the negatives); leave it unset"
+            )
+        if self.loss.kind == "memory_bank" and self.strategy == "fsdp":
+            raise ConfigError("strategy: loss.kind=memory_bank trains on one process, not fsdp")
         every = self.eval.every
         if every is not None and self.data.source not in EVAL_SOURCES:
             raise ConfigError(

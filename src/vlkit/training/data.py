@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vlkit.data.shards import WebDatasetImageText, webdataset_loader
+from vlkit.training.balanced_sampler import BalancedBatchSampler
 from vlkit.training.sampler import ResumableBatchSampler
 
 
@@ -23,7 +24,8 @@ class TrainingData(Protocol):
 
 
 class MapStyleData:
-    """A map-style dataset keyed by (index, sample_seed), batched by `ResumableBatchSampler`."""
+    """A map-style dataset keyed by (index, sample_seed), batched by `ResumableBatchSampler`
+    (or, with `sample_weights`, by the group-balanced `BalancedBatchSampler`)."""
 
     def __init__(
         self,
@@ -35,8 +37,10 @@ class MapStyleData:
         rank: int = 0,
         world_size: int = 1,
         pin_memory: bool = False,
+        sample_weights: torch.Tensor | None = None,
     ) -> None:
         self.dataset, self.collate = dataset, collate
+        self.sample_weights = sample_weights
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.rank, self.world_size, self.pin_memory = rank, world_size, pin_memory
 
@@ -44,8 +48,12 @@ class MapStyleData:
         return len(self.dataset) // self.batch_size
 
     def loader(self, epoch: int, start_batch: int) -> DataLoader:
-        sampler = ResumableBatchSampler(len(self.dataset), self.batch_size, self.seed, epoch,
-                                        start_batch, self.rank, self.world_size)  # fmt: skip
+        if self.sample_weights is not None:
+            sampler = BalancedBatchSampler(self.sample_weights, self.batch_size, self.seed, epoch,
+                                           start_batch, self.rank, self.world_size)  # fmt: skip
+        else:
+            sampler = ResumableBatchSampler(len(self.dataset), self.batch_size, self.seed, epoch,
+                                            start_batch, self.rank, self.world_size)  # fmt: skip
         # A private generator: creating the loader must not consume the global RNG, or a
         # resumed run (which creates it mid-epoch) would diverge from an uninterrupted one.
         return DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate,

@@ -47,6 +47,7 @@ TRAIN_RUN_FILES = (
     "train_config.json",
     "tensorboard",
     "training_curves.png",
+    "balance.json",  # data.balance_by's groups and weights (training/balanced_data.py)
 )
 # What `vlkit.recipes.vlm_run.train_vlm` writes (inference/vlm_run_directory.py's files, the
 # stage checkpoints and the logs).

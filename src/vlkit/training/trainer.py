@@ -31,6 +31,7 @@ from vlkit.training.checkpoint import (
     capture_rng_state,
     checkpoint_run_id,
     load_checkpoint,
+    load_task_state,
     resolve_resume,
     restore_rng_state,
     save_checkpoint,
@@ -177,8 +178,10 @@ class Trainer:
                                     self.training_state(), self.config.checkpoint.keep_last,
                                     self.run_id)  # fmt: skip
         elif self.distributed.is_main:
+            task_state = self.task.state_dict() if hasattr(self.task, "state_dict") else None
             save_checkpoint(self.checkpoint_dir, self.step, self.model, self.training_state(),
-                            self.config.checkpoint.keep_last, self.run_id)  # fmt: skip
+                            self.config.checkpoint.keep_last, self.run_id,
+                            task_state)  # fmt: skip
         if self.distributed.enabled:
             dist.barrier()
 
@@ -193,6 +196,8 @@ class Trainer:
             weights, state = load_checkpoint(path)
             load_into(self.model, {k: v.to(self.device) for k, v in weights.items()}, str(path))
             self.optimizer.load_state_dict(state["optimizer"])
+            if hasattr(self.task, "load_state_dict"):  # e.g. the memory bank's queue + key encoder
+                self.task.load_state_dict(load_task_state(path))
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
@@ -274,8 +279,12 @@ class Trainer:
         else:
             self.optimizer.step()
         self.scheduler.step()
+        on_optimizer_step = getattr(self.task, "on_optimizer_step", None)
+        if on_optimizer_step is not None:  # e.g. MoCo's momentum update of the key encoder
+            on_optimizer_step(model)
         max_scale = getattr(getattr(model, "config", None), "max_logit_scale", None)
-        if max_scale is not None:
+        # A fixed temperature (loss.learn_temperature=false: no grad) is never clamped.
+        if max_scale is not None and model.logit_scale.requires_grad:
             with torch.no_grad():  # open_clip clamps to [0, ln 100] after each step
                 model.logit_scale.clamp_(0, math.log(max_scale))
         metrics = {name: float(value.detach().float()) for name, value in losses.items()}

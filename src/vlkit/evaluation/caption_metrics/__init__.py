@@ -20,7 +20,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from vlkit.evaluation.caption_metrics.bleu import NgramCorpus, bleu_scores
-from vlkit.evaluation.caption_metrics.cider import cider_d_scores
+from vlkit.evaluation.caption_metrics.cider import cider_d_scores, cider_scores
 from vlkit.evaluation.caption_metrics.java import (
     JavaMetricError,
     MeteorScorer,
@@ -47,7 +47,7 @@ __all__ = [
     "ptb_tokens_batch",
 ]
 
-METRICS = ("bleu", "rouge_l", "cider_d", "meteor", "spice")
+METRICS = ("bleu", "rouge_l", "cider_d", "cider_plain", "meteor", "spice")
 _ALIASES = {"rouge": "rouge_l", "cider": "cider_d"}
 TOKENIZERS = ("ptb", "ptb-java", None)
 
@@ -147,6 +147,8 @@ def caption_scores(
             ids must be those of ``references``. An empty candidate is scored as an empty caption,
             as pycocoevalcap does (BLEU and CIDEr-D 0; ROUGE-L 0 unless a reference is empty too).
         metrics: any of "bleu" (BLEU-1..4), "rouge_l", "cider_d" (pycocoevalcap's ``Cider``),
+            "cider_plain" (the paper's CIDEr without CIDEr-D's clipping and length penalty, as
+            the original vrama91/cider code; :func:`.cider.cider_scores`),
             "meteor" and "spice" (both need Java and pycocoevalcap's jars; SPICE also needs
             Stanford CoreNLP 3.6.0, see :func:`.java.spice_scores`).
         tokenizer: "ptb" (vlkit's Python PTB tokenizer, same output as pycocoevalcap's),
@@ -187,7 +189,7 @@ def caption_scores(
         ref_tok, cand_tok = _tokenize(ids, refs, cands, tokenizer)
         scores: dict[str, Any] = {}
         items: dict[str, Sequence[float]] = {}
-        if {"bleu", "rouge_l", "cider_d"} & set(wanted):
+        if {"bleu", "rouge_l", "cider_d", "cider_plain"} & set(wanted):
             corpus = NgramCorpus(cand_tok, ref_tok, max_n=4)
             if "bleu" in wanted:
                 bleu, bleu_items = bleu_scores(corpus, n=4)
@@ -198,6 +200,8 @@ def caption_scores(
                 scores["rouge_l"], items["rouge_l"] = rouge_l_scores(corpus)
             if "cider_d" in wanted:
                 scores["cider_d"], items["cider_d"] = cider_d_scores(corpus)
+            if "cider_plain" in wanted:
+                scores["cider_plain"], items["cider_plain"] = cider_scores(corpus)
         if meteor is not None or "spice" in wanted:
             # The Java metrics get the tokenized captions, as in pycocoevalcap.
             ref_text = [[" ".join(t) for t in r] for r in ref_tok]

@@ -18,6 +18,15 @@ sentences' lengths *as counted by pycocoevalcap*: ``counts2vec`` adds up the ter
 the n-grams with index ``n == 1``, which are the bigrams, so a length is ``max(len - 1, 0)``.
 The corpus score is the mean over images.
 
+Plain CIDEr (`cider_scores`), the formula of the paper's Sec. 4 (Eq. 2-3) that courses teach, is
+the same computation without the two CIDEr-D changes: no clipping (the dot product is
+sum_w g_n(c)[w] * g_n(r_j)[w]) and no length penalty. Its reference implementation is the
+original CIDEr repository's ``pyciderevalcap/cider/cider_scorer.py`` (vrama91/cider, "corpus"
+document frequencies), which is pycocoevalcap's scorer with the two lines marked "vrama91: added
+clipping" and "added a length based gaussian penalty" left out; like it, the score keeps the
+mean over n (uniform weights w_n = 1/4) and the factor 10 (both in pycocoevalcap's scorer too).
+Note the names: pycocoevalcap's class called ``Cider`` computes CIDEr-D.
+
 Everything is computed with the sorted (sentence, n-gram id) counts of :class:`NgramCorpus`:
 document frequencies are a ``bincount``, norms a weighted ``bincount``, and the clipped dot
 products a ``searchsorted`` join of each reference's n-grams with its image's candidate.
@@ -45,6 +54,25 @@ def cider_d_scores(
     Returns:
         ``(corpus_score, per_image)``; the corpus score is the mean of the per-image scores.
     """
+    return _cider(corpus, n, sigma, clipped=True)
+
+
+def cider_scores(corpus: NgramCorpus, n: int = 4) -> tuple[float, np.ndarray]:
+    """Plain CIDEr (Vedantam et al. 2015, Eq. 2-3): TF-IDF cosine, no clipping, no length penalty.
+
+    Equal to the original CIDEr code (vrama91/cider ``pyciderevalcap/cider``, df_mode="corpus");
+    see the module docstring. Always at least CIDEr-D on the same corpus.
+
+    Returns:
+        ``(corpus_score, per_image)``; the corpus score is the mean of the per-image scores.
+    """
+    return _cider(corpus, n, None, clipped=False)
+
+
+def _cider(
+    corpus: NgramCorpus, n: int, sigma: float | None, clipped: bool
+) -> tuple[float, np.ndarray]:
+    """CIDEr-D (`clipped`, Gaussian length penalty of `sigma`) or plain CIDEr (neither)."""
     if n > corpus.max_n:
         raise ValueError(f"corpus was encoded for n-grams up to {corpus.max_n}, asked for {n}")
     n_img = corpus.n_images
@@ -53,10 +81,13 @@ def cider_d_scores(
     ref_img = corpus.img_of_sent[n_img:]
     n_ref_total = n_sent - n_img
 
-    # counts2vec's `length`: the number of bigrams (see module docstring).
-    length = np.maximum(corpus.sent_len - 1, 0)
-    delta = (length[:n_img][ref_img] - length[n_img:]).astype(np.float64)
-    penalty = np.e ** (-(delta**2) / (2 * sigma**2))
+    if sigma is None:
+        penalty = np.ones(n_ref_total)
+    else:
+        # counts2vec's `length`: the number of bigrams (see module docstring).
+        length = np.maximum(corpus.sent_len - 1, 0)
+        delta = (length[:n_img][ref_img] - length[n_img:]).astype(np.float64)
+        penalty = np.e ** (-(delta**2) / (2 * sigma**2))
 
     val = np.zeros((n_ref_total, n), dtype=np.float64)
     for k in range(1, n + 1):
@@ -82,8 +113,9 @@ def cider_d_scores(
             vec_hyp = np.where(cand_key[idx] == ref_key, weight[is_cand][idx], 0.0)
         else:
             vec_hyp = np.zeros_like(vec_ref)
-        # "vrama91: added clipping": min(hyp, ref) * ref; an n-gram absent from either side adds 0.
-        contrib = np.minimum(vec_hyp, vec_ref) * vec_ref
+        # CIDEr-D, "vrama91: added clipping": min(hyp, ref) * ref; plain CIDEr: hyp * ref. An
+        # n-gram absent from either side adds 0.
+        contrib = (np.minimum(vec_hyp, vec_ref) if clipped else vec_hyp) * vec_ref
         dot = np.bincount(ref_sent - n_img, weights=contrib, minlength=n_ref_total)
         norm_hyp = norm[:n_img][ref_img]
         norm_ref = norm[n_img:]
