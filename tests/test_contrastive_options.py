@@ -228,3 +228,15 @@ def test_train_refuses_nonsense_loss_settings_in_one_line(overrides, key, tmp_pa
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert key in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "option", [{"temperature": 0.5}, {"learn_temperature": False}, {"hard_negative_beta": 1.0}]
+)
+def test_demo_refuses_loss_options_it_does_not_train(option: dict) -> None:
+    from vlkit.overrides import ConfigError
+    from vlkit.recipes.demo import DemoConfig
+    from vlkit.training.config import LossConfig
+
+    with pytest.raises(ConfigError, match=f"loss.{next(iter(option))}"):
+        DemoConfig(loss=LossConfig(**option))

@@ -191,6 +191,11 @@ class DemoConfig:
         if self.loss.kind != "clip" or self.data.source != "easy_vqa":
             raise ConfigError("the demo trains CLIP's loss (loss.kind=clip) on easy-VQA "
                               "(data.source=easy_vqa)")  # fmt: skip
+        loss, default = self.loss, LossConfig()
+        for key in ("learn_temperature", "temperature", "hard_negative_beta"):
+            if getattr(loss, key) != getattr(default, key):  # `vlkit train` has these options
+                raise ConfigError(f"loss.{key}: the demo trains CLIP's learned-temperature "
+                                  "InfoNCE; use vlkit train for this option")  # fmt: skip
 
 
 def run_demo(

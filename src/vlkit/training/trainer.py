@@ -63,7 +63,11 @@ class TrainingDiverged(RuntimeError):
 
 class Task(Protocol):
     """Turns a batch into named losses; runs the backward pass itself (through `backward`) so
-    that tasks such as GradCache accumulation can back-propagate in pieces."""
+    that tasks such as GradCache accumulation can back-propagate in pieces.
+
+    Optional, called when a task defines them: `on_optimizer_step(model)` after each optimizer
+    step, and `state_dict()` / `load_state_dict(state)` (tensors saved with every checkpoint as
+    task_state.safetensors and restored on resume), as `MemoryBankTask` does."""
 
     def training_step(
         self,
