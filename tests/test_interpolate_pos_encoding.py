@@ -169,6 +169,10 @@ def test_preprocess_scales_every_size():
     clip = PreprocessConfig(image_size=224, resize_size=256)  # shortest edge 256, crop 224
     assert preprocess_at_size(clip, 448).resize_size == 512
     assert preprocess_at_size(clip, 448).image_size == 448
+    # A non-square output: the crop fits inside the resized image, nothing is zero-padded.
+    tall = get_transform(preprocess_at_size(clip, (448, 224)), train=False)
+    pixels = tall(Image.new("RGB", (300, 300), (255, 255, 255)))  # (3, 448, 224)
+    assert pixels.shape == (3, 448, 224) and torch.allclose(pixels, pixels[:, :1, :1])
     squash = PreprocessConfig(image_size=(224, 224), resize_mode="squash", resize_size=(240, 240))
     assert preprocess_at_size(squash, (112, 448)).resize_size == (120, 480)
     assert preprocess_at_size(PreprocessConfig(), 96).resize_size is None  # derived, as before

@@ -100,11 +100,17 @@ def test_no_target_is_nan_or_zero_as_the_full_loss() -> None:
     assert math.isnan(float(next_token_loss(head(hidden), labels)))
     zero = next_token_loss_from_hidden(hidden, labels, head, num_items_in_batch=4.0)
     assert float(zero) == 0.0
+    with pytest.raises(ValueError, match=r"labels of shape \(2, 4\) for a \(batch, length\) of"):
+        next_token_loss_from_hidden(hidden, labels[:, :4], head)
 
 
 def test_accumulation_through_the_model_loss_equals_one_backward() -> None:
     model, batch = _model(True), _batch()
+    rows: list[int] = []  # the LM head's input rows per call: the targets, not every position
+    hook = model.decoder.lm_head.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
     loss = accumulated_lm_backward(model, batch, micro_batch_size=1)
+    hook.remove()
+    assert rows == (batch["labels"][:, 1:] != -100).sum(1).tolist()  # [4, 1, 3]
     ours = _grads(model)
     model.zero_grad()
     full = model(**{k: v for k, v in batch.items() if k != "labels"}).logits

@@ -5,6 +5,7 @@ streaming, variants, `vlkit generate` / the web app on the export, one-line erro
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -213,5 +214,14 @@ def test_errors_are_one_line(source, exported, tmp_path, capsys, monkeypatch) ->
     shutil.copytree(exported, broken)
     (broken / "onnx" / "embed_tokens.onnx").unlink()
     assert "embed_tokens.onnx: no such file" in error("--model", str(broken))
+    # A processor config that no longer matches the exported vision graph (64-px tiles for a
+    # 32-px graph): one line naming both sizes, not onnxruntime's traceback.
+    resized = tmp_path / "resized"
+    shutil.copytree(exported, resized)
+    config_path = resized / "preprocessor_config.json"
+    config = json.loads(config_path.read_text())
+    config["max_image_size"] = {"longest_edge": 64}
+    config_path.write_text(json.dumps(config))
+    assert "vision_encoder takes 32x32" in error("--model", str(resized))
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # the export extra not installed
     assert "pip install 'vlkit[export]'" in error("--model", str(exported))

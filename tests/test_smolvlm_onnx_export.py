@@ -190,6 +190,7 @@ def test_cli_errors_are_one_line(exported, tmp_path, capsys, monkeypatch) -> Non
     _one_line_error(capsys, [*base, fresh, "--quantize", "int3"], "--quantize int3: choose")
     _one_line_error(capsys, [*base, fresh, "--quantize", "int4", "--block-size", "48"],
                     "--block-size 48: choose 32, 64 or 128")  # fmt: skip
+    _one_line_error(capsys, [*base, fresh, "--block-size", "64"], "applies to --quantize int4")
     _one_line_error(capsys, [*base, fresh, "--format", "tflite"], "--format tflite")
     _one_line_error(capsys, [*base, fresh, "--int8"], "--quantize int8")
     # A model kind without an ONNX export: a plain decoder LM.
@@ -199,6 +200,8 @@ def test_cli_errors_are_one_line(exported, tmp_path, capsys, monkeypatch) -> Non
     _one_line_error(capsys, ["export", "--model", str(lm), "--out", fresh], "got DecoderLM")
     _one_line_error(capsys, ["export", "--model", str(lm), "--out", fresh, "--quantize", "int8"],
                     "--quantize applies to SmolVLM")  # fmt: skip
+    _one_line_error(capsys, ["export", "--model", str(lm), "--out", fresh, "--block-size", "64"],
+                    "--block-size applies to --quantize int4")  # fmt: skip
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # the export extra is not installed
     _one_line_error(capsys, [*base, fresh], "pip install 'vlkit[export]'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lm"]

@@ -1,4 +1,4 @@
-"""`vlkit export`: a CLIP / SigLIP checkpoint or a SmolVLM / Idefics3 directory -> ONNX.
+"""`vlkit export`: a CLIP / SigLIP checkpoint or a SmolVLM / Idefics3 / LLaVA directory -> ONNX.
 
     vlkit export --model CHECKPOINT --out DIR [--opset N] [--no-normalize] [--int8]
     vlkit export --model SMOLVLM_DIR --format onnx --out DIR [--quantize int8|int4]
@@ -16,7 +16,9 @@ the layout of the onnx-community exports (DIR/onnx/vision_encoder.onnx, embed_to
 decoder_model_merged.onnx, and the config, processor and tokenizer files), after onnxruntime
 matched torch on two prompts; `--quantize` adds the INT8 (`*_int8.onnx`) or INT4 MatMulNBits
 (`*_q4.onnx`) vision encoder and decoder with their agreement with float32
-(`vlkit.inference.smolvlm_onnx_export`). DIR must not exist.
+(`vlkit.inference.smolvlm_onnx_export`). DIR must not exist. A transformers LLaVA directory
+(`model_type` llava) is exported the same way (`vlkit.inference.llava_onnx_export`: the vision
+graph takes (N, 3, H, W) images, no pixel mask), with the same options.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from typing import Any
 
 from vlkit.cli.errors import UsageError
 from vlkit.hub import from_pretrained
+from vlkit.hub.hf_llava_config import is_llava_directory
 from vlkit.hub.hf_smolvlm import is_smolvlm_directory
+from vlkit.inference.llava_onnx_export import export_llava_onnx
 from vlkit.inference.onnx_export import MIN_OPSET, export_onnx
 from vlkit.inference.smolvlm_onnx_export import export_smolvlm_onnx
 from vlkit.models.clip import CLIP
@@ -68,7 +72,7 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
         help="SmolVLM: also write int8 (*_int8.onnx) or int4 (*_q4.onnx, MatMulNBits) graphs",
     )
     export.add_argument(
-        "--block-size", default="32", help="SmolVLM --quantize int4: block size 32, 64 or 128"
+        "--block-size", default=None, help="--quantize int4: block size 32 (default), 64 or 128"
     )
 
 
@@ -81,17 +85,20 @@ def export_command(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {args.out}: exists and is not a directory")
-    if is_smolvlm_directory(args.model):
+    if is_smolvlm_directory(args.model) or is_llava_directory(args.model):
         return _export_smolvlm(args, out)
     if args.quantize is not None:
         raise UsageError(
-            "--quantize applies to SmolVLM / Idefics3 directories; CLIP / SigLIP exports take --int8"
+            "--quantize applies to SmolVLM / Idefics3 / LLaVA directories; CLIP / SigLIP exports "
+            "take --int8"
         )
+    if args.block_size is not None:  # silently ignoring it would write something else
+        raise UsageError("--block-size applies to --quantize int4 of a SmolVLM / LLaVA export")
     model = from_pretrained(args.model)
     if not isinstance(model, CLIP):
         raise ValueError(
             f"{args.model}: vlkit export handles CLIP / SigLIP models and SmolVLM / SmolVLM2 / "
-            f"Idefics3 directories, got {type(model).__name__}"
+            f"Idefics3 / LLaVA directories, got {type(model).__name__}"
         )
     _require_export_extra()
     report = export_onnx(
@@ -103,18 +110,23 @@ def export_command(args: argparse.Namespace) -> dict[str, Any]:
 def _export_smolvlm(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.quantize is not None and args.quantize not in _QUANTIZE:
         raise UsageError(f"--quantize {args.quantize}: choose int8 or int4")
-    if args.block_size not in _BLOCK_SIZES:
-        raise UsageError(f"--block-size {args.block_size}: choose 32, 64 or 128")
+    if args.block_size is not None and args.quantize != "int4":
+        raise UsageError(f"--block-size {args.block_size}: applies to --quantize int4 only")
+    block_size = args.block_size or "32"
+    if block_size not in _BLOCK_SIZES:
+        raise UsageError(f"--block-size {block_size}: choose 32, 64 or 128")
     if args.int8:
         raise UsageError("--int8 is for CLIP exports; a SmolVLM export takes --quantize int8")
     if out.exists():
         raise UsageError(f"--out {args.out}: already exists; choose a new output directory")
     _require_export_extra()
-    report = export_smolvlm_onnx(
+    # A transformers LLaVA directory (`llava_onnx_export`): the same layout and options.
+    exporter = export_llava_onnx if is_llava_directory(args.model) else export_smolvlm_onnx
+    report = exporter(
         args.model,
         out,
         quantize=args.quantize,
-        block_size=int(args.block_size),
+        block_size=int(block_size),
         opset=args.opset,
         progress=lambda note: print(f"vlkit export: {note}", file=sys.stderr, flush=True),
     )

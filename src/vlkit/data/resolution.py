@@ -22,13 +22,16 @@ def preprocess_at_size(
     same steps, every size scaled.
 
     An explicit `resize_size` (e.g. CLIP's shortest edge 256 before a 224 crop) is scaled by the
-    same factor as the output, so the crop keeps the same share of the image.
+    same factor as the output, so the crop keeps the same share of the image. A shortest edge
+    going to a non-square output is scaled by the larger of the two factors: the crop must fit
+    inside the resized image on both sides (with the smaller one, a 448 x 224 crop of a square
+    image resized to 256 would be zero-padded top and bottom).
     """
     old_h, old_w = preprocess.output_size
     new_h, new_w = as_height_width(image_size)
     resize = preprocess.resize_size
-    if isinstance(resize, int):  # a shortest edge (or a square): scale by the shorter side
-        resize = round(resize * min(new_h, new_w) / min(old_h, old_w))
+    if isinstance(resize, int):  # a shortest edge (or a square): the larger factor, see above
+        resize = round(resize * max(new_h / old_h, new_w / old_w))
     elif resize is not None:
         resize = (round(resize[0] * new_h / old_h), round(resize[1] * new_w / old_w))
     return dataclasses.replace(preprocess, image_size=image_size, resize_size=resize)

@@ -4,6 +4,7 @@ index, image search."""
 from vlkit.inference.embed import embed, zeroshot
 from vlkit.inference.image_search import ImageSearcher, build_image_index
 from vlkit.inference.index import EmbeddingIndex, SearchHit
+from vlkit.inference.llava_onnx_export import export_llava_onnx
 from vlkit.inference.onnx_export import ExportReport, export_onnx
 from vlkit.inference.onnx_int8 import quantize_onnx_int8
 from vlkit.inference.onnx_runtime import OnnxCLIP
@@ -29,6 +30,7 @@ __all__ = [
     "VLMRun",
     "build_image_index",
     "embed",
+    "export_llava_onnx",
     "export_onnx",
     "export_smolvlm_onnx",
     "load_vlm",

@@ -1,4 +1,4 @@
-"""`OnnxVLM`: a SmolVLM / Idefics3 ONNX export, run with onnxruntime alone (no torch model).
+"""`OnnxVLM`: a SmolVLM / Idefics3 / LLaVA ONNX export, run with onnxruntime alone (no torch).
 
 Reads the directory `vlkit export --format onnx` writes, the layout of the onnx-community
 exports (e.g. onnx-community/SmolVLM-256M-Instruct; see `smolvlm_onnx_graphs.py` for the
@@ -29,8 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from vlkit.data.llava_processor import LlavaProcessor
 from vlkit.data.smolvlm.processor import SmolVLMProcessor
 from vlkit.hub.hf_config_files import generation_default, read_json_object
+from vlkit.hub.hf_llava_config import is_llava_directory
+from vlkit.hub.hf_llava_processor import read_llava_processor
 from vlkit.inference.onnx_runtime import onnx_session
 from vlkit.inference.onnx_vlm_sampling import Sampling, next_tokens
 
@@ -84,7 +87,7 @@ class OnnxVLM:
 
     Args:
         sessions: onnxruntime sessions by part name (`ONNX_PARTS`).
-        processor: The directory's `SmolVLMProcessor`.
+        processor: The directory's `SmolVLMProcessor` (a LLaVA export: its `LlavaProcessor`).
         config: The directory's `config.json`.
         eos_token_id: Default stop token(s) (generation_config.json, as transformers reads it).
         pad_token_id: Default filler of finished rows (None: the first stop token).
@@ -94,7 +97,7 @@ class OnnxVLM:
     def __init__(
         self,
         sessions: dict[str, Any],
-        processor: SmolVLMProcessor,
+        processor: SmolVLMProcessor | LlavaProcessor,
         config: dict[str, Any],
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
@@ -106,7 +109,8 @@ class OnnxVLM:
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         self.variant = variant
-        self.image_token_id = int(config.get("image_token_id", processor.image_token_id))
+        image_token = config.get("image_token_id", config.get("image_token_index"))  # LLaVA's key
+        self.image_token_id = int(processor.image_token_id if image_token is None else image_token)
         decoder = sessions["decoder_model_merged"]
         inputs = {i.name: i for i in decoder.get_inputs()}
         self.past_names = [name for name in inputs if name.startswith("past_key_values.")]
@@ -141,7 +145,10 @@ class OnnxVLM:
         directory = Path(directory)
         files = onnx_vlm_files(directory, variant)
         config = read_json_object(directory / "config.json")
-        processor = SmolVLMProcessor.from_pretrained(directory)
+        if is_llava_directory(directory):  # `llava_onnx_export`: LLaVA's processor and template
+            processor: SmolVLMProcessor | LlavaProcessor = read_llava_processor(directory)
+        else:
+            processor = SmolVLMProcessor.from_pretrained(directory)
         try:
             import onnxruntime  # noqa: F401  (the optional extra, checked before any work)
         except ImportError:
@@ -161,8 +168,17 @@ class OnnxVLM:
 
     def image_features(self, pixel_values: Any, pixel_attention_mask: Any = None) -> np.ndarray:
         """(B, M, 3, H, W) padded images -> (I, T, D) features of the I real (not all-zero)
-        images, in (batch, image) order."""
+        images, in (batch, image) order. A LLaVA vision graph takes no pixel mask: (N, 3, H, W)
+        images -> (N, T, D)."""
         pixels = _numpy(pixel_values).astype(np.float32)
+        session = self.sessions["vision_encoder"]
+        declared = {i.name: i.shape for i in session.get_inputs()}
+        _check_image_size(pixels.shape, declared.get("pixel_values", []))
+        if "pixel_attention_mask" not in declared:
+            (features,) = session.run(
+                None, {"pixel_values": pixels.reshape(-1, *pixels.shape[-3:])}
+            )
+            return features
         if pixels.ndim == 4:  # (N, 3, H, W): one image per row
             pixels = pixels[:, None]
         if pixel_attention_mask is None:
@@ -173,7 +189,6 @@ class OnnxVLM:
                 .astype(bool)
                 .reshape(*pixels.shape[:2], *pixels.shape[3:])
             )
-        session = self.sessions["vision_encoder"]
         (features,) = session.run(None, {"pixel_values": pixels, "pixel_attention_mask": mask})
         return features
 
@@ -338,6 +353,22 @@ def _numpy(array: Any) -> np.ndarray:
     if hasattr(array, "detach"):
         array = array.detach().cpu().numpy()
     return np.asarray(array)
+
+
+def _check_image_size(pixels: Sequence[int], expected: Sequence[Any]) -> None:
+    """The vision graph fixes the image side it was exported at; a processor whose config gives
+    another size (an edited preprocessor_config.json) would otherwise fail inside onnxruntime.
+
+    Raises:
+        ValueError: The pixels' (H, W) differ from the graph's, naming both.
+    """
+    want = tuple(expected[-2:])
+    if len(want) == 2 and all(isinstance(v, int) for v in want) and tuple(pixels[-2:]) != want:
+        raise ValueError(
+            f"pixel_values: images of {pixels[-2]}x{pixels[-1]} pixels, but the export's "
+            f"vision_encoder takes {want[0]}x{want[1]}; the directory's preprocessor_config.json "
+            "does not match its onnx files"
+        )
 
 
 def _stop_ids(eos_token_id: int | Sequence[int] | None) -> np.ndarray:

@@ -3,7 +3,9 @@
 The inputs are built as for the torch checkpoint (`SmolVLMPipeline.prepare`: the directory's
 processor, chat template, tiles and video frames), then `OnnxVLM` generates with onnxruntime.
 It comes before `SmolVLMPipeline` in `vlm_loading.PIPELINES`: an export's `config.json` is a
-SmolVLM config too, and its `onnx/decoder_model_merged.onnx` is what tells them apart.
+SmolVLM config too, and its `onnx/decoder_model_merged.onnx` is what tells them apart. A LLaVA
+export (`llava_onnx_export`) loads as an `OnnxLlavaPipeline`: `LlavaPipeline`'s input builder
+(the directory's `LlavaProcessor` and chat template) with the same onnxruntime generation.
 
 onnxruntime's `InferenceSession.run` may be called from several threads at once, and each
 generation keeps its cache in its own arrays, so the web app's concurrent requests share
@@ -18,12 +20,14 @@ from typing import Any
 
 import torch
 
+from vlkit.hub.hf_llava_config import is_llava_directory
+from vlkit.inference.llava_pipeline import LlavaPipeline
 from vlkit.inference.onnx_vlm import ONNX_VARIANTS, OnnxVLM, is_onnx_vlm_directory
 from vlkit.inference.onnx_vlm_sampling import Sampling
 from vlkit.inference.smolvlm_pipeline import SmolVLMPipeline
 from vlkit.inference.vlm_pipeline import VLMInputs
 
-__all__ = ["OnnxVLMPipeline"]
+__all__ = ["OnnxLlavaPipeline", "OnnxPipelineMixin", "OnnxVLMPipeline"]
 
 _QUANTIZED_AT_EXPORT = (
     "an ONNX export is quantized when it is written (vlkit export --quantize), not when it is "
@@ -31,29 +35,26 @@ _QUANTIZED_AT_EXPORT = (
 )
 
 
-class OnnxVLMPipeline(SmolVLMPipeline):
-    """An `OnnxVLM` with the SmolVLM input builder; CPU only, any number of images, videos.
+class OnnxPipelineMixin:
+    """An export's pipeline whatever builds its inputs: `OnnxVLM` generation on the CPU, no
+    torch-side quantization (`OnnxVLMPipeline`, `OnnxLlavaPipeline`).
 
     Args:
         model: The loaded export (`OnnxVLM.load`).
     """
 
-    description = "SmolVLM / Idefics3 ONNX export"
-    directory_hint = "a SmolVLM ONNX export (onnx/decoder_model_merged.onnx)"
+    eos_token_id: int | list[int]  # the input builder's (`VLMPipeline`)
 
     def __init__(self, model: OnnxVLM) -> None:
-        super().__init__(model, model.processor)  # type: ignore[arg-type]
+        super().__init__(model, model.processor)  # type: ignore[call-arg]
         self.onnx = model
-
-    @classmethod
-    def accepts(cls, directory: Path) -> bool:
-        return is_onnx_vlm_directory(directory)
 
     @classmethod
     def load(
         cls, directory: str | Path, device: str = "cpu", variant: str = "fp32"
-    ) -> OnnxVLMPipeline:
-        """Opens the export's `variant` files ("fp32", "int8", "q4") with onnxruntime.
+    ) -> OnnxPipelineMixin:
+        """Opens the export's `variant` files ("fp32", "int8", "q4") with onnxruntime; a LLaVA
+        export (`llava_onnx_export`) as an `OnnxLlavaPipeline`, else an `OnnxVLMPipeline`.
 
         Raises:
             ValueError: A device other than the CPU, or an unknown variant.
@@ -63,11 +64,8 @@ class OnnxVLMPipeline(SmolVLMPipeline):
             raise ValueError(f"device={device!r}: an ONNX export runs on the CPU (onnxruntime)")
         if variant not in ONNX_VARIANTS:
             raise ValueError(f"onnx variant {variant!r}: one of {', '.join(ONNX_VARIANTS)}")
-        return cls(OnnxVLM.load(directory, variant))
-
-    @property
-    def kind(self) -> str:
-        return "smolvlm-onnx"
+        pipeline = OnnxLlavaPipeline if is_llava_directory(directory) else OnnxVLMPipeline
+        return pipeline(OnnxVLM.load(directory, variant))
 
     def details(self) -> dict[str, Any]:
         return {"onnx_variant": self.onnx.variant}
@@ -119,3 +117,36 @@ class OnnxVLMPipeline(SmolVLMPipeline):
             streamer=streamer,
         )  # (1, P + N)
         return sequence[0, inputs.input_ids.shape[1] :].tolist()
+
+
+class OnnxVLMPipeline(OnnxPipelineMixin, SmolVLMPipeline):
+    """An `OnnxVLM` with the SmolVLM input builder; CPU only, any number of images, videos.
+    `vlm_loading` tries it for every export directory; `load` opens a LLaVA export as an
+    `OnnxLlavaPipeline`."""
+
+    description = "SmolVLM / Idefics3 / LLaVA ONNX export"
+    directory_hint = "a VLM ONNX export (onnx/decoder_model_merged.onnx)"
+
+    @classmethod
+    def accepts(cls, directory: Path) -> bool:
+        return is_onnx_vlm_directory(directory)
+
+    @property
+    def kind(self) -> str:
+        return "smolvlm-onnx"
+
+
+class OnnxLlavaPipeline(OnnxPipelineMixin, LlavaPipeline):
+    """An `OnnxVLM` of a LLaVA export with LLaVA's input builder (`LlavaPipeline.prepare`: the
+    directory's processor and chat template); CPU only, images."""
+
+    description = "LLaVA ONNX export"
+    directory_hint = "a LLaVA ONNX export (onnx/decoder_model_merged.onnx, model_type llava)"
+
+    @classmethod
+    def accepts(cls, directory: Path) -> bool:
+        return is_onnx_vlm_directory(directory) and is_llava_directory(directory)
+
+    @property
+    def kind(self) -> str:
+        return "llava-onnx"

@@ -18,8 +18,9 @@ CPU packing format any more, and the path moved between releases), and it swaps 
 tensor subclass and sets global inductor options on the way. Calling the two aten ops ourselves
 is ~60 lines, needs no extra dependency, keeps plain buffers in the state dict and gives the same
 numbers: the qparams below are torchao's `_choose_qparams_affine_tinygemm` /
-`_quantize_affine_tinygemm` (torchao/quantization/quant_primitives.py) written out (checked bit
-for bit against torchao 0.18's `Int4OpaqueTensor`: same packed codes, same scales).
+`_quantize_affine_tinygemm` (torchao/quantization/quant_primitives.py) written out (compared
+with torchao 0.18's `Int4OpaqueTensor` once by hand, in a throwaway environment: same packed
+codes, same scales; torchao is not a dependency, so no test repeats that comparison).
 
 Compute in bfloat16: the CPU kernel's fast path takes bfloat16 activations; with float32 or
 float16 ones it was 20-40x slower on this project's CPU (AVX-512; a 576 -> 1536 layer at one

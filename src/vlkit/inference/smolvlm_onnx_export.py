@@ -39,7 +39,6 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +63,7 @@ from vlkit.inference.smolvlm_onnx_verify import (
     quantized_agreement,
     verification_prompts,
 )
+from vlkit.inference.vlm_onnx_report import DEFAULT_ATOL, ExportMismatch, ExportReport
 from vlkit.models.smolvlm import GenerativeVLM
 from vlkit.version import __version__
 
@@ -75,53 +75,22 @@ __all__ = [
     "VISION_FILE",
     "ExportMismatch",
     "ExportReport",
+    "check_export_options",
     "export_smolvlm_onnx",
+    "export_text_graphs",
+    "export_verified",
+    "to_onnx",
 ]
 
 VISION_FILE, EMBED_FILE = "vision_encoder.onnx", "embed_tokens.onnx"
 DECODER_FILE, REPORT_FILE = "decoder_model_merged.onnx", "vlkit_export.json"
 # onnx-community's file-name suffixes of the quantized variants.
 QUANTIZE_SUFFIXES = {"int8": "_int8", "int4": "_q4"}
-DEFAULT_ATOL = 1e-4
 _PROTOBUF_LIMIT = 2**31 - 2**26  # 2 GB, less room for the graph itself
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json", ".msgpack", ".h5")
 
 
-class ExportMismatch(ValueError):
-    """onnxruntime's outputs differ from vlkit's torch model by more than the tolerance."""
-
-
-@dataclass
-class ExportReport:
-    """What `export_smolvlm_onnx` wrote and how it was checked (also OUT/onnx/vlkit_export.json).
-
-    Attributes:
-        files: Bytes on disk per written file under OUT/onnx.
-        max_abs_diff: Max |onnxruntime - torch| of the logits per check ("prompt0_prefill",
-            "prompt1_decode", ...).
-        quantization: Per variant ("int8", "int4"): files, options, and against float32 the
-            greedy-token agreement and the mean / min logit cosine (`quantized_agreement`).
-        graphs: Shapes a reader needs: num_layers, num_kv_heads, head_dim, hidden_size,
-            vocab_size, image_size, image_seq_len, image_token_id, input and output names.
-    """
-
-    out_dir: str
-    source: str
-    model_type: str
-    opset: int
-    vlkit_version: str
-    variants: list[str]
-    graphs: dict[str, Any]
-    files: dict[str, int] = field(default_factory=dict)
-    max_abs_diff: dict[str, float] = field(default_factory=dict)
-    atol: float = DEFAULT_ATOL
-    quantization: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _to_onnx(
+def to_onnx(
     module: nn.Module,
     inputs: tuple[torch.Tensor, ...],
     input_names: list[str],
@@ -156,24 +125,30 @@ def _to_onnx(
 
 def _export_graphs(model: GenerativeVLM, opset: int | None) -> dict[str, bytes]:
     """The three float32 graphs, with dynamic batch, image-count, sequence and past axes."""
-    config = model.decoder.config
     size = model.vision.config.image_size
     batch, images = torch.export.Dim("batch"), torch.export.Dim("num_images")
-    seq, total, past = torch.export.Dim("seq"), torch.export.Dim("total"), torch.export.Dim("past")
     # Example inputs of size >= 2 on every dynamic axis: torch.export specialises sizes 0 and 1.
     pixels = torch.randn(2, 2, 3, size, size)
     pixel_mask = torch.ones(2, 2, size, size, dtype=torch.bool)
-    vision = _to_onnx(
+    vision = to_onnx(
         VisionEncoder(model).eval(), (pixels, pixel_mask),
         ["pixel_values", "pixel_attention_mask"], ["image_features"],
         ({0: batch, 1: images}, {0: batch, 1: images}), opset,
     )  # fmt: skip
+    return {VISION_FILE: vision, **export_text_graphs(model, opset)}
+
+
+def export_text_graphs(model: GenerativeVLM, opset: int | None) -> dict[str, bytes]:
+    """embed_tokens and decoder_model_merged of any `GenerativeVLM` over a `DecoderLM`."""
+    config = model.decoder.config
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    total, past = torch.export.Dim("total"), torch.export.Dim("past")
     ids = torch.randint(0, config.vocab_size, (2, 3))
-    embed = _to_onnx(TokenEmbedding(model).eval(), (ids,), ["input_ids"], ["inputs_embeds"],
-                     ({0: batch, 1: seq},), opset)  # fmt: skip
+    embed = to_onnx(TokenEmbedding(model).eval(), (ids,), ["input_ids"], ["inputs_embeds"],
+                    ({0: batch, 1: seq},), opset)  # fmt: skip
     kv = (2, config.num_kv_heads, 2, config.head_dim)
     cache = tuple(torch.randn(kv) for _ in range(2 * config.num_layers))
-    decoder = _to_onnx(
+    decoder = to_onnx(
         DecoderWithPast(model.decoder).eval(),
         (torch.randn(2, 3, config.hidden_size), torch.ones(2, 5, dtype=torch.long),
          torch.arange(2, 5).expand(2, 3).contiguous(), *cache),
@@ -183,7 +158,7 @@ def _export_graphs(model: GenerativeVLM, opset: int | None) -> dict[str, bytes]:
          tuple({0: batch, 2: past} for _ in cache)),
         opset,
     )  # fmt: skip
-    return {VISION_FILE: vision, EMBED_FILE: embed, DECODER_FILE: decoder}
+    return {EMBED_FILE: embed, DECODER_FILE: decoder}
 
 
 def _opset_of(model_bytes: bytes) -> int:
@@ -242,15 +217,7 @@ def export_smolvlm_onnx(
             and torch disagree.
     """
     source, out = Path(source), Path(out_dir)
-    if quantize not in (None, *QUANTIZE_SUFFIXES):
-        raise ValueError(f"quantize {quantize!r}: choose int8 or int4 (or none)")
-    if block_size not in INT4_BLOCK_SIZES:
-        allowed = ", ".join(map(str, INT4_BLOCK_SIZES))
-        raise ValueError(f"block_size {block_size}: choose one of {allowed}")
-    if opset is not None and opset < MIN_OPSET:
-        raise ValueError(f"opset {opset}: the ONNX exporter supports opset {MIN_OPSET} or later")
-    if out.exists():
-        raise ValueError(f"{out}: already exists; choose a new output directory")
+    check_export_options(quantize, block_size, opset, out)
     if not is_smolvlm_directory(source):
         raise ValueError(
             f"{source}: not a SmolVLM / SmolVLM2 / Idefics3 checkpoint directory (config.json "
@@ -260,15 +227,48 @@ def export_smolvlm_onnx(
     if model is None:
         note("loading the model")
         model = load_smolvlm(source)
+    size = model.vision.config.image_size
+    return export_verified(model, source, out, _export_graphs, verification_prompts, size,
+                           quantize=quantize, block_size=block_size, opset=opset, atol=atol,
+                           note=note)  # fmt: skip
+
+
+def check_export_options(
+    quantize: str | None, block_size: int, opset: int | None, out: Path
+) -> None:
+    """The exporters' argument checks: a ValueError naming the argument and what is allowed."""
+    if quantize not in (None, *QUANTIZE_SUFFIXES):
+        raise ValueError(f"quantize {quantize!r}: choose int8 or int4 (or none)")
+    if block_size not in INT4_BLOCK_SIZES:
+        allowed = ", ".join(map(str, INT4_BLOCK_SIZES))
+        raise ValueError(f"block_size {block_size}: choose one of {allowed}")
+    if opset is not None and opset < MIN_OPSET:
+        raise ValueError(f"opset {opset}: the ONNX exporter supports opset {MIN_OPSET} or later")
+    if out.exists():
+        raise ValueError(f"{out}: already exists; choose a new output directory")
+
+
+def export_verified(
+    model: GenerativeVLM, source: Path, out: Path,
+    export_graphs: Callable[[GenerativeVLM, int | None], dict[str, bytes]],
+    prompts_of: Callable[..., list[dict[str, torch.Tensor]]], image_size: int, *,
+    quantize: str | None, block_size: int, opset: int | None, atol: float,
+    note: Callable[[str], None],
+) -> ExportReport:  # fmt: skip
+    """The steps every VLM kind shares (SmolVLM here, LLaVA in `llava_onnx_export`): trace
+    `export_graphs(model, opset)` (the three graphs by file name), check onnxruntime against
+    torch on `prompts_of(model)` (`verification_prompts`' signature; `prompts_of(model, seed=1,
+    count=4)` for the quantized agreement), quantize, write OUT atomically. `image_size` is the
+    square input size of the vision graph (for the report)."""
     _check_model(model, str(source))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             note("exporting vision_encoder, embed_tokens, decoder_model_merged")
-            graphs = _export_graphs(model, opset)
+            graphs = export_graphs(model, opset)
         note("checking onnxruntime against torch")
-        prompts = verification_prompts(model)
+        prompts = prompts_of(model)
         fp32 = OnnxGraphs(graphs[VISION_FILE], graphs[EMBED_FILE], graphs[DECODER_FILE], model)
         diffs = max_logit_diffs(model, fp32, prompts)
         worst = max(diffs, key=lambda k: (diffs[k] != diffs[k], diffs[k]))  # NaN first
@@ -281,10 +281,10 @@ def export_smolvlm_onnx(
         if quantize is not None:
             note(f"quantizing to {quantize}")
             quantized, quantization[quantize] = _quantize(
-                model, graphs, fp32, quantize, block_size, source
+                model, graphs, fp32, quantize, block_size, source, prompts_of
             )
             graphs.update(quantized)
-        facts = _graph_facts(model, prompts)
+        facts = _graph_facts(model, prompts, image_size)
     finally:
         model.train(was_training)
     report = ExportReport(
@@ -306,6 +306,7 @@ def _quantize(
     quantize: str,
     block_size: int,
     source: Path,
+    prompts_of: Callable[..., list[dict[str, torch.Tensor]]],
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """The quantized vision encoder and decoder, and their agreement with float32."""
     files = {}
@@ -317,7 +318,7 @@ def _quantize(
             files[quantized_name] = quantize_onnx_int4(graphs[name], block_size)
     vision, decoder = files.values()
     quantized = OnnxGraphs(vision, graphs[EMBED_FILE], decoder, model)
-    prompts = verification_prompts(model, seed=1, count=4)
+    prompts = prompts_of(model, seed=1, count=4)
     agreement = quantized_agreement(fp32, quantized, prompts)
     if not agreement["mean_cosine"] == agreement["mean_cosine"]:  # NaN: a broken graph
         raise ExportMismatch(f"{source}: the {quantize} graphs return NaN; nothing was written")
@@ -334,10 +335,11 @@ def _quantize(
     return files, options
 
 
-def _graph_facts(model: GenerativeVLM, prompts: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+def _graph_facts(
+    model: GenerativeVLM, prompts: list[dict[str, torch.Tensor]], size: int
+) -> dict[str, Any]:
     config = model.decoder.config
     with torch.no_grad():
-        size = model.vision.config.image_size
         seq = model.encode_images(torch.ones(1, 1, 3, size, size)).shape[0]
     return {
         "num_layers": config.num_layers, "num_kv_heads": config.num_kv_heads,

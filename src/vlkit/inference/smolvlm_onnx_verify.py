@@ -91,11 +91,9 @@ class OnnxGraphs:
         """(B, L, D) embeddings with the image features spliced in at the `<image>` tokens."""
         ids = prompt["input_ids"].numpy()
         embeds = self.embed.run(None, {"input_ids": ids})[0]
-        if "pixel_values" in prompt:
-            features = self.vision.run(None, {
-                "pixel_values": prompt["pixel_values"].numpy(),
-                "pixel_attention_mask": prompt["pixel_attention_mask"].numpy(),
-            })[0]  # fmt: skip
+        if "pixel_values" in prompt:  # the inputs the vision graph takes (LLaVA: no pixel mask)
+            feed = {i.name: prompt[i.name].numpy() for i in self.vision.get_inputs()}
+            features = self.vision.run(None, feed)[0]
             embeds[ids == self.image_token_id] = features.reshape(-1, embeds.shape[-1])
         return embeds
 
@@ -159,7 +157,7 @@ def _torch_greedy(
     (B, steps) greedy tokens."""
     out = model(
         prompt["input_ids"], prompt["pixel_values"], prompt["attention_mask"],
-        pixel_attention_mask=prompt["pixel_attention_mask"],
+        pixel_attention_mask=prompt.get("pixel_attention_mask"),
         position_ids=prompt["position_ids"], use_cache=True,
     )  # fmt: skip
     cache: KVCache = out.cache

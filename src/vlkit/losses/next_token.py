@@ -77,7 +77,16 @@ def next_token_loss_from_hidden(
     Returns:
         Scalar loss, as `next_token_loss` (NaN when there is no target and no
         `num_items_in_batch`).
+
+    Raises:
+        ValueError: `labels` is not (B, L) for (B, L, D) hidden states (the boolean selection
+            below would fail with an IndexError that names neither).
     """
+    if tuple(labels.shape) != tuple(hidden.shape[:2]):
+        raise ValueError(
+            f"labels of shape {tuple(labels.shape)} for a (batch, length) of "
+            f"{tuple(hidden.shape[:2])}: give one label per input token (-100: not a target)"
+        )
     targets = F.pad(labels, (0, 1), value=ignore_index)[:, 1:].to(hidden.device)  # label at t+1
     chosen = targets != ignore_index  # (B, L)
     scores = head(hidden[chosen]).float()  # (n, V): the head on target positions only
