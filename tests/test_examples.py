@@ -96,3 +96,19 @@ def test_fusion_modules() -> None:
     assert _number(r"at init: max \|out - text\| = ([\d.e+-]+)", out) == 0.0
     assert _number(r"gates at 1: max \|out - text\| = ([\d.e+-]+)", out) > 0.0
     assert "image slots hold the projected tokens: True" in out
+
+
+def test_chameleon_easy_vqa(tmp_path: Path) -> None:
+    out = _run("chameleon_easy_vqa.py", "--out", str(tmp_path))
+    assert _number(r"test reconstruction PSNR ([\d.]+) dB on 24 images", out) > 0
+    assert 1 <= _number(r"code perplexity ([\d.]+) of 128", out) <= 128
+    _fraction(r"codes used ([\d.]+)", out)
+    assert _number(r"pixel readout matches the label: originals ([\d.]+)", out) >= 0.9
+    assert _number(r"vocabulary (\d+) \(17 words \+ <boi>/<eoi> \+ 128 codes\)", out) == 147
+    _fraction(r"caption exact match ([\d.]+) on 24 test images", out)
+    assert _number(r"text -> image: (\d+) images", out) == 24
+    _fraction(r"pixel readout matches the caption ([\d.]+)", out)
+    for name in ("tokenizer/vq_tokenizer_config.json", "chameleon/chameleon_config.json"):
+        assert (tmp_path / name).is_file()
+    for name in ("chameleon_reconstructions.png", "chameleon_generated.png"):
+        assert (tmp_path / "figures" / name).stat().st_size > 1000
