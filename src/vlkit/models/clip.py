@@ -125,8 +125,12 @@ class CLIP(nn.Module):
         attention_mask: torch.Tensor | None = None,
         normalize: bool = False,
     ) -> torch.Tensor:
-        """Token ids (B, L) -> embeddings (B, embed_dim)."""
-        embeds = self.text_projection(self.text(input_ids, attention_mask).pooled)
+        """Token ids (B, L) -> embeddings (B, embed_dim).
+
+        Runs the text tower on the columns up to the batch's last end-of-text token when that is
+        exact (causal towers in eval mode; `TextTransformer.pooled_features`).
+        """
+        embeds = self.text_projection(self.text.pooled_features(input_ids, attention_mask))
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
     def temperature(self) -> torch.Tensor:

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlkit.evaluation.linear_probe_adamw import clip_benchmark_accuracy, linear_probe_adamw
 from vlkit.evaluation.retrieval import retrieval_ranks
-from vlkit.evaluation.zero_shot import per_class_recall
+from vlkit.evaluation.zero_shot import encode_by_length, per_class_recall
 
 __all__ = ["linear_probe_task", "retrieval_task", "zeroshot_task"]
 
@@ -93,12 +93,13 @@ def class_weights(
 ) -> torch.Tensor:
     """(D, C) zero-shot weights, CLIP_benchmark's `zero_shot_classifier` (texts batched)."""
     texts = [_fill(t, name) for name in classnames for t in templates]
-    chunks = []
     with torch.autocast(device.type, enabled=amp):
-        for start in range(0, len(texts), batch_size):
-            ids = tokenizer(texts[start : start + batch_size]).to(device)
-            chunks.append(F.normalize(model.encode_text(ids), dim=-1))
-        per_class = torch.cat(chunks).view(len(classnames), len(templates), -1)
+        embeddings = encode_by_length(
+            lambda batch: F.normalize(model.encode_text(tokenizer(batch).to(device)), dim=-1),
+            texts,
+            batch_size,
+        )
+        per_class = embeddings.view(len(classnames), len(templates), -1)
         weights = per_class.mean(dim=1)
         weights = weights / weights.norm(dim=-1, keepdim=True)
     return weights.T  # (D, C)
@@ -200,15 +201,39 @@ def linear_probe_task(
     seed: int = 0,
     lr: float = 0.1,
     epochs: int = 10,
+    val_proportion: float | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """CLIP_benchmark's linear probe (lp_acc1, lp_acc5, lp_mean_per_class_recall, ...)."""
+    """CLIP_benchmark's linear probe (lp_acc1, lp_acc5, lp_mean_per_class_recall, ...).
+
+    Args:
+        val_proportion: CLIP_benchmark's `--val_proportion`: hold out this share of the train
+            set (`torch.utils.data.random_split(train, [1 - p, p])`, seeded with `seed` here,
+            from the global RNG there), choose the weight decay on it with the CLIP paper's
+            search (`linear_probe_adamw`), then train on train + held-out. None: weight decay 0.
+    """
+    if val_proportion is not None and not 0 < val_proportion < 1:
+        raise ValueError(f"val_proportion must be in (0, 1), got {val_proportion}")
     args = (device, batch_size, workers, amp, progress)
     train_x, train_y = _features(model, transform, train_set, *args, "probe: train features")
     test_x, test_y = _features(model, transform, test_set, *args, "probe: test features")
+    val_x = val_y = None
+    if val_proportion is not None:
+        generator = torch.Generator().manual_seed(seed)
+        kept, held_out = torch.utils.data.random_split(
+            range(len(train_x)), [1 - val_proportion, val_proportion], generator=generator
+        )
+        if len(kept) == 0 or len(held_out) == 0:
+            raise ValueError(f"val_proportion {val_proportion} of {len(train_x)} train samples "
+                             "leaves an empty train or validation split")  # fmt: skip
+        val_x, val_y = train_x[list(held_out.indices)], train_y[list(held_out.indices)]
+        train_x, train_y = train_x[list(kept.indices)], train_y[list(kept.indices)]
     # CLIP_benchmark draws this order with torch.randperm from the global RNG after its model is
     # built, so its order depends on open_clip's initialisation; here it is seeded directly.
     order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
-    metrics = linear_probe_adamw(train_x[order], train_y[order], test_x, test_y,
+    metrics = linear_probe_adamw(train_x[order], train_y[order], test_x, test_y, val_x, val_y,
                                  lr=lr, epochs=epochs, batch_size=batch_size, seed=seed,
                                  device=device, amp=amp)  # fmt: skip
-    return metrics, {"train_samples": len(train_x)}
+    details = {"train_samples": len(train_x)}
+    if val_x is not None:
+        details["val_samples"] = len(val_x)
+    return metrics, details
