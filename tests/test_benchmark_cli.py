@@ -219,6 +219,7 @@ def test_existing_out_refused_then_resumed(tmp_path, tiny_model, data_root, caps
         (["--tasks", "cifar10", "--resume", "--overwrite"], "exclude each other"),
         (["--tasks", "cifar10", "--data-root", "/nonexistent/x"], "--data-root /nonexistent/x"),
         (["--tasks", "cifar10,mmvet", "--judge", "gpt4"], "--judge 'gpt4': expected"),
+        (["--tasks", "cifar10_linear_probe", "--val-proportion", "1.5"], "--val-proportion 1.5"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, argv, message):
@@ -301,3 +302,22 @@ def test_each_format_equals_clip_benchmark(name, tmp_path, monkeypatch, tiny_mod
     assert record["status"] == "ok" and record["dataset"] == reference["dataset"]
     _assert_equal_metrics(record["metrics"], reference["metrics"])
     assert record["samples"] > 0
+
+
+def test_val_proportion_reaches_the_linear_probe(tmp_path, monkeypatch, tiny_model, data_root):
+    """`--val-proportion` picks the probe's weight decay on a held-out split (clip_benchmark's
+    `--val_proportion`; equality with its search: tests/test_linear_probe_validation.py)."""
+    import vlkit.recipes.benchmark as recipe
+
+    seen = []
+    real = recipe.linear_probe_task
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("val_proportion"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "linear_probe_task", spy)
+    model_dir, _, _ = tiny_model
+    records = _vlkit(tmp_path, model_dir, data_root, "cifar10_linear_probe", "--limit", "12",
+                     "--val-proportion", "0.25")  # fmt: skip
+    assert seen == [0.25] and records["cifar10_linear_probe"]["status"] == "ok"

@@ -47,6 +47,9 @@ def add_benchmark_parser(commands: argparse._SubParsersAction) -> None:
                        help="autocast as clip_benchmark does by default (bf16 CPU, fp16 CUDA)")  # fmt: skip
     bench.add_argument("--recall-k", default="1,5,10", help="K of retrieval recall@K")
     bench.add_argument("--seed", type=int, default=0, help="linear-probe seed")
+    bench.add_argument("--val-proportion", type=float, default=None,
+                       help="linear probe: hold out this share (0-1) of the training split to "
+                            "choose the weight decay, as clip_benchmark --val_proportion")  # fmt: skip
     bench.add_argument("--judge", default="openai", help="MM-Vet judge: openai[:MODEL], local:DIR")
     bench.add_argument("--judge-runs", type=int_at_least(1), default=1)
     bench.add_argument("--resume", action="store_true", help="continue OUT: skip finished tasks")
@@ -97,6 +100,7 @@ def benchmark_command(args: argparse.Namespace) -> Any:
         amp=args.amp,
         recall_k=_ks(args.recall_k),
         seed=args.seed,
+        val_proportion=args.val_proportion,
         judge=args.judge,
         judge_runs=args.judge_runs,
         resume=args.resume,

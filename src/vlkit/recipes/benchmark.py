@@ -63,6 +63,8 @@ class BenchmarkConfig:
         amp: CLIP_benchmark's autocast (bf16 on CPU, fp16 on CUDA); default fp32.
         recall_k: The K of the retrieval records' recall@K.
         seed: The linear probe's seed.
+        val_proportion: The linear probe holds out this share of the training split and picks
+            its weight decay there (clip_benchmark's `--val_proportion`); None: weight decay 0.
         judge: MM-Vet's judge ("openai", "openai:MODEL", "local:PATH").
         judge_runs: MM-Vet judge runs (mean and std).
         resume: Continue a run in out_dir (tasks recorded as done are skipped).
@@ -82,6 +84,7 @@ class BenchmarkConfig:
     amp: bool = False
     recall_k: tuple[int, ...] = (1, 5, 10)
     seed: int = 0
+    val_proportion: float | None = None
     judge: str = "openai"
     judge_runs: int = 1
     resume: bool = False
@@ -164,7 +167,9 @@ def _run_task(task: BenchmarkTask, config: BenchmarkConfig, model: _Model, out: 
         else:
             train_set = _read(task, root, config.limit, split="train")
             metrics, details = linear_probe_task(clip, transform, train_set, test_set,
-                                                 model.device, seed=config.seed, **common)  # fmt: skip
+                                                 model.device, seed=config.seed,
+                                                 val_proportion=config.val_proportion,
+                                                 **common)  # fmt: skip
         return {"metrics": metrics, "samples": len(test_set), "details": details}
     if task.kind == "mmvet":
         from vlkit.recipes.mmvet_run import run_mmvet
@@ -196,6 +201,8 @@ def run_benchmark(config: BenchmarkConfig) -> list[dict[str, Any]]:
         raise ValueError(f"--data {unknown[0]}=...: not one of the --tasks being run")
     if config.limit is not None and config.limit < 1:
         raise ValueError(f"--limit {config.limit}: must be at least 1")
+    if config.val_proportion is not None and not 0 < config.val_proportion < 1:
+        raise ValueError(f"--val-proportion {config.val_proportion}: must be in (0, 1)")
     if config.data_root is not None and not Path(config.data_root).is_dir():
         raise ValueError(f"--data-root {config.data_root}: no such directory")
     if any(task.kind == "mmvet" for task in tasks):
