@@ -117,5 +117,7 @@ def test_accumulation_through_the_model_loss_equals_one_backward() -> None:
     expected = next_token_loss(full, batch["labels"])
     expected.backward()
     torch.testing.assert_close(loss, expected.detach(), rtol=1e-6, atol=1e-7)
+    # Three micro-batches sum their gradients in another order than one backward: ~2e-7 apart on
+    # gradients of size ~1 (float32 rounding), far below what a wrong target or weight would do.
     for name, grad in _grads(model).items():
-        torch.testing.assert_close(ours[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(ours[name], grad, rtol=1e-5, atol=2e-6, msg=name)

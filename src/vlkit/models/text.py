@@ -127,6 +127,7 @@ class TextTransformer(nn.Module):
             or self.config.pooling == "last"
             or self.training
             or input_ids.numel() == 0
+            or input_ids.device.type == "meta"  # shapes only: no values to read
             or torch.jit.is_tracing()
             or torch.compiler.is_compiling()
             or torch.onnx.is_in_onnx_export()
