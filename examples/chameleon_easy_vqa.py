@@ -24,7 +24,7 @@ the word tokenizer) and FIGURES/chameleon_reconstructions.png and chameleon_gene
 (FIGURES defaults to docs/images; OUT/figures with --quick). Refuses an existing OUT unless
 --overwrite.
 
-Measured, the default command (2-core CPU, 1 thread, shared with other jobs; 6.6 min wall, 4.0 min
+Measured, the default command (2-core CPU, 1 thread, shared with other jobs; 5.5-6.6 min wall, 4.0 min
 CPU; 18 min when the machine was busier): test PSNR 25.41 dB, code perplexity 78.5 of 128, all
 128 codes used; caption exact match 0.695 on the 1,000 test images; images sampled from the 24
 captions (4 each) read back as the prompted colour and shape 0.406 (colour 0.854, shape 0.500),
