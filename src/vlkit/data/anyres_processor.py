@@ -17,8 +17,7 @@ import torch
 
 from vlkit.data.anyres_placeholders import anyres_token_count
 from vlkit.data.anyres_tiling import anyres_pixel_values
-from vlkit.data.llava_processor import _TEXT_OPTIONS, LlavaProcessor, _expand, _flat_images
-from vlkit.data.smolvlm.tokenization import TextOptions, encode_prompts
+from vlkit.data.llava_processor import LlavaProcessor
 
 __all__ = ["AnyResProcessor"]
 
@@ -64,53 +63,9 @@ class AnyResProcessor(LlavaProcessor):
             pixel_values[index, : views.shape[0]] = views
         return pixel_values, torch.tensor([size for _, size in tiled], dtype=torch.long)
 
-    def __call__(
-        self,
-        text: str | Sequence[str] | None = None,
-        images: Any = None,
-        **kwargs: Any,
-    ) -> dict[str, torch.Tensor]:
-        """`input_ids`, `attention_mask` (B, L) and, with images, `pixel_values`
-        (N, V, 3, S, S) and `image_sizes` (N, 2). Arguments and errors as `LlavaProcessor`."""
-        kwargs.pop("return_tensors", None)
-        unknown = sorted(set(kwargs) - _TEXT_OPTIONS)
-        if unknown:
-            raise ValueError(f"unknown processor keyword(s) {unknown}")
-        if text is None and images is None:
-            raise ValueError("You need to provide at least one input to call AnyResProcessor")
-        flat = _flat_images(images)
-        out: dict[str, torch.Tensor] = {}
-        counts: list[int] = []
-        if flat:
-            out["pixel_values"], out["image_sizes"] = self.images_to_views(flat)
-            counts = [self.num_image_tokens(h, w) for h, w in out["image_sizes"].tolist()]
-        if text is None:
-            return out
-        prompts = [text] if isinstance(text, str) else list(text)
-        if not all(isinstance(p, str) for p in prompts):
-            raise ValueError("`text` must be a string or list of strings.")
-        found = sum(p.count(self.image_token) for p in prompts)
-        if found != len(flat):
-            raise ValueError(
-                f"The total number of {self.image_token} tokens in the prompts should be the same "
-                f"as the number of images passed. Found total {found} {self.image_token} tokens "
-                f"and {len(flat)} images."
-            )
-        expanded = _expand(prompts, self.image_token, counts)
-        encoded = encode_prompts(
-            self.tokenizer,
-            expanded,
-            TextOptions(**kwargs),
-            pad_token=self.special_tokens.get("pad_token"),
-            default_padding_side=self.padding_side,
-            truncation_side=self.truncation_side,
-            model_max_length=self.model_max_length,
-        )
-        placed = int((encoded["input_ids"] == self.image_token_id).sum())
-        if placed != sum(counts):
-            raise ValueError(
-                f"Mismatch in `image` token count between text and `input_ids`. Got ids={placed} "
-                f"and text={sum(counts)}. Likely due to `truncation='max_length'`. Please disable "
-                "truncation or increase `max_length`."
-            )
-        return {**encoded, **out}
+    def image_inputs(self, images: list[Any]) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """`pixel_values` (N, V, 3, S, S) and `image_sizes` (N, 2), and each image's own
+        placeholder count; the rest of `LlavaProcessor.__call__` is shared."""
+        pixel_values, image_sizes = self.images_to_views(images)
+        counts = [self.num_image_tokens(h, w) for h, w in image_sizes.tolist()]
+        return {"pixel_values": pixel_values, "image_sizes": image_sizes}, counts

@@ -148,15 +148,11 @@ class LlavaProcessor:
         if unknown:
             raise ValueError(f"unknown processor keyword(s) {unknown}")
         if text is None and images is None:
-            raise ValueError("You need to provide at least one input to call LlavaProcessor")
+            raise ValueError(
+                f"You need to provide at least one input to call {type(self).__name__}"
+            )
         flat = _flat_images(images)
-        out: dict[str, torch.Tensor] = {}
-        counts: list[int] = []
-        if flat:
-            pixel_values = self.transform.to_batch(flat)  # (N, 3, H, W)
-            out["pixel_values"] = pixel_values
-            height, width = pixel_values.shape[-2:]
-            counts = [self.num_image_tokens(int(height), int(width))] * len(flat)
+        out, counts = self.image_inputs(flat) if flat else ({}, [])
         if text is None:
             return out
         prompts = [text] if isinstance(text, str) else list(text)
@@ -192,6 +188,14 @@ class LlavaProcessor:
                 "truncation or increase `max_length`."
             )
         return {**encoded, **out}
+
+    def image_inputs(self, images: list[Any]) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """The model's image inputs for the flattened images ({"pixel_values": (N, 3, H, W)})
+        and the `<image>` placeholders each one fills (the hook `AnyResProcessor` overrides)."""
+        pixel_values = self.transform.to_batch(images)  # (N, 3, H, W)
+        height, width = pixel_values.shape[-2:]
+        count = self.num_image_tokens(int(height), int(width))
+        return {"pixel_values": pixel_values}, [count] * len(images)
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
         """Text of token ids (`tokenizers`' decoder)."""
