@@ -13,7 +13,7 @@ from vlkit.data.smolvlm.processor import SmolVLMProcessor
 
 transformers = pytest.importorskip("transformers")
 skimage_data = pytest.importorskip("skimage.data")
-from test_smolvlm_processor import SEQ, _write_processor  # noqa: E402
+from test_smolvlm_processor import SEQ, _write_processor, write_random_smolvlm  # noqa: E402
 
 PROMPT = "What is in this image?"
 
@@ -22,19 +22,8 @@ PROMPT = "What is in this image?"
 def smolvlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random SmolVLM2 (tiles of 32 px, 4 tokens per tile) with its processor files."""
     directory = _write_processor(tmp_path_factory.mktemp("smolvlm"))
-    processor = SmolVLMProcessor.from_pretrained(directory)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, image_size=32, patch_size=4)  # fmt: skip
-    text = dict(model_type="llama", vocab_size=processor.tokenizer.get_vocab_size(),
-                hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
-    config = transformers.SmolVLMConfig(
-        vision_config=vision, text_config=text, scale_factor=4,  # (32/4)^2 / 4^2 = SEQ tokens
-        image_token_id=processor.image_token_id,
-    )  # fmt: skip
-    assert SEQ == (32 // 4) ** 2 // 4**2
-    torch.manual_seed(0)
-    transformers.SmolVLMForConditionalGeneration(config).eval().save_pretrained(directory)
+    write_random_smolvlm(directory)
+    assert SEQ == (32 // 4) ** 2 // 4**2  # 32-px tiles, 4-px patches, scale factor 4
     return directory
 
 

@@ -512,24 +512,13 @@ def test_open_clip_hub_id(hub, open_clip_repo) -> None:
 @pytest.fixture(scope="module")
 def smolvlm_repo(fake_hub, tmp_path_factory) -> Path:
     """`acme/smolvlm`: a tiny SmolVLM2 as transformers 5 saves it (`chat_template.jinja`)."""
-    transformers = pytest.importorskip("transformers")
-    from test_smolvlm_processor import CHAT_TEMPLATE, _write_processor
-
-    from vlkit.data.smolvlm import SmolVLMProcessor
+    pytest.importorskip("transformers")
+    from test_smolvlm_processor import CHAT_TEMPLATE, _write_processor, write_random_smolvlm
 
     directory = _write_processor(tmp_path_factory.mktemp("smolvlm"))
     (directory / "chat_template.json").unlink()
     (directory / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-    processor = SmolVLMProcessor.from_pretrained(directory)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                  num_attention_heads=4, image_size=32, patch_size=4)  # fmt: skip
-    text = dict(model_type="llama", vocab_size=processor.tokenizer.get_vocab_size(),
-                hidden_size=48, intermediate_size=96, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
-    config = transformers.SmolVLMConfig(vision_config=vision, text_config=text, scale_factor=4,
-                                        image_token_id=processor.image_token_id)  # fmt: skip
-    torch.manual_seed(0)
-    transformers.SmolVLMForConditionalGeneration(config).eval().save_pretrained(directory)
+    write_random_smolvlm(directory, vision_layers=1, text_layers=1)
     fake_hub.repos["acme/smolvlm"] = {**_files(directory), "onnx/model.onnx": b"\0" * 64}
     return directory
 

@@ -343,24 +343,11 @@ def read_mmvet_fixture(tmp_path: Path):
 @pytest.fixture(scope="module")
 def smolvlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random SmolVLM2 (as tests/test_generative_benchmark.py builds it)."""
-    transformers = pytest.importorskip("transformers")
-    from test_smolvlm_processor import _write_processor
-
-    from vlkit.data.smolvlm.processor import SmolVLMProcessor
+    pytest.importorskip("transformers")
+    from test_smolvlm_processor import _write_processor, write_random_smolvlm
 
     directory = _write_processor(tmp_path_factory.mktemp("smolvlm"))
-    processor = SmolVLMProcessor.from_pretrained(directory)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                  num_attention_heads=4, image_size=32, patch_size=4)  # fmt: skip
-    text = dict(model_type="llama", vocab_size=processor.tokenizer.get_vocab_size(),
-                hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)  # fmt: skip
-    config = transformers.SmolVLMConfig(
-        vision_config=vision, text_config=text, scale_factor=4,
-        image_token_id=processor.image_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    transformers.SmolVLMForConditionalGeneration(config).eval().save_pretrained(directory)
+    write_random_smolvlm(directory, vision_layers=1, max_position_embeddings=1024)
     return directory
 
 

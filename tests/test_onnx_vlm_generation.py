@@ -25,7 +25,7 @@ transformers = pytest.importorskip("transformers")
 skimage_data = pytest.importorskip("skimage.data")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
-from test_smolvlm_processor import _write_processor  # noqa: E402
+from test_smolvlm_processor import _write_processor, write_random_smolvlm  # noqa: E402
 
 PROMPT = "What is in this image?"
 NEW = 8
@@ -35,16 +35,7 @@ NEW = 8
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random SmolVLM2 (32-px tiles, 4 tokens per tile, 2-layer GQA decoder)."""
     directory = _write_processor(tmp_path_factory.mktemp("smolvlm"), padding_side="left")
-    processor = SmolVLMProcessor.from_pretrained(directory)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, image_size=32, patch_size=4)  # fmt: skip
-    text = dict(model_type="llama", vocab_size=processor.tokenizer.get_vocab_size(),
-                hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
-    config = transformers.SmolVLMConfig(vision_config=vision, text_config=text, scale_factor=4,
-                                        image_token_id=processor.image_token_id)  # fmt: skip
-    torch.manual_seed(0)
-    transformers.SmolVLMForConditionalGeneration(config).eval().save_pretrained(directory)
+    write_random_smolvlm(directory)
     return directory
 
 

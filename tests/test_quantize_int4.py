@@ -16,7 +16,7 @@ from vlkit.models.decoder import DecoderConfig, DecoderLM, generate
 
 transformers = pytest.importorskip("transformers")
 skimage_data = pytest.importorskip("skimage.data")
-from test_smolvlm_processor import _write_processor  # noqa: E402
+from test_smolvlm_processor import _write_processor, write_random_smolvlm  # noqa: E402
 
 PROMPT = "What is in this image?"
 
@@ -107,21 +107,9 @@ def test_keep_head_float_and_refusals() -> None:
 @pytest.fixture(scope="module")
 def smolvlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random SmolVLM2 whose linear layers are all multiples of 32 wide."""
-    from vlkit.data.smolvlm.processor import SmolVLMProcessor
 
     directory = _write_processor(tmp_path_factory.mktemp("smolvlm_int4"))
-    processor = SmolVLMProcessor.from_pretrained(directory)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, image_size=32, patch_size=4)  # fmt: skip
-    text = dict(model_type="llama", vocab_size=processor.tokenizer.get_vocab_size(),
-                hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
-    config = transformers.SmolVLMConfig(
-        vision_config=vision, text_config=text, scale_factor=4,
-        image_token_id=processor.image_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    transformers.SmolVLMForConditionalGeneration(config).eval().save_pretrained(directory)
+    write_random_smolvlm(directory, hidden_size=64, intermediate_size=128)
     return directory
 
 

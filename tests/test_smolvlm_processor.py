@@ -52,6 +52,33 @@ CORPUS = [
 ]
 
 
+def write_random_smolvlm(
+    directory: Path,
+    *,
+    vision_layers: int = 2,
+    text_layers: int = 2,
+    hidden_size: int = 48,
+    intermediate_size: int = 96,
+    max_position_embeddings: int = 512,
+) -> Path:
+    """Random transformers SmolVLM2 weights (seed 0) next to `_write_processor`'s files: 32-px
+    tiles of 4-px patches, scale factor 4 (SEQ tokens per tile), a GQA Llama decoder."""
+    import transformers
+
+    processor = SmolVLMProcessor.from_pretrained(directory)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers,
+                  num_attention_heads=4, image_size=32, patch_size=4)  # fmt: skip
+    text = dict(model_type="llama", vocab_size=processor.tokenizer.get_vocab_size(),
+                hidden_size=hidden_size, intermediate_size=intermediate_size,
+                num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=max_position_embeddings)  # fmt: skip
+    config = transformers.SmolVLMConfig(vision_config=vision, text_config=text, scale_factor=4,
+                                        image_token_id=processor.image_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    transformers.SmolVLMForConditionalGeneration(config).eval().save_pretrained(directory)
+    return directory
+
+
 def _write_processor(directory: Path, split: bool = True, padding_side: str = "right") -> Path:
     """A SmolVLM2-style processor directory: byte-level BPE, tiles of 32, longest edge 96."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
