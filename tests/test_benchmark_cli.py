@@ -159,9 +159,14 @@ def _assert_equal_metrics(ours: dict, theirs: dict) -> None:
             assert ours[key] == pytest.approx(value, abs=1e-12), key
 
 
-def test_zeroshot_and_retrieval_equal_clip_benchmark(tmp_path, monkeypatch, tiny_model, data_root):
+# Default: oneDNN-packed linear layers on x86 CPUs (vlkit.layers.packed_linear); --plain-linear:
+# PyTorch's kernels. Both must give clip_benchmark's metrics.
+@pytest.mark.parametrize("kernels", [[], ["--plain-linear"]], ids=["packed", "plain"])
+def test_zeroshot_and_retrieval_equal_clip_benchmark(
+    tmp_path, monkeypatch, tiny_model, data_root, kernels
+):
     model_dir, model_name, weights = tiny_model
-    records = _vlkit(tmp_path, model_dir, data_root, "cifar10,flickr30k_retrieval")
+    records = _vlkit(tmp_path, model_dir, data_root, "cifar10,flickr30k_retrieval", *kernels)
     cifar = _clip_benchmark(monkeypatch, tmp_path, model_name, weights, "cifar10",
                             data_root / "cifar10")  # fmt: skip
     flickr = _clip_benchmark(monkeypatch, tmp_path, model_name, weights, "flickr30k",

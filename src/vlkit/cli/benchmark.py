@@ -2,7 +2,7 @@
 
     vlkit benchmark --model M --tasks imagenet1k,cifar10,coco_retrieval --data-root DIR --out OUT
         [--data TASK=PATH ...] [--limit N] [--batch-size 64] [--device auto] [--workers 2]
-        [--amp] [--recall-k 1,5,10] [--judge openai] [--judge-runs 1] [--resume | --overwrite]
+        [--amp] [--plain-linear] [--recall-k 1,5,10] [--judge openai] [--judge-runs 1] [--resume | --overwrite]
     vlkit benchmark --list     (the tasks, their data layout and where to get it)
 
 Writes OUT/results.jsonl (one CLIP_benchmark-style record per task), OUT/report.md and
@@ -45,6 +45,9 @@ def add_benchmark_parser(commands: argparse._SubParsersAction) -> None:
                        help="image-decoding worker processes")  # fmt: skip
     bench.add_argument("--amp", action="store_true",
                        help="autocast as clip_benchmark does by default (bf16 CPU, fp16 CUDA)")  # fmt: skip
+    bench.add_argument("--plain-linear", action="store_true",
+                       help="fp32 on CPU: PyTorch's own linear kernels instead of oneDNN's "
+                            "pre-packed ones (bitwise the model's forward; ~20%% slower)")  # fmt: skip
     bench.add_argument("--recall-k", default="1,5,10", help="K of retrieval recall@K")
     bench.add_argument("--seed", type=int, default=0, help="linear-probe seed")
     bench.add_argument("--val-proportion", type=float, default=None,
@@ -98,6 +101,7 @@ def benchmark_command(args: argparse.Namespace) -> Any:
         device=args.device,
         workers=args.workers,
         amp=args.amp,
+        packed_linear=not args.plain_linear,
         recall_k=_ks(args.recall_k),
         seed=args.seed,
         val_proportion=args.val_proportion,

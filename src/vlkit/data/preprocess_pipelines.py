@@ -174,8 +174,10 @@ def open_clip_pixels(image: Image.Image, config: PreprocessConfig) -> torch.Tens
 def pil_rgb_to_tensor(image: Image.Image, config: PreprocessConfig) -> torch.Tensor:
     """torchvision `ToTensor` (uint8 / 255) + `Normalize` on an RGB PIL image."""
     pixels = np.array(image, dtype=np.uint8)
-    tensor = torch.from_numpy(pixels).permute(2, 0, 1).to(torch.float32).div(255)
-    return _normalize(tensor, config).contiguous()
+    # Channels-first in uint8 before the float ops (as torchvision's `to_tensor`): the same values,
+    # each float pass over contiguous memory (about 2x faster than on the permuted view).
+    tensor = torch.from_numpy(pixels).permute(2, 0, 1).contiguous().to(torch.float32).div_(255)
+    return _normalize(tensor, config)
 
 
 # ---- tensors (transformers' torchvision backend; open_clip on tensors) ---------------------

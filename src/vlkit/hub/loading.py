@@ -69,6 +69,7 @@ from vlkit.hub.weights import (
     find_weights,
     load_into,
     read_weights,
+    skip_weight_init,
     write_json,
     write_safetensors,
 )
@@ -138,7 +139,8 @@ def from_pretrained(
     if is_composed_directory(path):  # a `vlkit.compose_vlm` model (all kinds but a ViT llava)
         return load_composed(path)
     if (path / VLKIT_CONFIG).is_file():
-        model = create_model(CLIPConfig.from_json(path / VLKIT_CONFIG))
+        with skip_weight_init():  # every weight comes from the file
+            model = create_model(CLIPConfig.from_json(path / VLKIT_CONFIG))
         load_into(model, read_weights(find_weights(path, ["model.safetensors"])), str(path))
         return model.eval()
     if (path / "config.json").is_file():
@@ -177,7 +179,8 @@ def _load_hf(path: Path) -> CLIP:
         except ValueError as error:
             raise _naming(path / HF_PREPROCESSOR_CONFIG, error) from error
     try:
-        model = create_model(config)
+        with skip_weight_init():  # every weight comes from the file
+            model = create_model(config)
     except (ValueError, TypeError) as error:
         raise _naming(path / "config.json", error) from error
     weights = find_weights(path, HF_WEIGHT_FILES)
@@ -205,7 +208,8 @@ def _load_open_clip(
     weights: Path, model_cfg: dict, preprocess_cfg: dict | None, source: str | Path
 ) -> CLIP:
     try:
-        model = create_model(config_from_open_clip(model_cfg, preprocess_cfg))
+        with skip_weight_init():  # every weight comes from the file
+            model = create_model(config_from_open_clip(model_cfg, preprocess_cfg))
     except (ValueError, TypeError) as error:
         raise _naming(source, error) from error
     state = from_open_clip_state_dict(read_weights(weights), model.config)

@@ -11,7 +11,8 @@ import os
 import pickle
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,6 +29,39 @@ HF_WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+
+
+# The `torch.nn.init` functions modules call to draw their initial weights (nn.Linear, Conv2d,
+# LayerNorm and Embedding's `reset_parameters`, and vlkit's own `_init_*` methods).
+_INIT_FUNCTIONS = (
+    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+    "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
+    "sparse_",
+)  # fmt: skip
+
+
+@contextmanager
+def skip_weight_init() -> Iterator[None]:
+    """Builds models without drawing their random initial weights, for a model that a strict
+    `load_into` fills next: the draws cost more than reading the checkpoint (0.7 s of a 1 s
+    ViT-B/32 load on a 2-core CPU) and the load overwrites every parameter and persistent buffer.
+
+    transformers' `no_init_weights` does the same. Non-persistent buffers (rotary frequencies,
+    sin-cos tables) are computed, not drawn, and are unaffected. Not thread-safe: another thread
+    building a model meanwhile would skip its initialisation too.
+    """
+
+    def skip(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        return tensor
+
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS if hasattr(nn.init, name)}
+    try:
+        for name in saved:
+            setattr(nn.init, name, skip)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:

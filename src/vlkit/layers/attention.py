@@ -74,3 +74,13 @@ class MultiheadSelfAttention(nn.Module):
             )
         out = out.transpose(1, 2).reshape(batch, length, dim)  # (B, N, D)
         return self.out_proj(out), attention
+
+    def forward_prefix(self, x: torch.Tensor, queries: int) -> torch.Tensor:
+        """The attended first `queries` tokens (B, queries, D) of unmasked attention over all of
+        `x`: keys and values from every token, queries and the output projection for the first
+        ones only (what a CLS-pooled tower's last block needs; `Transformer.forward_prefix`)."""
+        batch, length, dim = x.shape
+        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, Dh)
+        out = F.scaled_dot_product_attention(q[:, :, :queries], k, v)  # (B, H, queries, Dh)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, queries, dim))

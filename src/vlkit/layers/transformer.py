@@ -55,6 +55,14 @@ class TransformerBlock(nn.Module):
         x = x + drop_path(self.dropout(self.mlp(self.norm2(x))), self.drop_path_rate, self.training)
         return x, attention
 
+    def forward_prefix(self, x: torch.Tensor, queries: int) -> torch.Tensor:
+        """`forward(x)[0][:, :queries]` (unmasked, eval mode) without computing the other rows:
+        they read every token's keys and values but feed nothing after this block."""
+        if self.training:
+            raise RuntimeError("forward_prefix is an inference path; call eval() first")
+        x = x[:, :queries] + self.attention.forward_prefix(self.norm1(x), queries)
+        return x + self.mlp(self.norm2(x))
+
 
 class Transformer(nn.Module):
     """A stack of `TransformerBlock`s with optional per-block gradient checkpointing."""
@@ -106,3 +114,13 @@ class Transformer(nn.Module):
                 if return_attention:
                     attentions.append(attention)
         return x, tuple(attentions) if return_attention else None
+
+    def forward_prefix(self, x: torch.Tensor, queries: int) -> torch.Tensor:
+        """The first `queries` output tokens (B, queries, D) of unmasked `forward(x)` in eval mode:
+        the last block computes those rows only (for a CLS-pooled ViT, 1 of 50-577 rows: about
+        3/4 of that block's work saved). Equal to the full forward's rows up to float
+        reassociation in the smaller matrix products."""
+        *blocks, last = self.blocks
+        for block in blocks:
+            x, _ = block(x)
+        return last.forward_prefix(x, queries)

@@ -111,12 +111,12 @@ class CLIP(nn.Module):
         """
         if interpolate_pos_encoding:
             tower = self._vit_tower("interpolate_pos_encoding=True")
-            output = tower(pixel_values, interpolate_pos_encoding=True)
-        elif interpolate_pos_encoding is None or not isinstance(self.vision, VisionTransformer):
-            output = self.vision(pixel_values)
-        else:
-            output = self.vision(pixel_values, interpolate_pos_encoding=False)
-        embeds = self.image_projection(output.pooled)
+            pooled = tower.pooled_features(pixel_values, interpolate_pos_encoding=True)
+        elif not isinstance(self.vision, VisionTransformer):
+            pooled = self.vision(pixel_values).pooled
+        else:  # the CLS token alone through the last block (`VisionTransformer.pooled_features`)
+            pooled = self.vision.pooled_features(pixel_values, interpolate_pos_encoding)
+        embeds = self.image_projection(pooled)
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
     def encode_text(

@@ -138,6 +138,27 @@ class VisionTransformer(nn.Module):
                 `interpolate_pos_encoding=True` does (`vlkit.models.position_interpolation`).
                 None: the mode set by `set_interpolate_pos_encoding` (off by default).
         """
+        x = self._embed(images, interpolate_pos_encoding)
+        x, attentions = self.transformer(x, return_attention=return_attention)
+        x = self.norm_post(x)
+        pooled = x[:, 0] if self.attention_pool is None else self.attention_pool(x)
+        return VisionOutput(tokens=x, pooled=pooled, attentions=attentions)
+
+    def pooled_features(
+        self, images: torch.Tensor, interpolate_pos_encoding: bool | None = None
+    ) -> torch.Tensor:
+        """`forward(images, ...).pooled` (B, D) alone. A CLS-pooled tower in eval mode runs its
+        last block for the CLS token only (`Transformer.forward_prefix`): about 6% less compute
+        for a 12-block ViT, equal to the full forward up to float reassociation in the smaller
+        matrix products. Use `forward` when the per-token features are needed.
+        """
+        if self.attention_pool is not None or self.training or self.config.layers == 0:
+            return self(images, interpolate_pos_encoding=interpolate_pos_encoding).pooled
+        x = self._embed(images, interpolate_pos_encoding)
+        return self.norm_post(self.transformer.forward_prefix(x, 1))[:, 0]
+
+    def _embed(self, images: torch.Tensor, interpolate_pos_encoding: bool | None) -> torch.Tensor:
+        """Images (B, C, H, W) -> the first block's input (B, N, D): patches, CLS, positions."""
         if interpolate_pos_encoding is None:
             interpolate_pos_encoding = self.interpolate_pos_encoding
         size, channels = self.config.image_size, self.config.num_channels
@@ -164,8 +185,4 @@ class VisionTransformer(nn.Module):
                 positions, height, width, self.config.patch_size, self.class_token is not None
             )  # (1 + h*w, D) or (h*w, D)
         x = x + positions.to(x.dtype)
-        x = self.norm_pre(x)
-        x, attentions = self.transformer(x, return_attention=return_attention)
-        x = self.norm_post(x)
-        pooled = x[:, 0] if self.attention_pool is None else self.attention_pool(x)
-        return VisionOutput(tokens=x, pooled=pooled, attentions=attentions)
+        return self.norm_pre(x)

@@ -32,6 +32,7 @@ import torch
 from vlkit.distributed import resolve_device
 from vlkit.evaluation.report import json_safe
 from vlkit.hub.weights import atomic_write
+from vlkit.layers.packed_linear import pack_linear_layers
 from vlkit.recipes.benchmark_contrastive import linear_probe_task, retrieval_task, zeroshot_task
 from vlkit.recipes.benchmark_report import write_benchmark_report
 from vlkit.recipes.benchmark_tasks import CONTRASTIVE_KINDS, BenchmarkTask, resolve_tasks
@@ -61,6 +62,9 @@ class BenchmarkConfig:
         device: "auto", "cpu", "cuda", ...
         workers: DataLoader worker processes decoding images (0: in the main process).
         amp: CLIP_benchmark's autocast (bf16 on CPU, fp16 on CUDA); default fp32.
+        packed_linear: In fp32 on an x86 CPU, run a contrastive model's linear layers on oneDNN
+            with pre-packed weights and fused activations (`vlkit.layers.packed_linear`: ~20%
+            faster, scores equal to PyTorch's within ~1e-6); False: PyTorch's own kernels.
         recall_k: The K of the retrieval records' recall@K.
         seed: The linear probe's seed.
         val_proportion: The linear probe holds out this share of the training split and picks
@@ -82,6 +86,7 @@ class BenchmarkConfig:
     device: str = "auto"
     workers: int = 2
     amp: bool = False
+    packed_linear: bool = True
     recall_k: tuple[int, ...] = (1, 5, 10)
     seed: int = 0
     val_proportion: float | None = None
@@ -121,15 +126,19 @@ def _append_record(out: Path, record: dict[str, Any]) -> None:
 class _Model:
     """The contrastive model, loaded once when the first contrastive task needs it."""
 
-    def __init__(self, name: str, device: torch.device) -> None:
+    def __init__(self, name: str, device: torch.device, packed_linear: bool = False) -> None:
         self.name, self.device, self.loaded = name, device, None
+        self.packed_linear = packed_linear
 
     def get(self) -> tuple[Any, Any, Any]:
         if self.loaded is None:
             from vlkit.hub.clip_checkpoint import load_clip
 
             model, tokenizer, transform = load_clip(self.name)
-            self.loaded = (model.to(self.device).eval(), tokenizer, transform)
+            model = model.to(self.device).eval()
+            if self.packed_linear and self.device.type == "cpu":
+                pack_linear_layers(model)  # a no-op where oneDNN's kernels are not available
+            self.loaded = (model, tokenizer, transform)
         return self.loaded
 
 
@@ -211,7 +220,8 @@ def run_benchmark(config: BenchmarkConfig) -> list[dict[str, Any]]:
     out = prepare_run_directory(config.out_dir, BENCHMARK_FILES, resume=config.resume,
                                 overwrite=config.overwrite)  # fmt: skip
     done = {r["benchmark"] for r in read_results(out) if r.get("status") == "ok"}
-    model = _Model(config.model, device)
+    # Packed fp32 kernels only: under autocast the linear layers must follow its bf16 / fp16 casts.
+    model = _Model(config.model, device, packed_linear=config.packed_linear and not config.amp)
     for task in tasks:
         if task.name in done:
             continue

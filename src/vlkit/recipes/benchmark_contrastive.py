@@ -22,7 +22,7 @@ Images are decoded and transformed in DataLoader workers while the model runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -66,7 +66,7 @@ def _loader(samples: Any, transform: Any, batch_size: int, workers: int, caption
     )
 
 
-def _progress(loader: DataLoader, total: int, desc: str, enabled: bool) -> Iterator[Any]:
+def _progress(loader: Iterable[Any], total: int, desc: str, enabled: bool) -> Iterator[Any]:
     """The loader's batches on a tqdm bar counting images (rate in img/s and time left)."""
     from tqdm.auto import tqdm
 
@@ -119,10 +119,11 @@ def zeroshot_task(
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """acc1, acc5, mean_per_class_recall; details: {"per_class_recall": {class: recall}}."""
     classnames, templates = list(dataset.classes), list(dataset.templates)
+    # Workers start decoding the first batches now, while the prompts are encoded.
+    batches = iter(_loader(dataset, transform, batch_size, workers))
     weights = class_weights(model, tokenizer, classnames, templates, device, amp)
     logits, labels = [], []
-    loader = _loader(dataset, transform, batch_size, workers)
-    for images, target in _progress(loader, len(dataset), "zero-shot", progress):
+    for images, target in _progress(batches, len(dataset), "zero-shot", progress):
         with torch.autocast(device.type, enabled=amp):
             features = F.normalize(model.encode_image(images.to(device)), dim=-1)
             logits.append((100.0 * features @ weights).float().cpu())
