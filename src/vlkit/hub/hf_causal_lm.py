@@ -25,6 +25,7 @@ from vlkit.hub.weights import (
     find_weights,
     load_into,
     read_weights,
+    skip_weight_init,
     write_json,
     write_safetensors,
 )
@@ -150,7 +151,8 @@ def load_causal_lm(directory: str | Path) -> DecoderLM:
     }
     if config.tie_word_embeddings and "model.embed_tokens.weight" in state:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    model = DecoderLM(config)
+    with skip_weight_init():  # every weight comes from the file
+        model = DecoderLM(config)
     load_into(model, state, str(weights))
     return model.eval()
 

@@ -34,6 +34,7 @@ from vlkit.hub.weights import (
     find_weights,
     load_into,
     read_weights,
+    skip_weight_init,
     state_dict_problems,
     write_json,
     write_safetensors,
@@ -140,7 +141,8 @@ def load_llava(directory: str | Path) -> LlavaVLM:
     directory = Path(directory)
     config_path = directory / "config.json"
     hf_config = read_json_object(config_path)
-    model = build_llava(hf_config, str(config_path))
+    with skip_weight_init():  # every weight comes from the file
+        model = build_llava(hf_config, str(config_path))
     weights = find_weights(directory, HF_WEIGHT_FILES)
     load_into(model, llava_state_dict(read_weights(weights), model, str(weights)), str(weights))
     model.eos_token_id = generation_default(directory, hf_config, "eos_token_id")

@@ -15,7 +15,13 @@ import torch
 
 from vlkit.errors import CheckpointError
 from vlkit.hub.hf_config_files import config_model_type, read_json_object
-from vlkit.hub.weights import HF_WEIGHT_FILES, find_weights, load_into, read_weights
+from vlkit.hub.weights import (
+    HF_WEIGHT_FILES,
+    find_weights,
+    load_into,
+    read_weights,
+    skip_weight_init,
+)
 from vlkit.models.decoder.opt import OPTLM, OPTConfig
 
 __all__ = [
@@ -114,7 +120,8 @@ def load_opt(directory: str | Path) -> OPTLM:
         generation = read_json_object(directory / "generation_config.json")
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(config, key, generation.get(key, hf_config.get(key)))
-    model = OPTLM(config)
+    with skip_weight_init():  # every weight comes from the file
+        model = OPTLM(config)
     weights = find_weights(directory, HF_WEIGHT_FILES)
     load_into(model, opt_state_dict(read_weights(weights), config), str(weights))
     return model.eval()

@@ -30,6 +30,7 @@ from vlkit.hub.weights import (
     find_weights,
     load_into,
     read_weights,
+    skip_weight_init,
     write_json,
     write_safetensors,
 )
@@ -133,7 +134,8 @@ def load_smolvlm(directory: str | Path) -> GenerativeVLM:
     directory = Path(directory)
     config_path = directory / "config.json"
     hf_config = read_json_object(config_path)
-    model = build_smolvlm(hf_config, str(config_path))
+    with skip_weight_init():  # every weight comes from the file
+        model = build_smolvlm(hf_config, str(config_path))
     weights = find_weights(directory, HF_WEIGHT_FILES)
     state = read_weights(weights)
     load_into(model, smolvlm_state_dict(state, model), str(weights))
