@@ -1,19 +1,25 @@
 """`vlkit serve`: the web app (zero-shot, image search, VQA / captions) on one machine.
 
     vlkit serve [--model PATH] [--index DIR] [--vlm RUN_OR_SMOLVLM_DIR] [--host H] [--port N]
-                [--max-upload-mb MB] [--max-megapixels MP] [--max-concurrent N] [--max-queue N]
-                [--max-prompts N] [--allowed-host NAME]... [--auth-token TOKEN]
+                [--onnx-variant fp32|int8|q4] [--max-upload-mb MB] [--max-megapixels MP]
+                [--max-concurrent N] [--max-queue N] [--max-prompts N] [--allowed-host NAME]...
+                [--auth-token TOKEN]
 
 The app is `vlkit.serve.create_app`; fastapi and uvicorn are the optional `serve` extra. The
 limits are `vlkit.serve.ServeLimits` (see serve/limits.py for what each one prevents).
+`--onnx-variant` picks which files of an ONNX export (`vlkit export --format onnx`) `--vlm` runs,
+as in `vlkit generate`; it is checked against the export's files before the server starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from vlkit.cli.errors import UsageError
+from vlkit.inference.onnx_vlm import ONNX_VARIANTS, onnx_vlm_files
+from vlkit.inference.onnx_vlm_pipeline import OnnxVLMPipeline
 
 __all__ = ["add_serve_parser", "serve_command"]
 
@@ -29,6 +35,8 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--templates", default="none", help="template set for text search queries")
+    sv.add_argument("--onnx-variant", choices=list(ONNX_VARIANTS), default=None,
+                    help="which files of an ONNX export --vlm runs (default fp32)")  # fmt: skip
     limits = sv.add_argument_group("limits and safety")
     limits.add_argument("--max-upload-mb", type=float, default=32.0,
                         help="largest request body in MB (default 32)")  # fmt: skip
@@ -77,11 +85,29 @@ def serve_limits(args: argparse.Namespace) -> object:
     )
 
 
+def check_onnx_variant(vlm: str | None, variant: str) -> None:
+    """Raises UsageError (naming --onnx-variant) unless `vlm` is an ONNX export with `variant`'s
+    files. Nothing is downloaded: a hub id is fetched without its onnx/ folder, so it is never
+    an export."""
+    hint = OnnxVLMPipeline.directory_hint
+    if vlm is None:
+        raise UsageError(f"--onnx-variant needs --vlm: {hint}")
+    directory = Path(vlm).expanduser()
+    if not OnnxVLMPipeline.accepts(directory):
+        raise UsageError(f"--onnx-variant needs --vlm to be {hint}; {vlm} is not one")
+    try:
+        onnx_vlm_files(directory, variant)
+    except FileNotFoundError as error:  # names the variants this export has
+        raise UsageError(f"--onnx-variant {variant}: {error}") from None
+
+
 def serve_command(args: argparse.Namespace) -> None:
     """Runs `vlkit serve` until interrupted."""
     limits = serve_limits(args)  # bad flags fail before any model is loaded
+    if args.onnx_variant is not None:
+        check_onnx_variant(args.vlm, args.onnx_variant)
     # fastapi/uvicorn are the optional `serve` extra: import them only for this command.
     from vlkit.serve import run_server
 
     run_server(args.model, args.index, args.host, args.port, args.templates,
-               vlm_path=args.vlm, limits=limits)  # fmt: skip
+               vlm_path=args.vlm, limits=limits, onnx_variant=args.onnx_variant)  # fmt: skip

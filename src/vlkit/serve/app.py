@@ -4,6 +4,7 @@ CLIP model, and questions / captions about an image with a generative VLM (serve
     GET  /                     the page (vlkit/assets/serve/index.html): the available panels
     GET  /api/info             "features" (zeroshot, search, generate), the CLIP model's name,
                                its embedding size, the index size, the template sets, the VLM
+                               (kind, name, limits; an ONNX export's "onnx_variant")
     POST /api/zeroshot         multipart: image file, labels ("a cat, a dog"), templates -> ranking
     POST /api/search           JSON {"text": "...", "k": 8} -> hits (text -> image search)
     POST /api/search/image     multipart: image file, k -> hits (image -> image search)
@@ -91,6 +92,7 @@ def create_app(
     search_templates: str = "none",
     vlm_path: str | None = None,
     limits: ServeLimits | None = None,
+    onnx_variant: str | None = None,
 ) -> FastAPI:
     """Builds the app around a CLIP-like checkpoint (and, optionally, an image index), a
     generative VLM, or both.
@@ -100,9 +102,12 @@ def create_app(
         index_dir: A directory written by `vlkit index` / `EmbeddingIndex.save`. Its images must
             have been embedded by the same model (the embedding sizes are checked).
         search_templates: Template set for text queries ("none" searches with the text as is).
-        vlm_path: A `vlkit train-vlm` run directory or a SmolVLM / Idefics3 directory, or None.
+        vlm_path: A `vlkit train-vlm` run directory, a SmolVLM / Idefics3 directory or an ONNX
+            export of one, or None.
         limits: Upload, pixel, concurrency and prompt limits, allowed hosts and token (default:
             `ServeLimits()`, which allows only loopback host names).
+        onnx_variant: Which files of the ONNX export `vlm_path` run ("fp32", "int8", "q4";
+            `load_served_vlm`); None: fp32.
 
     Raises:
         CheckpointError, ValueError, FileNotFoundError: Bad model, index or VLM, or neither a
@@ -112,10 +117,12 @@ def create_app(
         raise ValueError("nothing to serve: give a CLIP model (--model), a VLM (--vlm) or both")
     if model_path is None and index_dir is not None:
         raise ValueError("an image index needs the CLIP model that embedded it: add --model")
+    if onnx_variant is not None and vlm_path is None:
+        raise ValueError(f"onnx_variant={onnx_variant!r} needs vlm_path: a VLM ONNX export")
     limits = limits or ServeLimits()
     vlm = None
     if vlm_path is not None:
-        vlm = load_served_vlm(vlm_path)
+        vlm = load_served_vlm(vlm_path, onnx_variant)
     if model_path is None:
         return _build_app(None, None, None, search_templates, vlm, limits)
     model, tokenizer, transform = load_clip(model_path)
@@ -361,8 +368,10 @@ def run_server(
     vlm_path: str | None = None,
     limits: ServeLimits | None = None,
     warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    onnx_variant: str | None = None,
 ) -> None:
-    """Serves the app with uvicorn until interrupted (loopback only unless `host` says else).
+    """Serves the app with uvicorn until interrupted (loopback only unless `host` says else);
+    the models are `create_app`'s arguments (`onnx_variant`: the files of an ONNX export VLM).
 
     Binding a non-loopback address prints a warning: anyone who can reach the address can
     classify, search and read the indexed images, or, with `limits.auth_token`, anyone who has
@@ -376,7 +385,7 @@ def run_server(
     limits = serving_limits(host, limits or ServeLimits())
     sock = bind_socket(host, port)  # before loading models: a busy port fails at once
     try:
-        app = create_app(model_path, index_dir, search_templates, vlm_path, limits)
+        app = create_app(model_path, index_dir, search_templates, vlm_path, limits, onnx_variant)
     except BaseException:
         sock.close()
         raise

@@ -1,6 +1,7 @@
 """Generative VLMs for the web app: the HTTP-facing limits and streaming around a `VLMPipeline`.
 
-`load_served_vlm(path)` loads a `vlkit train-vlm` fusion run or a SmolVLM directory once (through
+`load_served_vlm(path, onnx_variant)` loads a `vlkit train-vlm` fusion run, a SmolVLM directory
+or an ONNX export (`onnx_variant` picks its fp32 / int8 / q4 files) once (through
 `vlkit.inference.load_vlm`, the one generative path the CLI uses too); `VLM.answer(images,
 prompt, max_new_tokens)` checks the request against the server's limits, decodes greedily
 (deterministic) and returns the text, the prompt's words outside a fusion run's vocabulary and
@@ -121,14 +122,20 @@ class VLM:
         )
 
 
-def load_served_vlm(path: str) -> VLM:
+def load_served_vlm(path: str, onnx_variant: str | None = None) -> VLM:
     """A fusion run (`vlm_config.json`) or a SmolVLM / Idefics3 directory, loaded for answering;
-    a SmolVLM ONNX export runs its fp32 files with onnxruntime (`inference/onnx_vlm_pipeline.py`).
+    a SmolVLM / LLaVA ONNX export runs with onnxruntime (`inference/onnx_vlm_pipeline.py`).
+
+    Args:
+        path: The model directory (or hub id), as `vlkit.inference.load_vlm` takes it.
+        onnx_variant: Which files of an ONNX export run ("fp32", "int8", "q4"); None: fp32.
+            `VLM.info()` reports it as "onnx_variant".
 
     Raises:
-        FileNotFoundError, ValueError, CheckpointError: Not a VLM directory, named in one line.
+        FileNotFoundError, ValueError, CheckpointError: Not a VLM directory, an `onnx_variant`
+            for a model that is not an ONNX export, or a variant the export lacks, in one line.
     """
-    return VLM(load_vlm(path), str(path))
+    return VLM(load_vlm(path, onnx_variant=onnx_variant), str(path))
 
 
 class _Cancelled(Exception):
