@@ -13,6 +13,11 @@ left-padded batch and runs the model's `generate` once:
 * Pixels: SmolVLM / Idefics3 take (B, N, 3, H, W) with all-zero padding images for rows with
   fewer views (transformers' convention, `models/smolvlm.py` drops them) and a
   `pixel_attention_mask`; LLaVA takes the images of all rows flattened in order, (N, 3, H, W).
+* ONNX exports (`OnnxVLMPipeline`, `OnnxLlavaPipeline`) build the batch as the torch pipeline of
+  their input builder (SmolVLM, LLaVA) and run `OnnxVLM.generate` once on it: it follows the
+  same padding, position and per-row stop rules (tests/test_onnx_batch_generation.py).
+* A row's answer is its ids up to and including its first stop token, as `pipeline.generate`
+  returns them for the row alone (a finished row is then filled with the pad token).
 
 Kinds without those conventions (`vlkit train-vlm` runs, BLIP-2, composed models) are answered
 one request at a time through `pipeline.generate`: same results, no batching.
@@ -26,6 +31,7 @@ from typing import Any
 import torch
 
 from vlkit.inference.llava_pipeline import LlavaPipeline
+from vlkit.inference.onnx_vlm_pipeline import OnnxLlavaPipeline, OnnxPipelineMixin, OnnxVLMPipeline
 from vlkit.inference.smolvlm_pipeline import SmolVLMPipeline
 from vlkit.inference.vlm_pipeline import VLMInputs, VLMPipeline
 
@@ -41,7 +47,7 @@ def batchable(pipeline: VLMPipeline) -> bool:
     Exact types: `ComposedPipeline` subclasses `LlavaPipeline` but lays its pixels out
     differently (one tensor per prompt), so it takes the one-by-one path.
     """
-    return type(pipeline) in (SmolVLMPipeline, LlavaPipeline)
+    return type(pipeline) in (SmolVLMPipeline, LlavaPipeline, OnnxVLMPipeline, OnnxLlavaPipeline)
 
 
 def _stop_ids(pipeline: VLMPipeline) -> set[int]:
@@ -49,10 +55,11 @@ def _stop_ids(pipeline: VLMPipeline) -> set[int]:
 
 
 def _cut(ids: list[int], stops: set[int]) -> list[int]:
-    """The ids before the first stop token (the pipeline's `decode` drops it anyway)."""
+    """The ids up to and including the first stop token: what `pipeline.generate` returns for
+    the row alone (the later ids are the pad filler of a finished row)."""
     for n, token in enumerate(ids):
         if token in stops:
-            return ids[:n]
+            return ids[: n + 1]
     return ids
 
 
@@ -109,6 +116,23 @@ def _batch_inputs(pipeline: VLMPipeline, prepared: list[VLMInputs]) -> VLMInputs
     return VLMInputs(ids, model_inputs)
 
 
+def _new_tokens(
+    pipeline: VLMPipeline, batch: VLMInputs, max_new_tokens: int, **generate_options: Any
+) -> list[list[int]]:
+    """Each row's new ids (finished rows padded) from one `generate` call on the whole batch."""
+    if isinstance(pipeline, OnnxPipelineMixin):  # onnxruntime's generation, numpy arrays
+        sequences = pipeline.generate_sequences(batch, max_new_tokens, **generate_options)
+        return sequences[:, batch.input_ids.shape[1] :].tolist()
+    sequences = pipeline.model.generate(
+        batch.input_ids,
+        **batch.model_inputs,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=pipeline.eos_token_id,
+        **generate_options,
+    )  # (B, P + N)
+    return sequences[:, batch.input_ids.shape[1] :].tolist()
+
+
 @torch.no_grad()
 def generate_batch(
     pipeline: VLMPipeline,
@@ -149,13 +173,6 @@ def generate_batch(
         ]
     batch = _batch_inputs(pipeline, prepared)
     generate_options.setdefault("pad_token_id", _pad_id(pipeline))
-    sequences = pipeline.model.generate(
-        batch.input_ids,
-        **batch.model_inputs,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=pipeline.eos_token_id,
-        **generate_options,
-    )  # (B, P + N)
+    rows = _new_tokens(pipeline, batch, max_new_tokens, **generate_options)
     stops = _stop_ids(pipeline)
-    prompt_length = batch.input_ids.shape[1]
-    return [pipeline.decode(_cut(row[prompt_length:].tolist(), stops)) for row in sequences]
+    return [pipeline.decode(_cut(row, stops)) for row in rows]

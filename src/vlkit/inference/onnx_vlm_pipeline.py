@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from vlkit.hub.hf_llava_config import is_llava_directory
@@ -92,6 +93,18 @@ class OnnxPipelineMixin:
         """New token ids of the answer, as `VLMPipeline.generate`; `generate_options` are
         `sampling_options(...)`'s (its torch generator gives the numpy generator its seed),
         `top_k` and `pad_token_id`."""
+        sequences = self.generate_sequences(inputs, max_new_tokens, streamer, **generate_options)
+        return sequences[0, inputs.input_ids.shape[1] :].tolist()
+
+    def generate_sequences(
+        self,
+        inputs: VLMInputs,
+        max_new_tokens: int = 64,
+        streamer: Callable[[Any], None] | None = None,
+        **generate_options: Any,
+    ) -> np.ndarray:
+        """(B, P + N) prompt and new ids of every row of a (left-padded) batch, finished rows
+        filled with `pad_token_id` (`vlkit.inference.batch_generation`); options as `generate`."""
         options = dict(generate_options)
         generator = options.pop("generator", None)
         sampling = Sampling(
@@ -105,7 +118,7 @@ class OnnxPipelineMixin:
         if options:
             raise ValueError(f"options an ONNX export does not take: {', '.join(sorted(options))}")
         model_inputs = inputs.model_inputs
-        sequence = self.onnx.generate(
+        return self.onnx.generate(
             inputs.input_ids,
             model_inputs.get("attention_mask"),
             model_inputs.get("pixel_values"),
@@ -115,8 +128,7 @@ class OnnxPipelineMixin:
             eos_token_id=self.eos_token_id,
             pad_token_id=pad_token_id,
             streamer=streamer,
-        )  # (1, P + N)
-        return sequence[0, inputs.input_ids.shape[1] :].tolist()
+        )  # (B, P + N)
 
 
 class OnnxVLMPipeline(OnnxPipelineMixin, SmolVLMPipeline):
