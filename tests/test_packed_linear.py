@@ -214,3 +214,71 @@ def test_benchmark_packs_the_model_unless_asked_not_to(tmp_path):
     assert not any(isinstance(m, PackedLinear) for m in plain.modules())
     packed, _, _ = _Model(str(tmp_path / "m"), cpu, packed_linear=True).get()
     assert any(isinstance(m, PackedLinear) for m in packed.modules()) == packed_linear_available()
+
+
+@needs_onednn
+def test_packing_without_the_original_weights():
+    torch.manual_seed(0)
+    model = _perturbed(create_model("tiny"))
+    lean = copy.deepcopy(model)
+    count = pack_linear_layers(lean, keep_weights=False)
+    linear_params = sum(p.numel() for m in model.modules() if type(m) is nn.Linear
+                        for p in m.parameters())  # fmt: skip
+    kept = sum(p.numel() for p in lean.parameters())
+    assert count > 0 and kept == sum(p.numel() for p in model.parameters()) - linear_params
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            lean.encode_image(images), model.encode_image(images), rtol=1e-5, atol=1e-6
+        )
+    with pytest.raises(RuntimeError, match="keep_weights=False"):
+        lean.state_dict()
+
+
+@needs_onednn
+def test_packed_model_refuses_what_it_cannot_do():
+    import pickle
+
+    model = create_model("tiny").eval()
+    state = model.state_dict()
+    pack_linear_layers(model)
+    for attempt in (
+        lambda: copy.deepcopy(model),
+        lambda: model.to(torch.bfloat16),
+        lambda: model.cpu(),
+        lambda: model.load_state_dict(state),
+        lambda: pickle.dumps(model),
+    ):
+        with pytest.raises(RuntimeError, match="before `pack_linear_layers`"):
+            attempt()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="fp32 inputs without autocast"):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                model.encode_image(images)
+        layer = next(m for m in model.modules() if isinstance(m, PackedLinear))
+        with pytest.raises(RuntimeError, match="fp32 inputs"):
+            layer(torch.randn(2, layer.in_features, dtype=torch.bfloat16))
+
+
+def test_hooks_on_the_tower_see_the_full_forward():
+    tower = _vit()
+    images = torch.randn(2, 3, 48, 48)
+    seen = []
+    handle = tower.register_forward_hook(lambda _, __, out: seen.append(out.tokens.shape))
+    with torch.no_grad():
+        pooled = tower.pooled_features(images)
+    handle.remove()
+    assert seen == [(2, 10, 32)]  # CLS + 9 patches: the whole forward ran
+    last = tower.transformer.blocks[-1]
+    handle = last.register_forward_hook(lambda _, __, out: seen.append(out[0].shape))
+    with torch.no_grad():
+        assert torch.equal(tower.pooled_features(images), pooled)
+    handle.remove()
+    assert seen[-1] == (2, 10, 32)
+
+
+def test_forward_prefix_needs_a_block():
+    stack = Transformer(32, 0, 4, 64, "gelu", 1e-5).eval()
+    with pytest.raises(ValueError, match="at least one block"):
+        stack.forward_prefix(torch.randn(1, 3, 32), 1)

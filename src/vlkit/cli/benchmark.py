@@ -47,7 +47,7 @@ def add_benchmark_parser(commands: argparse._SubParsersAction) -> None:
                        help="autocast as clip_benchmark does by default (bf16 CPU, fp16 CUDA)")  # fmt: skip
     bench.add_argument("--plain-linear", action="store_true",
                        help="fp32 on CPU: PyTorch's own linear kernels instead of oneDNN's "
-                            "pre-packed ones (bitwise the model's forward; ~20%% slower)")  # fmt: skip
+                            "pre-packed ones (bitwise what encode_image gives; ~20%% slower)")  # fmt: skip
     bench.add_argument("--recall-k", default="1,5,10", help="K of retrieval recall@K")
     bench.add_argument("--seed", type=int, default=0, help="linear-probe seed")
     bench.add_argument("--val-proportion", type=float, default=None,

@@ -120,6 +120,8 @@ class Transformer(nn.Module):
         the last block computes those rows only (for a CLS-pooled ViT, 1 of 50-577 rows: about
         3/4 of that block's work saved). Equal to the full forward's rows up to float
         reassociation in the smaller matrix products."""
+        if len(self.blocks) == 0:
+            raise ValueError("forward_prefix needs at least one block")
         *blocks, last = self.blocks
         for block in blocks:
             x, _ = block(x)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module
 
 from vlkit.layers import AttentionPoolingHead, Transformer
 from vlkit.models.outputs import VisionOutput
@@ -150,12 +151,27 @@ class VisionTransformer(nn.Module):
         """`forward(images, ...).pooled` (B, D) alone. A CLS-pooled tower in eval mode runs its
         last block for the CLS token only (`Transformer.forward_prefix`): about 6% less compute
         for a 12-block ViT, equal to the full forward up to float reassociation in the smaller
-        matrix products. Use `forward` when the per-token features are needed.
+        matrix products. Use `forward` when the per-token features are needed. A forward hook
+        on the tower or on its last block (feature extraction, visualisation) gets the full
+        forward it expects: with one, this calls `forward`.
         """
-        if self.attention_pool is not None or self.training or self.config.layers == 0:
+        if (
+            self.attention_pool is not None
+            or self.training
+            or self.config.layers == 0
+            or self._hooked()
+        ):
             return self(images, interpolate_pos_encoding=interpolate_pos_encoding).pooled
         x = self._embed(images, interpolate_pos_encoding)
         return self.norm_post(self.transformer.forward_prefix(x, 1))[:, 0]
+
+    def _hooked(self) -> bool:
+        """Whether forward hooks watch the tower or its last block (`forward_prefix` bypasses
+        both modules' `__call__`, so their hooks would not fire)."""
+        last = self.transformer.blocks[-1]
+        return any(
+            module._forward_hooks or module._forward_pre_hooks for module in (self, last)
+        ) or bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
 
     def _embed(self, images: torch.Tensor, interpolate_pos_encoding: bool | None) -> torch.Tensor:
         """Images (B, C, H, W) -> the first block's input (B, N, D): patches, CLS, positions."""

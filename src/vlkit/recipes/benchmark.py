@@ -137,7 +137,8 @@ class _Model:
             model, tokenizer, transform = load_clip(self.name)
             model = model.to(self.device).eval()
             if self.packed_linear and self.device.type == "cpu":
-                pack_linear_layers(model)  # a no-op where oneDNN's kernels are not available
+                # Evaluated only: the original weights are freed (no second copy in memory).
+                pack_linear_layers(model, keep_weights=False)  # a no-op without oneDNN kernels
             self.loaded = (model, tokenizer, transform)
         return self.loaded
 

@@ -121,7 +121,11 @@ def zeroshot_task(
     classnames, templates = list(dataset.classes), list(dataset.templates)
     # Workers start decoding the first batches now, while the prompts are encoded.
     batches = iter(_loader(dataset, transform, batch_size, workers))
-    weights = class_weights(model, tokenizer, classnames, templates, device, amp)
+    try:
+        weights = class_weights(model, tokenizer, classnames, templates, device, amp)
+    except BaseException:
+        del batches  # its workers stop now, not when the traceback is collected
+        raise
     logits, labels = [], []
     for images, target in _progress(batches, len(dataset), "zero-shot", progress):
         with torch.autocast(device.type, enabled=amp):
