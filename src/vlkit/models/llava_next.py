@@ -209,11 +209,14 @@ class AnyResLlavaVLM(SplicingVLM):
         labels: torch.Tensor | None = None,
         *,
         image_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        num_items_in_batch: float | None = None,
         **kwargs: Any,
     ) -> VLMOutput:
-        """`GenerativeVLM.forward` with `image_sizes` (N, 2), required with `pixel_values`."""
+        """`GenerativeVLM.forward` with `image_sizes` (N, 2), required with `pixel_values`.
+        (`num_items_in_batch` is named so that the SFT loss sees this forward computes it.)"""
         with _image_sizes(image_sizes):
-            return super().forward(input_ids, pixel_values, attention_mask, labels, **kwargs)
+            return super().forward(input_ids, pixel_values, attention_mask, labels,
+                                   num_items_in_batch=num_items_in_batch, **kwargs)  # fmt: skip
 
     @torch.no_grad()
     def generate(

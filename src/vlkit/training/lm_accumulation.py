@@ -17,6 +17,11 @@ sum over rows, so each micro-batch runs forward and backward exactly once and dr
 draws its masks from the RNG as any training forward does. (No RNG replay is needed; the masks
 differ from those of one full-batch forward only as two full-batch forwards' masks differ.)
 
+Images concatenated across rows (LLaVA's `(images, 3, H, W)`, LLaVA-NeXT's `(images, V, 3, S, S)`
+tiles with `image_sizes` `(images, 2)`: transformers' layouts) are not one entry per row; the
+batch then says how many each row holds (`images_per_row`, `collate_sft`) and each micro-batch of
+rows takes its rows' images (`IMAGE_INDEXED_KEYS`).
+
 Each micro-batch drops its trailing columns that are padding for every row in it (attention mask
 0, no target, no `<image>` placeholder). Under causal attention no kept position attends to a
 later one, so the kept logits are unchanged; with left padding there are no such columns and
@@ -36,6 +41,7 @@ from torch import nn
 from vlkit.losses.next_token import IGNORE_INDEX
 
 __all__ = [
+    "IMAGE_INDEXED_KEYS",
     "MODEL_INPUT_KEYS",
     "accumulated_lm_backward",
     "model_inputs",
@@ -43,7 +49,11 @@ __all__ = [
 ]
 
 # The SFT batch keys a generative model may take (transformers' names; vlkit's VLMs use the same).
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "pixel_attention_mask")
+MODEL_INPUT_KEYS = (
+    "input_ids", "attention_mask", "pixel_values", "pixel_attention_mask", "image_sizes"
+)  # fmt: skip
+# Inputs indexed by image rather than by row when the batch has `images_per_row` (B,).
+IMAGE_INDEXED_KEYS = ("pixel_values", "image_sizes")
 
 
 def supervised_tokens(labels: torch.Tensor) -> int:
@@ -78,16 +88,25 @@ def _micro_batch(
     labels: torch.Tensor,
     rows: slice,
     image_token_id: int | None,
+    image_bounds: list[int] | None = None,
 ) -> tuple[dict[str, Any], torch.Tensor]:
-    """Rows `rows` of every input, then the shared trailing padding columns trimmed."""
+    """Rows `rows` of every input, then the shared trailing padding columns trimmed. With
+    `image_bounds` (row r's images are `[bounds[r], bounds[r + 1])`), the image-indexed inputs
+    take those rows' images; rows without any give a text-only forward."""
     batch = labels.shape[0]
     part: dict[str, Any] = {}
     for key, value in inputs.items():
+        if image_bounds is not None and key in IMAGE_INDEXED_KEYS:
+            first, last = image_bounds[rows.start], image_bounds[min(rows.stop, batch)]
+            if last > first:
+                part[key] = value[first:last]
+            continue
         if not torch.is_tensor(value) or value.shape[0] != batch:
             raise ValueError(
                 f"batch[{key!r}] has shape {tuple(getattr(value, 'shape', ()))}, not one entry per "
                 f"row of the {batch}-row batch, so it cannot be split into micro-batches "
-                "(give per-row pixel_values (B, images, C, H, W), or no micro_batch_size)"
+                "(give per-row pixel_values (B, images, C, H, W) or images_per_row, or no "
+                "micro_batch_size)"
             )
         part[key] = value[rows]
     part_labels = labels[rows]
@@ -125,8 +144,9 @@ def accumulated_lm_backward(
         model: A causal (V)LM whose forward takes some of `MODEL_INPUT_KEYS` and returns an object
             with `.logits` (B, L, V): vlkit's generative models, or transformers' own.
         batch: `input_ids` and `labels` (B, L) (-100 = not a target), optional `attention_mask`
-            (B, L), `pixel_values` (B, images, C, H, W) and `pixel_attention_mask`; other keys
-            are ignored. Padding may be on either side; only right padding is trimmed.
+            (B, L), `pixel_values` (B, images, C, H, W) and `pixel_attention_mask`, or images
+            concatenated across rows (`pixel_values` (images, ...), `image_sizes`) with
+            `images_per_row` (B,); other keys are ignored. Padding may be on either side; only right padding is trimmed.
         micro_batch_size: Rows per forward/backward; None (or >= B): the whole batch at once.
             Peak activation memory follows it; the gradient does not depend on it.
         backward_fn: Runs backward on each micro-batch's share of the loss (the trainer's, through
@@ -163,10 +183,12 @@ def accumulated_lm_backward(
     # all logits and the targets are picked here.
     inner = getattr(model, "module", model)
     own_loss = "num_items_in_batch" in inspect.signature(inner.forward).parameters
+    per_row = batch.get("images_per_row")
+    bounds = None if per_row is None else [0, *torch.cumsum(per_row, 0).tolist()]
     total: torch.Tensor | None = None
     for start in range(0, rows, micro_batch_size):
         part, part_labels = _micro_batch(
-            inputs, labels, slice(start, start + micro_batch_size), image_token_id
+            inputs, labels, slice(start, start + micro_batch_size), image_token_id, bounds
         )
         # 0 / 0 is NaN like the mean of no targets; a rank without targets contributes 0 / N.
         if own_loss:

@@ -41,7 +41,9 @@ class SFTTask:
 
     The batch (`vlkit.data.datasets.sft.collate_sft`): `input_ids`, `attention_mask`, `labels`
     (B, L), `pixel_values` (B, images, C, H, W) (absent for text-only data), optional
-    `pixel_attention_mask`; the model is called with the keys its forward names.
+    `pixel_attention_mask`; or images concatenated across rows (`pixel_values` (images, ...),
+    LLaVA-NeXT's `image_sizes` (images, 2)) with `images_per_row` (B,), each micro-batch taking
+    its rows' images (`lm_accumulation`). The model is called with the keys its forward names.
 
     Args:
         micro_batch_size: Rows per forward/backward (None: the process's whole batch at once);

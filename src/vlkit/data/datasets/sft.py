@@ -3,7 +3,8 @@
 Each row (`conversation_formats`' canonical shape) is rendered with the *processor's* chat
 template, its images are preprocessed and every image placeholder expanded exactly as the
 processor's `__call__` does (`SmolVLMProcessor`: tile blocks; `LlavaProcessor` and the composed
-`FixedCountProcessor`: N `<image>` tokens), and the expanded text is tokenised once, so
+`FixedCountProcessor`: N `<image>` tokens; `AnyResProcessor` (LLaVA-NeXT): each image's own
+count, with its tiles and `image_sizes`), and the expanded text is tokenised once, so
 `input_ids` equal `processor(text=render, images=row_images)["input_ids"]`.
 
 Labels: the tokens of each assistant turn plus its end-of-turn token (`<end_of_utterance>` for
@@ -84,13 +85,15 @@ class SFTDataset(Dataset):
 
     Items: `{"input_ids" (L,), "labels" (L,), "attention_mask" (L,), "index"}` plus, for a row
     with images, `"pixel_values"` (`SmolVLMProcessor`: `(N, 3, H, W)` views with
-    `"pixel_attention_mask"` `(N, H, W)`; `LlavaProcessor`: `(images, 3, H, W)`), or
-    `{"skipped": reason, "index"}`. Batch them with `dataset.collate` (`collate_sft`).
+    `"pixel_attention_mask"` `(N, H, W)`; `LlavaProcessor`: `(images, 3, H, W)`;
+    `AnyResProcessor`: `(images, V, 3, S, S)` tiles, zero views after each image's own, with
+    `"image_sizes"` `(images, 2)`), or `{"skipped": reason, "index"}`. Batch them with
+    `dataset.collate` (`collate_sft`).
 
     Args:
         rows: Canonical rows, a `ConversationData`, or a data path (`read_conversations`).
-        processor: A `SmolVLMProcessor` or `LlavaProcessor` (incl. `FixedCountProcessor`), as
-            `vlkit.get_processor(model_dir)` returns.
+        processor: A `SmolVLMProcessor` or `LlavaProcessor` (incl. `FixedCountProcessor` and
+            `AnyResProcessor`), as `vlkit.get_processor(model_dir)` returns.
         max_length: Longest row in tokens (images included); longer rows are skipped. None:
             no limit.
         strict: Raise on a bad row instead of skipping it.
@@ -205,9 +208,9 @@ class SFTDataset(Dataset):
                 "pixel_values": out["pixel_values"][0],  # (N, 3, H, W)
                 "pixel_attention_mask": out["pixel_attention_mask"][0],  # (N, H, W)
             }, texts
-        pixel_values = processor.transform.to_batch(images)  # (images, 3, H, W)
-        count = processor.num_image_tokens(*pixel_values.shape[-2:])
-        return {"pixel_values": pixel_values}, [processor.image_token * count] * len(images)
+        # LLaVA: (images, 3, H, W) and one count; anyres: tiles, image_sizes and a count each.
+        pixels, counts = processor.image_inputs(images)
+        return pixels, [processor.image_token * count for count in counts]
 
     # ---------------------------------------------------------------------------------------
     # Items
@@ -289,12 +292,17 @@ def collate_sft(
     Text is padded to the longest row (`pad_token_id`, attention 0, labels -100). SmolVLM pixel
     views are zero-padded to the batch's most views, height and width, with
     `pixel_attention_mask` 0 there, as transformers' Idefics3 / SmolVLM image processor pads a
-    batch; LLaVA images are concatenated `(total images, 3, H, W)`, as its processor returns.
+    batch; LLaVA images are concatenated `(total images, 3, H, W)`, as its processor returns;
+    LLaVA-NeXT (anyres) tiles are concatenated image after image into `(total images, most
+    views, 3, S, S)`, zero views after each image's own, with `"image_sizes"` `(total images,
+    2)`, as transformers' `LlavaNextProcessor` batches them.
 
     Returns:
         `{"input_ids", "attention_mask", "labels"}` `(B, L)`, `"pixel_values"` (and
-        `"pixel_attention_mask"`) when any row has images, `"images"` (= `input_ids`: the
-        Trainer counts rows with it), `"index"` list and `"skipped"` reasons.
+        `"pixel_attention_mask"` or `"image_sizes"`) when any row has images, then for
+        images concatenated across rows `"images_per_row"` `(B,)` (which images a micro-batch
+        of rows takes: `SFTTask`), `"images"` (= `input_ids`: the Trainer counts rows with
+        it), `"index"` list and `"skipped"` reasons.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side={padding_side!r}: 'left' or 'right'")
@@ -316,7 +324,7 @@ def collate_sft(
     if any("pixel_attention_mask" in s for s in with_pixels):
         batch.update(_pad_views(items))
     elif with_pixels:
-        batch["pixel_values"] = torch.cat([s["pixel_values"] for s in with_pixels])
+        batch.update(_concatenated_images(items))
     batch.update(images=ids, index=[s["index"] for s in items], skipped=skipped)
     return batch
 
@@ -335,3 +343,22 @@ def _pad_views(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         pixel_values[row, :n, :, :h, :w] = s["pixel_values"]
         mask[row, :n, :h, :w] = s["pixel_attention_mask"]
     return {"pixel_values": pixel_values, "pixel_attention_mask": mask}
+
+
+def _concatenated_images(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """LLaVA's (images, 3, H, W), or LLaVA-NeXT's (images, V, 3, S, S) tiles zero-padded to the
+    batch's most views (`image_sizes` tell the model each image's own count), image after
+    image in row order; and (B,) images per row."""
+    images = [s["pixel_values"] for s in items if "pixel_values" in s]
+    per_row = [len(s["pixel_values"]) if "pixel_values" in s else 0 for s in items]
+    out = {"images_per_row": torch.tensor(per_row, dtype=torch.long)}
+    if not any("image_sizes" in s for s in items):
+        return {"pixel_values": torch.cat(images), **out}
+    views = max(v.shape[1] for v in images)
+    pixel_values = images[0].new_zeros(sum(per_row), views, *images[0].shape[2:])
+    start = 0
+    for tiles in images:
+        pixel_values[start : start + len(tiles), : tiles.shape[1]] = tiles
+        start += len(tiles)
+    sizes = torch.cat([s["image_sizes"] for s in items if "pixel_values" in s])
+    return {"pixel_values": pixel_values, "image_sizes": sizes, **out}
