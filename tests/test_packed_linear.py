@@ -253,9 +253,9 @@ def test_packed_model_refuses_what_it_cannot_do():
             attempt()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        with pytest.raises(RuntimeError, match="fp32 inputs without autocast"):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                model.encode_image(images)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+        with pytest.raises(RuntimeError, match="fp32 inputs without autocast"), autocast:
+            model.encode_image(images)
         layer = next(m for m in model.modules() if isinstance(m, PackedLinear))
         with pytest.raises(RuntimeError, match="fp32 inputs"):
             layer(torch.randn(2, layer.in_features, dtype=torch.bfloat16))
