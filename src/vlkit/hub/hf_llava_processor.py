@@ -25,7 +25,13 @@ from vlkit.hub.hf_config_files import read_json_object
 from vlkit.hub.hf_preprocess import preprocess_config_from_hf, preprocess_config_to_hf
 from vlkit.hub.weights import write_json
 
-__all__ = ["read_llava_processor", "save_llava_processor"]
+__all__ = [
+    "read_image_processor_config",
+    "read_llava_processor",
+    "read_tokenizer_json",
+    "save_llava_processor",
+    "tokenizer_settings",
+]
 
 _SPECIAL = ("bos_token", "eos_token", "unk_token", "pad_token")
 _TOO_LONG = 1e29  # transformers' "no limit" model_max_length is int(1e30)
@@ -54,6 +60,44 @@ def _image_token(tokenizer_config: dict[str, Any]) -> str | None:
     return token_content(extra.get("image_token")) if isinstance(extra, dict) else None
 
 
+def read_tokenizer_json(root: Path) -> Tokenizer:
+    """The directory's tokenizer.json (a one-line CheckpointError when missing or unreadable)."""
+    if not (root / "tokenizer.json").is_file():
+        raise CheckpointError(f"{root}: no tokenizer.json in this directory")
+    try:
+        return Tokenizer.from_file(str(root / "tokenizer.json"))
+    except Exception as error:  # tokenizers raises a bare Exception on parse errors
+        raise CheckpointError(f"{root / 'tokenizer.json'}: cannot load ({error})") from error
+
+
+def read_image_processor_config(root: Path, processor: dict[str, Any]) -> tuple[dict, Path]:
+    """(the image processor's settings, the file they came from): transformers 5 nests them in
+    processor_config.json (`processor`), older directories have preprocessor_config.json."""
+    image = processor.get("image_processor")
+    if isinstance(image, dict):
+        return image, root / "processor_config.json"
+    source = root / "preprocessor_config.json"
+    return _read_json(source, required=True), source
+
+
+def tokenizer_settings(
+    root: Path, tokenizer_config: dict[str, Any], processor: dict[str, Any]
+) -> dict[str, Any]:
+    """`LlavaProcessor`'s text keyword arguments from the directory: chat template, special
+    tokens, padding and truncation sides, maximum length."""
+    special = {key: token_content(tokenizer_config.get(key)) for key in _SPECIAL}
+    max_length = tokenizer_config.get("model_max_length")
+    return {
+        "chat_template": _chat_template(root, processor),
+        "special_tokens": {key: value for key, value in special.items() if value is not None},
+        "padding_side": tokenizer_config.get("padding_side", "right"),
+        "truncation_side": tokenizer_config.get("truncation_side", "right"),
+        "model_max_length": (
+            int(max_length) if max_length is not None and max_length < _TOO_LONG else None
+        ),
+    }
+
+
 def read_llava_processor(directory: str | Path) -> LlavaProcessor:
     """The `LlavaProcessor` of a transformers LLaVA directory.
 
@@ -68,19 +112,8 @@ def read_llava_processor(directory: str | Path) -> LlavaProcessor:
     root = Path(directory)
     tokenizer_config = _read_json(root / "tokenizer_config.json")
     processor = _read_json(root / "processor_config.json")
-    if not (root / "tokenizer.json").is_file():
-        raise CheckpointError(f"{root}: no tokenizer.json in this directory")
-    try:
-        tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
-    except Exception as error:  # tokenizers raises a bare Exception on parse errors
-        raise CheckpointError(f"{root / 'tokenizer.json'}: cannot load ({error})") from error
-    # transformers 5 nests the image processor in processor_config.json; older directories
-    # have preprocessor_config.json.
-    image = processor.get("image_processor")
-    image_source = root / "processor_config.json"
-    if not isinstance(image, dict):
-        image_source = root / "preprocessor_config.json"
-        image = _read_json(image_source, required=True)
+    tokenizer = read_tokenizer_json(root)
+    image, image_source = read_image_processor_config(root, processor)
     try:
         transform = ImageTransform(preprocess_config_from_hf(image))
     except ValueError as error:
@@ -94,8 +127,6 @@ def read_llava_processor(directory: str | Path) -> LlavaProcessor:
     strategy = processor.get(
         "vision_feature_select_strategy", model.get("vision_feature_select_strategy", "default")
     )
-    special = {key: token_content(tokenizer_config.get(key)) for key in _SPECIAL}
-    max_length = tokenizer_config.get("model_max_length")
     try:
         result = LlavaProcessor(
             tokenizer,
@@ -105,11 +136,7 @@ def read_llava_processor(directory: str | Path) -> LlavaProcessor:
             int(processor.get("num_additional_image_tokens", 0 if processor else default_extra)),
             # transformers: the tokenizer's `image_token` (extra_special_tokens) wins.
             _image_token(tokenizer_config) or processor.get("image_token") or "<image>",
-            _chat_template(root, processor),
-            {key: value for key, value in special.items() if value is not None},
-            tokenizer_config.get("padding_side", "right"),
-            tokenizer_config.get("truncation_side", "right"),
-            int(max_length) if max_length is not None and max_length < _TOO_LONG else None,
+            **tokenizer_settings(root, tokenizer_config, processor),
         )
     except ValueError as error:
         raise CheckpointError(f"{root}: {error}") from error

@@ -9,6 +9,8 @@
   loaded as a `vlkit.models.smolvlm.GenerativeVLM` by `vlkit.hub.hf_smolvlm.load_smolvlm`;
 - a LLaVA directory (`config.json` with model_type llava), loaded as a
   `vlkit.models.llava.LlavaVLM` by `vlkit.hub.hf_llava.load_llava`;
+- a LLaVA-NeXT directory (`config.json` with model_type llava_next), loaded as a
+  `vlkit.models.llava_next.AnyResLlavaVLM` by `vlkit.hub.hf_llava_next.load_llava_next`;
 - a BLIP-2 directory (`config.json` with model_type blip-2; OPT or Llama-family LM), loaded as a
   `vlkit.models.qformer_vlm.QFormerVLM` (or, for `Blip2ForImageTextRetrieval`, a
   `vlkit.hub.hf_blip2.Blip2Retrieval`) by `vlkit.hub.hf_blip2.load_blip2`;
@@ -51,6 +53,11 @@ from vlkit.hub.hf_clip import (
 from vlkit.hub.hf_config_files import config_model_type, read_json_object
 from vlkit.hub.hf_llava import load_llava
 from vlkit.hub.hf_llava_config import LLAVA_MODEL_TYPES, is_llava_directory
+from vlkit.hub.hf_llava_next import (
+    LLAVA_NEXT_MODEL_TYPES,
+    is_llava_next_directory,
+    load_llava_next,
+)
 from vlkit.hub.hf_opt import OPT_MODEL_TYPES, is_opt_directory, load_opt
 from vlkit.hub.hf_preprocess import (
     HF_PREPROCESSOR_CONFIG,
@@ -198,6 +205,7 @@ _HF_FORMATS: tuple[
     ("CLIP/SigLIP", HF_CLIP_MODEL_TYPES, _is_hf_clip_directory, _load_hf),
     ("SmolVLM/Idefics3", SMOLVLM_MODEL_TYPES, is_smolvlm_directory, load_smolvlm),
     ("LLaVA", LLAVA_MODEL_TYPES, is_llava_directory, load_llava),
+    ("LLaVA-NeXT", LLAVA_NEXT_MODEL_TYPES, is_llava_next_directory, load_llava_next),
     ("BLIP-2", BLIP2_MODEL_TYPES, is_blip2_directory, load_blip2),
     ("OPT", OPT_MODEL_TYPES, is_opt_directory, load_opt),
     ("Llama/Qwen2/Qwen3 causal LM", CAUSAL_LM_MODEL_TYPES, is_causal_lm_directory, load_causal_lm),

@@ -1,10 +1,13 @@
-"""A transformers LLaVA directory (`LlavaForConditionalGeneration`) as a `VLMPipeline`.
+"""A transformers LLaVA directory (`LlavaForConditionalGeneration`) as a `VLMPipeline`, and a
+LLaVA-NeXT one (`LlavaNextForConditionalGeneration`) as a `LlavaNextPipeline`.
 
 The directory's `LlavaProcessor` (`vlkit.get_processor`) builds the inputs: one user turn holds
 the images, then the prompt, rendered by the chat template with the assistant prompt added
 (without a chat template: LLaVA-1.5's `USER: <image>\\n... ASSISTANT:` format); each `<image>`
 expands to the tower's tokens. Generation stops at the checkpoint's eos token(s)
-(generation_config.json, then config.json), as transformers' `generate` does.
+(generation_config.json, then config.json), as transformers' `generate` does. LLaVA-NeXT's
+processor (`hf_llava_next.read_llava_next_processor`, an `AnyResProcessor`) tiles each image and
+expands its `<image>` to its own count; `image_sizes` goes to the model with the views.
 """
 
 from __future__ import annotations
@@ -18,10 +21,15 @@ from torch import nn
 from vlkit.data.llava_processor import LlavaProcessor
 from vlkit.hub import from_pretrained
 from vlkit.hub.hf_llava_config import is_llava_directory
+from vlkit.hub.hf_llava_next import (
+    check_llava_next_processor,
+    is_llava_next_directory,
+    read_llava_next_processor,
+)
 from vlkit.hub.hf_llava_processor import read_llava_processor
 from vlkit.inference.vlm_pipeline import VLMInputs, VLMPipeline
 
-__all__ = ["LlavaPipeline"]
+__all__ = ["LlavaNextPipeline", "LlavaPipeline"]
 
 
 class LlavaPipeline(VLMPipeline):
@@ -77,7 +85,33 @@ class LlavaPipeline(VLMPipeline):
         encoded = self.processor(text=text, images=list(images) or None)
         tensors = {k: v.to(self.device) for k, v in encoded.items()}
         model_inputs = {name: tensors.get(name) for name in ("pixel_values", "attention_mask")}
+        if "image_sizes" in tensors:  # an anyres (LLaVA-NeXT) processor's tiles
+            model_inputs["image_sizes"] = tensors["image_sizes"]
         return VLMInputs(tensors["input_ids"], model_inputs)
 
     def decode(self, ids: list[int]) -> str:
         return self.processor.decode(ids, skip_special_tokens=True)
+
+
+class LlavaNextPipeline(LlavaPipeline):
+    """A LLaVA-NeXT `AnyResLlavaVLM` with its `AnyResProcessor`; any number of images, each
+    tiled for its own size. (Its own type: `batch_generation` answers it request by request,
+    as its views differ in count between images.)"""
+
+    description = "LLaVA-NeXT model"
+    directory_hint = "a LLaVA-NeXT directory (config.json, model_type llava_next)"
+
+    @classmethod
+    def accepts(cls, directory: Path) -> bool:
+        return is_llava_next_directory(directory)
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu") -> LlavaNextPipeline:
+        processor = read_llava_next_processor(directory)
+        model = from_pretrained(directory)
+        check_llava_next_processor(model, processor, directory)  # type: ignore[arg-type]
+        return cls(model.to(device).eval(), processor)
+
+    @property
+    def kind(self) -> str:
+        return "llava_next"

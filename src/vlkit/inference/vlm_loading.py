@@ -14,7 +14,7 @@ from vlkit.hub.download import download_checkpoint, is_hub_id
 from vlkit.inference.adapter_directory import adapter_base, merge_adapter
 from vlkit.inference.blip2_pipeline import Blip2Pipeline
 from vlkit.inference.composed_pipeline import ComposedPipeline
-from vlkit.inference.llava_pipeline import LlavaPipeline
+from vlkit.inference.llava_pipeline import LlavaNextPipeline, LlavaPipeline
 from vlkit.inference.onnx_vlm_pipeline import OnnxVLMPipeline
 from vlkit.inference.smolvlm_pipeline import SmolVLMPipeline
 from vlkit.inference.vlm_pipeline import VLMPipeline
@@ -26,6 +26,7 @@ __all__ = ["PIPELINES", "load_vlm", "vlm_directory", "vlm_pipeline_class"]
 # export before SmolVLMPipeline: its config.json is a SmolVLM config too.
 PIPELINES: tuple[type[VLMPipeline], ...] = (
     VLMRun, OnnxVLMPipeline, SmolVLMPipeline, Blip2Pipeline, ComposedPipeline, LlavaPipeline,
+    LlavaNextPipeline,
 )  # fmt: skip
 
 
@@ -73,10 +74,10 @@ def load_vlm(
     """Loads a generative VLM directory (weights only, never code) for answering.
 
     Args:
-        path: A `vlkit train-vlm` run, a SmolVLM / SmolVLM2 / Idefics3, BLIP-2 or LLaVA
-            directory, or a hub id of one (downloaded through `vlm_directory`); or a peft LoRA
-            adapter directory, whose recorded base is loaded with the adapter merged in
-            (`adapter_directory.py`).
+        path: A `vlkit train-vlm` run, a SmolVLM / SmolVLM2 / Idefics3, BLIP-2, LLaVA or
+            LLaVA-NeXT directory, or a hub id of one (downloaded through `vlm_directory`); or a
+            peft LoRA adapter directory, whose recorded base is loaded with the adapter merged
+            in (`adapter_directory.py`).
         device: Where the model runs.
         int8: Dynamic INT8 linear layers (`inference.quantize`; CPU only).
         int4: Weight-only INT4 linear layers (`inference.quantize_int4`; CPU only).
