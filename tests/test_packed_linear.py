@@ -5,9 +5,7 @@ model computes beyond float rounding. Packed layers are compared with the `nn.Li
 replace (bias or not, 2-D / 3-D / non-contiguous inputs, each MLP activation fused), whole packed
 CLIP models with their unpacked copies, and `VisionTransformer.pooled_features` with the full
 forward's pooled token; the refusals (gradients, training mode) and the fall-backs (no oneDNN,
-non-fp32 weights, attention pooling) are checked too. `skip_weight_init` must load models equal,
-bit for bit, to the ones built with their random initialisation first.
-"""
+non-fp32 weights, attention pooling) are checked too."""
 
 from __future__ import annotations
 
@@ -17,8 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from vlkit.hub.loading import from_pretrained, save_pretrained
-from vlkit.hub.weights import skip_weight_init
+from vlkit.hub.loading import save_pretrained
 from vlkit.layers import packed_linear
 from vlkit.layers.mlp import Mlp
 from vlkit.layers.packed_linear import PackedLinear, pack_linear_layers, packed_linear_available
@@ -179,29 +176,6 @@ def test_pooled_features_falls_back_to_forward():
     first = tower.pooled_features(images)
     torch.manual_seed(1)
     assert torch.equal(first, tower(images).pooled)
-
-
-@pytest.mark.parametrize("fmt", ["hf", "vlkit"])
-def test_skip_weight_init_loads_the_same_model(tmp_path, fmt):
-    torch.manual_seed(0)
-    model = _perturbed(create_model("tiny"))
-    save_pretrained(model, tmp_path / "m", format=fmt)
-    loaded = from_pretrained(tmp_path / "m")
-    for key, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value), key
-
-
-def test_skip_weight_init_restores_torch_init():
-    before = {name: getattr(nn.init, name) for name in ("normal_", "kaiming_uniform_", "zeros_")}
-    tensor = torch.full((4,), 3.0)
-    with pytest.raises(KeyError), skip_weight_init():
-        assert nn.init.normal_(tensor) is tensor and torch.equal(tensor, torch.full((4,), 3.0))
-        nn.Linear(4, 4)  # builds without drawing
-        raise KeyError("a failure while building")
-    for name, function in before.items():
-        assert getattr(nn.init, name) is function
-    nn.init.zeros_(tensor)
-    assert torch.equal(tensor, torch.zeros(4))
 
 
 def test_benchmark_packs_the_model_unless_asked_not_to(tmp_path):

@@ -152,7 +152,15 @@ def atomic_write(path: Path, write) -> None:
 def write_safetensors(
     state: dict[str, torch.Tensor], path: Path, metadata: dict | None = None
 ) -> None:
-    tensors = {key: value.detach().contiguous().cpu() for key, value in state.items()}
+    # A tied weight (an LM head sharing the embedding) is written under each of its names:
+    # safetensors refuses tensors that share memory, and a checkpoint is loaded by name.
+    tensors: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for key, value in state.items():
+        tensor = value.detach().contiguous().cpu()
+        storage = tensor.untyped_storage().data_ptr()
+        tensors[key] = tensor.clone() if storage in storages else tensor
+        storages.add(storage)
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 

@@ -132,25 +132,64 @@ class FlamingoVLM(nn.Module):
             keep_frozen_in_eval(self.vision)
         return self
 
-    def encode_media(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, M, C, H, W) or (B, C, H, W) images -> (B, M, K, D) resampled latents."""
+    def encode_media(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Images -> (B, M, K, D) resampled latents (image i of a row at index i).
+
+        `pixel_values` (B, M, C, H, W); or (N, C, H, W): one image per `<image>` marker of
+        `input_ids` in reading order when they number N (transformers' LLaVA layout, as
+        `collate_sft` batches rows of 0, 1 or more images; M is then the most markers of a
+        row, zero latents after a row's own, never read), else one image per row.
+
+        Raises:
+            ValueError: (N, C, H, W) images neither one per marker nor one per row.
+        """
+        per_row = None  # images per row, when the images come one per marker
         if pixel_values.dim() == 4:
-            pixel_values = pixel_values[:, None]
-        b, m = pixel_values.shape[:2]
+            per_row = self._markers_per_row(pixel_values.shape[0], input_ids)
+            if per_row is None:
+                pixel_values = pixel_values[:, None]
+        images = pixel_values.flatten(0, 1) if per_row is None else pixel_values
         dtype = next(self.vision.parameters()).dtype
-        images = pixel_values.flatten(0, 1).to(dtype)
+        images = images.to(dtype)
         # A fully frozen encoder runs outside autograd (no graph, no saved activations).
         grad = torch.is_grad_enabled() and (images.requires_grad or not is_frozen(self.vision))
         with torch.set_grad_enabled(grad):
-            tokens = self.vision(images)  # (B*M, T, Dv)
-        latents = self.perceiver(self.media_projection(tokens))  # (B*M, K, D)
-        return latents.view(b, m, *latents.shape[1:])
+            tokens = self.vision(images)  # (N, T, Dv)
+        latents = self.perceiver(self.media_projection(tokens))  # (N, K, D)
+        if per_row is None:
+            return latents.view(*pixel_values.shape[:2], *latents.shape[1:])
+        # Only the real images are encoded; rows are padded with zero latents after them.
+        slots = torch.arange(max(int(per_row.max()), 1), device=per_row.device)
+        filled = slots[None] < per_row[:, None]  # (B, M)
+        padded = latents.new_zeros(*filled.shape, *latents.shape[1:])  # (B, M, K, D)
+        return padded.masked_scatter(filled[..., None, None], latents)
 
-    def media_cache(self, pixel_values: torch.Tensor | None) -> MediaCache | None:
-        """The images' `MediaCache` (resampled and projected once), or None without images."""
+    def _markers_per_row(self, images: int, input_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """(B,) markers per row when N `images` go one per marker; None for one per row."""
+        if input_ids is None:
+            return None
+        per_row = (input_ids == self.image_token_id).sum(dim=1)  # (B,)
+        if int(per_row.sum()) == images:
+            return per_row
+        if images == input_ids.shape[0]:
+            return None
+        raise ValueError(
+            f"pixel_values holds {images} images for {input_ids.shape[0]} rows with "
+            f"{int(per_row.sum())} <image> markers: give one image per marker, one per row, "
+            "or (B, M, C, H, W)"
+        )
+
+    def media_cache(
+        self, pixel_values: torch.Tensor | None, input_ids: torch.Tensor | None = None
+    ) -> MediaCache | None:
+        """The images' `MediaCache` (resampled and projected once), or None without images;
+        `input_ids` place (N, C, H, W) images as `encode_media` does."""
         if pixel_values is None:
             return None
-        return MediaCache(self.decoder, self.encode_media(pixel_values), self.image_token_id)
+        media = self.encode_media(pixel_values, input_ids)
+        return MediaCache(self.decoder, media, self.image_token_id)
 
     def forward(
         self,
@@ -161,13 +200,15 @@ class FlamingoVLM(nn.Module):
         *,
         position_ids: torch.Tensor | None = None,
         use_cache: bool = False,
+        num_items_in_batch: float | None = None,
     ) -> VLMOutput:
         """Logits (B, L, V) for ids (B, L) with one `<image>` marker per image.
 
         Args:
             input_ids: (B, L).
-            pixel_values: (B, M, C, H, W) or (B, C, H, W); image i of a row belongs to its i-th
-                `<image>` marker (rows with fewer markers never read the extra images). None =
+            pixel_values: (B, M, C, H, W); image i of a row belongs to its i-th `<image>`
+                marker (rows with fewer markers never read the extra images). Or (N, C, H, W):
+                one image per marker in reading order, or one per row (`encode_media`). None =
                 text only (as a row whose tokens all precede its first image).
             attention_mask: (B, L) padding mask, or None.
             labels: (B, L) targets, -100 = not a target; the loss is the shifted next-token
@@ -175,6 +216,8 @@ class FlamingoVLM(nn.Module):
             position_ids: (B, L) RoPE positions; default `arange(L)` (`DecoderLM.forward`).
             use_cache: Also return a `FlamingoKVCache` (with the images' `MediaCache`) that
                 `decoder(input_ids=new_ids, attention_mask=..., cache=cache)` continues.
+            num_items_in_batch: With labels: divide the summed cross-entropy by this instead
+                of the number of targets (transformers' argument, for exact accumulation).
 
         Returns:
             `VLMOutput` with (B, L, V) logits and `loss` (None without labels).
@@ -184,9 +227,11 @@ class FlamingoVLM(nn.Module):
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=use_cache,
-            media=self.media_cache(pixel_values),
+            media=self.media_cache(pixel_values, input_ids),
         )
-        loss = next_token_loss(out.logits, labels) if labels is not None else None
+        loss = None
+        if labels is not None:
+            loss = next_token_loss(out.logits, labels, num_items_in_batch=num_items_in_batch)
         return VLMOutput(out.logits, cache=out.cache, loss=loss)
 
     @torch.no_grad()
@@ -219,7 +264,7 @@ class FlamingoVLM(nn.Module):
         Returns:
             (B, P + N) ids.
         """
-        media = self.media_cache(pixel_values)
+        media = self.media_cache(pixel_values, input_ids)
         if not use_cache:
             return self._generate_without_cache(
                 input_ids, media, attention_mask, max_new_tokens, do_sample, eos_token_id,
