@@ -367,3 +367,35 @@ def test_two_gloo_processes_equal_one_process(tmp_path: Path):
         torch.testing.assert_close(two[name], one[name], rtol=1e-9, atol=1e-11, msg=name)
         moved += not torch.equal(one[name], initial[name])
     assert moved > len(one) // 2  # the steps did train
+
+
+def test_text_rows_that_reach_no_trainable_parameter_add_zero():
+    """LoRA on the vision side only: a micro-batch of text rows has a loss without a graph; it
+    adds 0 to every gradient instead of failing in backward."""
+    from types import SimpleNamespace
+
+    class VisionOnlyTrainable(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(12, 12).requires_grad_(False)
+            self.vision = torch.nn.Linear(4, 12)
+
+        def forward(self, input_ids, pixel_values=None):
+            logits = self.embed(input_ids)  # (b, L, V)
+            if pixel_values is not None:  # one image per row of this micro-batch's image rows
+                logits = logits + self.vision(pixel_values).sum(0)
+            return SimpleNamespace(logits=logits)
+
+    torch.manual_seed(0)
+    model = VisionOnlyTrainable()
+    ids = torch.randint(0, 12, (2, 5))
+    batch = {"input_ids": ids, "labels": ids.clone(), "pixel_values": torch.randn(1, 4),
+             "images_per_row": torch.tensor([1, 0])}  # fmt: skip
+    loss = accumulated_lm_backward(model, batch, micro_batch_size=1)
+    grad = model.vision.weight.grad.clone()
+    model.zero_grad()
+    alone = {k: v[:1] for k, v in batch.items() if k != "images_per_row"}
+    tokens = supervised_tokens(batch["labels"])
+    accumulated_lm_backward(model, alone, None, num_tokens=tokens)
+    torch.testing.assert_close(grad, model.vision.weight.grad)  # row 1 added nothing
+    assert torch.isfinite(loss)

@@ -22,6 +22,10 @@ Runs on CUDA/NCCL and, for tests, on CPU/gloo (checked on torch 2.14: forward, b
 `clip_grad_norm_` over DTensor gradients, AdamW, `torch.distributed.checkpoint`). Without an
 initialised process group there is nothing to shard over: `shard_model` returns the model as is.
 
+Every rank must issue the same collectives: the SFT task runs the same number of micro-batches
+on every rank and the vision path on a blank image where a rank has no images but another has
+(`fsdp_micro_batches.synchronized_micro_batches`).
+
 Limits: a model's root parameters are only gathered when its `forward` (or a method registered
 with `forward_methods`) runs; code that reaches into a sharded layer's submodules directly, or a
 decoder `generate` loop, needs the FSDP unshard/reshard calls of its own (see `gathered`).

@@ -30,8 +30,10 @@ nothing is trimmed. Micro-batches of short rows then cost what their rows need.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -109,6 +111,12 @@ def _micro_batch(
                 "micro_batch_size)"
             )
         part[key] = value[rows]
+    if image_bounds is None and "pixel_values" in part and not part["pixel_values"].any():
+        # Per-row images that are all zero padding: the rows are text only (collate_sft pads a
+        # text row so); a text-only forward, as for a batch without images (the model would
+        # find image features and no `<image>` placeholder for them).
+        for key in ("pixel_values", "pixel_attention_mask"):
+            part.pop(key, None)
     part_labels = labels[rows]
     width = _kept_columns(part, part_labels, image_token_id)
     if width < part_labels.shape[1]:
@@ -137,6 +145,7 @@ def accumulated_lm_backward(
     backward_fn: Callable[[torch.Tensor], None] | None = None,
     *,
     num_tokens: float | None = None,
+    synchronize: Callable[[list[dict[str, Any]]], list[AbstractContextManager]] | None = None,
 ) -> torch.Tensor:
     """Accumulates into `.grad` the gradient of the batch's mean next-token loss, in micro-batches.
 
@@ -154,6 +163,11 @@ def accumulated_lm_backward(
         num_tokens: The denominator N; default this batch's supervised tokens. Data-parallel
             ranks pass (global tokens) / (world size), so that averaging the ranks' gradients
             gives the gradient of the global token mean (`SFTTask`).
+        synchronize: Called with the micro-batches' model inputs before any forward; returns
+            one context per micro-batch to run, entered around its forward and backward.
+            Contexts beyond the micro-batches add padding micro-batches (one token, no target:
+            they add exactly 0). FSDP ranks use it to issue the same collectives
+            (`fsdp_micro_batches.synchronized_micro_batches`).
 
     Returns:
         The loss, detached: (sum of this batch's token cross-entropies) / N, which with the
@@ -185,18 +199,45 @@ def accumulated_lm_backward(
     own_loss = "num_items_in_batch" in inspect.signature(inner.forward).parameters
     per_row = batch.get("images_per_row")
     bounds = None if per_row is None else [0, *torch.cumsum(per_row, 0).tolist()]
+    parts = [
+        _micro_batch(inputs, labels, slice(start, start + micro_batch_size), image_token_id, bounds)
+        for start in range(0, rows, micro_batch_size)
+    ]
+    contexts = (
+        [contextlib.nullcontext()] * len(parts)
+        if synchronize is None
+        else synchronize([part for part, _ in parts])
+    )
+    if len(contexts) > len(parts):
+        parts += [_padding_micro_batch(*parts[0], image_token_id)] * (len(contexts) - len(parts))
     total: torch.Tensor | None = None
-    for start in range(0, rows, micro_batch_size):
-        part, part_labels = _micro_batch(
-            inputs, labels, slice(start, start + micro_batch_size), image_token_id, bounds
-        )
+    for (part, part_labels), context in zip(parts, contexts, strict=True):
         # 0 / 0 is NaN like the mean of no targets; a rank without targets contributes 0 / N.
-        if own_loss:
-            loss = model(**part, labels=part_labels, num_items_in_batch=denominator).loss
-        else:
-            logits = model(**part).logits  # (b, l, V)
-            loss = _summed_loss(logits, part_labels) / denominator
-        backward(loss)
+        with context:
+            if own_loss:
+                loss = model(**part, labels=part_labels, num_items_in_batch=denominator).loss
+            else:
+                logits = model(**part).logits  # (b, l, V)
+                loss = _summed_loss(logits, part_labels) / denominator
+            # Text rows that reach no trainable parameter (adapters only on the vision side)
+            # add exactly 0; under FSDP every rank runs the backward (its collectives).
+            if loss.requires_grad or synchronize is not None:
+                backward(loss)
         share = loss.detach().double()  # float64: micro-batch shares add up without rounding
         total = share if total is None else total + share
     return total.to(loss.dtype)
+
+
+def _padding_micro_batch(
+    inputs: dict[str, Any], labels: torch.Tensor, image_token_id: int | None
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """A one-token, text-only micro-batch without a target: its loss and gradients are exactly
+    0, but it runs the model (and so its collectives) once more. The token is the batch's first
+    (0 if that is `<image>`: a placeholder without an image would reach CogVLM's visual expert)."""
+    ids = inputs["input_ids"][:1, :1].clone()
+    if image_token_id is not None:
+        ids[ids == image_token_id] = 0
+    part = {"input_ids": ids}
+    if "attention_mask" in inputs:
+        part["attention_mask"] = torch.ones_like(inputs["attention_mask"][:1, :1])
+    return part, torch.full_like(labels[:1, :1], IGNORE_INDEX)

@@ -14,17 +14,24 @@ split (`vlkit.training.lm_accumulation`) and the number of data-parallel process
 
 A plain per-process mean averaged over processes would weight a token on a process with few
 targets more than one on a process with many (the same bug as per-micro-batch means).
+
+Under FSDP each forward and backward is collective, so the ranks also agree, before the first
+forward, on how many micro-batches to run and where a rank without images must still run the
+vision path (on a blank image, weighted 0: `fsdp_micro_batches`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from vlkit.training.fsdp import is_sharded
+from vlkit.training.fsdp_micro_batches import synchronized_micro_batches
 from vlkit.training.lm_accumulation import accumulated_lm_backward, supervised_tokens
 
 __all__ = ["SFTTask"]
@@ -77,10 +84,17 @@ class SFTTask:
         if world > 1:
             dist.all_reduce(count, group=self.process_group)
         total = float(count)
+        # FSDP ranks must issue the same collectives whatever their rows (images or not, how
+        # many micro-batches); DDP reduces after the backward (`_fill_missing_gradients`).
+        synchronize = None
+        if world > 1 and is_sharded(model):
+            group = self.process_group
+            synchronize = partial(synchronized_micro_batches, model, group=group)
         # Rank loss = local sum * W / N: the trainer's average over W ranks gives sum / N.
         loss = accumulated_lm_backward(
-            model, batch, self.micro_batch_size, backward, num_tokens=total / world
-        )
+            model, batch, self.micro_batch_size, backward, num_tokens=total / world,
+            synchronize=synchronize,
+        )  # fmt: skip
         if world > 1:
             _fill_missing_gradients(model, self.process_group)
             loss = loss.detach().clone()
