@@ -155,11 +155,33 @@ CASES = {
     "anyres": ("anyres", [(0, False), (1, True)], [(2, True)], 1),
     # The visual expert's parameters: used on rank 0 only.
     "cogvlm": ("cogvlm", [(0, True), (1, True)], [(2, False)], None),
+    # Only the connector trains (LLaVA stage 1): text-only micro-batches reach no trainable
+    # parameter on either rank, and then a padding micro-batch meets an image.
+    "connector_only": ("anyres_connector", [(0, False)], [(1, False), (2, True)], 1),
+    # Only the visual expert trains: the text-only rank's loss reaches no trainable parameter.
+    "expert_only": ("cogvlm_expert", [(0, True)], [(1, False)], None),
 }
+
+
+def _connector_only() -> torch.nn.Module:
+    model = _anyres_model()
+    model.decoder.requires_grad_(False)
+    return model
+
+
+def _expert_only() -> torch.nn.Module:
+    model = _cogvlm_model()
+    for name, param in model.named_parameters():
+        param.requires_grad_("vision_expert" in name)
+    return model
+
+
 MODELS = {
     "smolvlm": (_model, _batch),
     "anyres": (_anyres_model, _concatenated_batch),
     "cogvlm": (_cogvlm_model, partial(_concatenated_batch, anyres=False)),
+    "anyres_connector": (_connector_only, _concatenated_batch),
+    "cogvlm_expert": (_expert_only, partial(_concatenated_batch, anyres=False)),
 }
 
 
@@ -240,13 +262,12 @@ def test_mixed_image_presence_matches_one_process(tmp_path):
         # The trained image path got real (non-zero) gradients: the vision tower (SmolVLM),
         # the projector (the anyres model's tower is frozen: no gradient on any rank), the
         # visual expert (CogVLM).
-        prefix = {"smolvlm": "vision.", "anyres": "connector."}.get(
-            kind, "decoder.model.layers.0.vision_expert"
-        )
+        prefix = {"smolvlm": "vision.", "anyres": "connector.",
+                  "anyres_connector": "connector."}.get(kind, "decoder.model.layers.0.vision_expert")  # fmt: skip
         image_path = [g for n, g in expected["grads"].items() if n.startswith(prefix)]
         assert image_path and all(g is not None for g in image_path)
         assert any(bool(g.abs().sum() > 0) for g in image_path)
-        if kind == "anyres":
+        if kind.startswith("anyres"):
             assert all(g is None for n, g in expected["grads"].items() if n.startswith("vision."))
         swapped = _reference(kind, rows1 + rows0)["grads"]
         _assert_same_grads(results[name]["swapped"], swapped)

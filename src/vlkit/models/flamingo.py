@@ -167,7 +167,9 @@ class FlamingoVLM(nn.Module):
         return padded.masked_scatter(filled[..., None, None], latents)
 
     def _markers_per_row(self, images: int, input_ids: torch.Tensor | None) -> torch.Tensor | None:
-        """(B,) markers per row when N `images` go one per marker; None for one per row."""
+        """(B,) markers per row when N `images` go one per marker; None for one per row.
+        One per marker wins when both readings fit (N = B = the number of markers): what
+        `collate_sft` and the pipelines give; pass (B, M, C, H, W) to mean one per row."""
         if input_ids is None:
             return None
         per_row = (input_ids == self.image_token_id).sum(dim=1)  # (B,)

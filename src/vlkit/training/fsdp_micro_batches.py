@@ -88,7 +88,8 @@ def blank_image_pass(model: nn.Module, blank: dict[str, torch.Tensor]) -> Iterat
             return output
         done = True
         features = model.encode_images(**blank)  # (I, D)
-        return output + (features.sum() * 0).to(output.dtype)
+        # (x * 0).sum(), not x.sum() * 0: an fp16 sum can overflow to inf, and inf * 0 is NaN.
+        return output + (features * 0).sum().to(output.dtype)
 
     handle = model.decoder.get_input_embeddings().register_forward_hook(add_blank_features)
     try:
@@ -129,9 +130,12 @@ def synchronized_micro_batches(
       the vision path on one blank image (`blank_image_pass`) and FSDP reduce-scatters zeros for
       the parameters it leaves unused.
 
+    - every rank's loss has a graph through the decoder (`_graph_through_decoder`), so every
+      rank runs each backward even where its rows reach no trainable parameter.
+
     Everything added is multiplied by 0, so the loss and the gradients are those of the global
-    batch. Micro-batches without images on any rank are left alone: parameters that no rank uses
-    in the step (the vision tower, when no rank has images) keep no gradient, as in one process.
+    batch. Parameters that no rank uses in a step keep no gradient, as in one process, except in
+    a mixed micro-batch, where FSDP gives them zeros (then AdamW's weight decay still applies).
 
     Args:
         model: The sharded model (`shard_model`).
@@ -159,15 +163,16 @@ def synchronized_micro_batches(
     if mixed and not supports_blank_images(model):
         raise RuntimeError(
             f"strategy=fsdp: micro-batch {mixed[0]} has images on some ranks and none on "
-            f"others, and {type(model).__name__} cannot run its vision tower on a blank image "
-            "(no encode_images), so the ranks' FSDP collectives would not match (a hang): give "
-            "every row an image (or none), or train with strategy=ddp"
+            "others (or is the padding micro-batch of a rank with fewer rows), and "
+            f"{type(model).__name__} cannot run its vision tower on a blank image (no "
+            "encode_images), so the ranks' FSDP collectives would not match (a hang): give every "
+            "row an image (or none) and every rank as many rows, or train with strategy=ddp"
         )
     template = next((row for row in rows if row[1]), None)
     contexts: list[contextlib.AbstractContextManager] = []
     for k in range(count):
         if k not in mixed:
-            contexts.append(contextlib.nullcontext())
+            contexts.append(_graph_through_decoder(model))
             continue
         has = k < len(parts) and "pixel_values" in parts[k]
         contexts.append(_mixed_micro_batch(model, None if has else _blank_inputs(template, device)))
@@ -175,10 +180,33 @@ def synchronized_micro_batches(
 
 
 @contextlib.contextmanager
+def _graph_through_decoder(model: nn.Module) -> Iterator[None]:
+    """Every rank's loss gets a graph through the decoder, so every rank runs the backward and
+    its reduce-scatters: without trainable parameters before the decoder (LLaVA's stage 1 trains
+    the connector only; CogVLM's expert sees no text token) a text-only micro-batch's embeddings
+    have none, and a rank that skipped (or failed) its backward would leave the others waiting.
+    The input embeddings become a leaf that asks for a gradient (thrown away); values unchanged."""
+    decoder = getattr(model, "decoder", None)
+    embeddings = getattr(decoder, "get_input_embeddings", None)
+    if embeddings is None:
+        yield
+        return
+
+    def needs_grad(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        return output if output.requires_grad else output.detach().requires_grad_()
+
+    handle = embeddings().register_forward_hook(needs_grad)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
 def _mixed_micro_batch(model: nn.Module, blank: dict[str, torch.Tensor] | None) -> Iterator[None]:
     """A micro-batch with images on some ranks: unused parameters reduce-scattered as zeros,
     and on a rank without images (`blank` given) the vision path on a blank image."""
-    with _reduce_scatter_unused(model):
+    with _reduce_scatter_unused(model), _graph_through_decoder(model):
         if blank is None:
             yield
         else:
