@@ -13,14 +13,21 @@ left-padded batch and runs the model's `generate` once:
 * Pixels: SmolVLM / Idefics3 take (B, N, 3, H, W) with all-zero padding images for rows with
   fewer views (transformers' convention, `models/smolvlm.py` drops them) and a
   `pixel_attention_mask`; LLaVA takes the images of all rows flattened in order, (N, 3, H, W).
+* LLaVA-NeXT (`LlavaNextPipeline`, and a `ComposedPipeline` of an anyres llava) takes
+  transformers' `LlavaNextForConditionalGeneration` layout: the views of all rows' images in
+  order, (N, V, 3, S, S), each image zero-padded to the batch's largest view count V, with their
+  `image_sizes` (N, 2) concatenated alike. The model reads only the first `1 + rows * cols` views
+  of an image, its grid chosen from its size (`AnyResLlavaVLM.encode_images`), so the padding
+  views change nothing.
 * ONNX exports (`OnnxVLMPipeline`, `OnnxLlavaPipeline`) build the batch as the torch pipeline of
   their input builder (SmolVLM, LLaVA) and run `OnnxVLM.generate` once on it: it follows the
   same padding, position and per-row stop rules (tests/test_onnx_batch_generation.py).
 * A row's answer is its ids up to and including its first stop token, as `pipeline.generate`
   returns them for the row alone (a finished row is then filled with the pad token).
 
-Kinds without those conventions (`vlkit train-vlm` runs, BLIP-2, composed models) are answered
-one request at a time through `pipeline.generate`: same results, no batching.
+Kinds without those conventions (`vlkit train-vlm` runs, BLIP-2, composed models other than an
+anyres llava) are answered one request at a time through `pipeline.generate`: same results, no
+batching.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from typing import Any
 
 import torch
 
-from vlkit.inference.llava_pipeline import LlavaPipeline
+from vlkit.data.anyres_processor import AnyResProcessor
+from vlkit.inference.composed_pipeline import ComposedPipeline
+from vlkit.inference.llava_pipeline import LlavaNextPipeline, LlavaPipeline
 from vlkit.inference.onnx_vlm_pipeline import OnnxLlavaPipeline, OnnxPipelineMixin, OnnxVLMPipeline
 from vlkit.inference.smolvlm_pipeline import SmolVLMPipeline
 from vlkit.inference.vlm_pipeline import VLMInputs, VLMPipeline
@@ -45,9 +54,18 @@ def batchable(pipeline: VLMPipeline) -> bool:
     """Whether `generate_batch` runs `pipeline`'s requests as one batch (else one by one).
 
     Exact types: `ComposedPipeline` subclasses `LlavaPipeline` but lays its pixels out
-    differently (one tensor per prompt), so it takes the one-by-one path.
+    differently (one tensor per prompt), so it takes the one-by-one path, except for an anyres
+    llava, whose `prepare` gives LLaVA-NeXT's views and `image_sizes`.
     """
-    return type(pipeline) in (SmolVLMPipeline, LlavaPipeline, OnnxVLMPipeline, OnnxLlavaPipeline)
+    kinds = (SmolVLMPipeline, LlavaPipeline, LlavaNextPipeline, OnnxVLMPipeline, OnnxLlavaPipeline)
+    return type(pipeline) in kinds or _anyres(pipeline)
+
+
+def _anyres(pipeline: VLMPipeline) -> bool:
+    """A LLaVA-NeXT layout: (N, V, 3, S, S) views with `image_sizes` (N, 2)."""
+    return type(pipeline) in (LlavaNextPipeline, ComposedPipeline) and isinstance(
+        getattr(pipeline, "processor", None), AnyResProcessor
+    )
 
 
 def _stop_ids(pipeline: VLMPipeline) -> set[int]:
@@ -97,6 +115,22 @@ def _stack_images(prepared: list[VLMInputs], key: str, dims: int) -> torch.Tenso
     return out
 
 
+def _concat_views(prepared: list[VLMInputs]) -> tuple[torch.Tensor, torch.Tensor]:
+    """LLaVA-NeXT's (N, V, 3, S, S) views and (N, 2) `image_sizes` of all rows' images in row
+    order (the order of their `<image>` placeholders across the batch), each image's views
+    zero-padded to the largest V: the model reads an image's first `1 + rows * cols` views only.
+    """
+    pixels: list[torch.Tensor] = [inputs.model_inputs["pixel_values"] for inputs in prepared]
+    views = max(p.shape[1] for p in pixels)  # (N_i, V_i, 3, S, S) per row
+    out = pixels[0].new_zeros((sum(p.shape[0] for p in pixels), views, *pixels[0].shape[2:]))
+    first = 0
+    for p in pixels:
+        out[first : first + p.shape[0], : p.shape[1]] = p
+        first += p.shape[0]
+    sizes = torch.cat([inputs.model_inputs["image_sizes"] for inputs in prepared])  # (N, 2)
+    return out, sizes
+
+
 def _batch_inputs(pipeline: VLMPipeline, prepared: list[VLMInputs]) -> VLMInputs:
     """One left-padded batch of per-row `prepare` outputs."""
     pad = _pad_id(pipeline)
@@ -106,7 +140,11 @@ def _batch_inputs(pipeline: VLMPipeline, prepared: list[VLMInputs]) -> VLMInputs
         mask = inputs.model_inputs.get("attention_mask")
         masks.append(torch.ones_like(inputs.input_ids[0]) if mask is None else mask[0])
     model_inputs: dict[str, torch.Tensor | None] = {"attention_mask": _left_pad(masks, 0)}
-    if isinstance(pipeline, SmolVLMPipeline):
+    if _anyres(pipeline):
+        pixels = prepared[0].model_inputs.get("pixel_values")
+        if pixels is not None:  # (all rows have images or none: `generate_batch` checks)
+            model_inputs["pixel_values"], model_inputs["image_sizes"] = _concat_views(prepared)
+    elif isinstance(pipeline, SmolVLMPipeline):
         model_inputs["pixel_values"] = _stack_images(prepared, "pixel_values", 5)
         model_inputs["pixel_attention_mask"] = _stack_images(prepared, "pixel_attention_mask", 4)
     else:  # LLaVA: every row's images, flattened in row order, as its placeholders are

@@ -95,8 +95,8 @@ class LlavaPipeline(VLMPipeline):
 
 class LlavaNextPipeline(LlavaPipeline):
     """A LLaVA-NeXT `AnyResLlavaVLM` with its `AnyResProcessor`; any number of images, each
-    tiled for its own size. (Its own type: `batch_generation` answers it request by request,
-    as its views differ in count between images.)"""
+    tiled for its own size. (Its own type: `batch_generation` batches its views in LLaVA-NeXT's
+    (N, V, 3, S, S) layout with `image_sizes`, not LLaVA's (N, 3, H, W).)"""
 
     description = "LLaVA-NeXT model"
     directory_hint = "a LLaVA-NeXT directory (config.json, model_type llava_next)"
