@@ -285,8 +285,8 @@ def _set(key: str, value: Any, section: str | None = None) -> Any:
          "image_grid_pinpoints: [336, 672] is not a (height, width) pair"),
         (_set("model_type", "siglip2_vision_model", "vision_config"),
          "vision_config.model_type 'siglip2_vision_model' is not supported"),
-        (_set("model_type", "mistral", "text_config"),
-         "text_config.model_type 'mistral' is not supported"),
+        (_set("model_type", "gemma", "text_config"),
+         "text_config.model_type 'gemma' is not supported"),
         (_set("projector_hidden_act", "swish"), "projector_hidden_act 'swish' is not supported"),
     ],
 )  # fmt: skip

@@ -226,6 +226,6 @@ def test_unknown_model_type_lists_every_supported_family(tmp_path):
     assert message.startswith(f"{tmp_path / 'config.json'}: unsupported model_type 'bert'")
     families = ["CLIP/SigLIP (clip, siglip)", "SmolVLM/Idefics3 (smolvlm, idefics3)",
                 "LLaVA (llava)", "BLIP-2 (blip-2", "OPT (opt)",
-                "Llama/Qwen2/Qwen3 causal LM (llama, qwen2, qwen3)"]  # fmt: skip
+                "Llama/Qwen2/Qwen3/Mistral causal LM (llama, qwen2, qwen3, mistral)"]  # fmt: skip
     for family in families:
         assert family in message

@@ -213,7 +213,7 @@ def test_transformers_4_layout_and_errors(tmp_path):
         _same_logits(reference, vlkit.from_pretrained(directory), _inputs(reference))
 
     config = json.loads((directory / "config.json").read_text())
-    for key, value in (("vision_config", "dinov2"), ("text_config", "mistral")):
+    for key, value in (("vision_config", "dinov2"), ("text_config", "gemma")):
         broken = {**config, key: {**config[key], "model_type": value}}
         (directory / "config.json").write_text(json.dumps(broken))
         with pytest.raises(CheckpointError) as error:

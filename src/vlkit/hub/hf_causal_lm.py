@@ -1,13 +1,17 @@
 """Hugging Face causal LMs -> vlkit's `DecoderLM`: `LlamaForCausalLM` (SmolLM2, TinyLlama,
-Llama 3 with its RoPE scaling), `Qwen2ForCausalLM` and `Qwen3ForCausalLM`.
+Llama 3 with its RoPE scaling), `Qwen2ForCausalLM`, `Qwen3ForCausalLM` and `MistralForCausalLM`.
 
-The three share Llama's layout and parameter names; they differ only in (transformers 5.25,
-`models/{llama,qwen2,qwen3}/modeling_*.py`):
+All share Llama's layout and parameter names; they differ only in (transformers 5.25,
+`models/{llama,qwen2,qwen3,mistral}/modeling_*.py`):
 - Qwen2: biases on q/k/v (not o); an optional sliding window, off in released checkpoints.
 - Qwen3: RMSNorm over each query and key head before RoPE (`q_norm`, `k_norm`); `head_dim` is
   its own config key (default 128), not `hidden_size // num_attention_heads`.
-Sliding-window attention is refused, as are RoPE types other than default / linear / dynamic /
-llama3 (`hf_llama.rope_from_hf`); both errors name config.json and the key.
+- Mistral: never a bias (`attention_bias` / `mlp_bias` are not read), an optional `head_dim`,
+  `sliding_window` (default 4096 when the key is absent; null in v0.2 and later, and in
+  llava-v1.6-mistral) and its own defaults for omitted keys (`MISTRAL_DEFAULTS`).
+Sliding-window attention is refused (a Mistral window of at least `max_position_embeddings`
+masks nothing and is accepted), as are RoPE types other than default / linear / dynamic / llama3
+(`hf_llama.rope_from_hf`); both errors name config.json and the key.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from vlkit.models.decoder.llama import ACTIVATIONS
 
 __all__ = [
     "CAUSAL_LM_ARCHITECTURES",
+    "CAUSAL_LM_DEFAULTS",
     "CAUSAL_LM_MODEL_TYPES",
+    "MISTRAL_DEFAULTS",
     "causal_lm_config",
     "causal_lm_config_to_hf",
     "causal_lm_model_type",
@@ -43,17 +49,28 @@ __all__ = [
     "save_causal_lm",
 ]
 
-CAUSAL_LM_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+CAUSAL_LM_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 CAUSAL_LM_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "MistralForCausalLM": "mistral",
 }
+# MistralConfig's defaults where they differ from Llama's (configuration_mistral.py): a sparse
+# `text_config` (llava-hf's llava-v1.6-mistral) relies on them, and an absent `sliding_window`
+# means a 4096-token window.
+MISTRAL_DEFAULTS: dict[str, Any] = dict(
+    vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+    num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096 * 32,
+    rms_norm_eps=1e-6, sliding_window=4096,
+)  # fmt: skip
+# Defaults of omitted config keys, per family, where they are not Llama's.
+CAUSAL_LM_DEFAULTS: dict[str, dict[str, Any]] = {"mistral": MISTRAL_DEFAULTS}
 
 
 def causal_lm_model_type(hf_config: Mapping[str, Any]) -> str | None:
-    """The family of a supported config, "llama", "qwen2" or "qwen3" (by `model_type`, else
-    `architectures`), else None."""
+    """The family of a supported config, "llama", "qwen2", "qwen3" or "mistral" (by
+    `model_type`, else `architectures`), else None."""
     model_type = hf_config.get("model_type")
     if model_type in CAUSAL_LM_MODEL_TYPES:
         return model_type
@@ -76,7 +93,7 @@ def is_causal_lm_directory(directory: str | Path) -> bool:
 
 
 def causal_lm_config(hf_config: Mapping[str, Any], source: str = "config.json") -> DecoderConfig:
-    """The `DecoderConfig` of a Llama / Qwen2 / Qwen3 `config.json`.
+    """The `DecoderConfig` of a Llama / Qwen2 / Qwen3 / Mistral `config.json`.
 
     Raises:
         CheckpointError: An unsupported `model_type`, a sliding window, an unsupported RoPE
@@ -88,6 +105,8 @@ def causal_lm_config(hf_config: Mapping[str, Any], source: str = "config.json") 
             f"{source}: model_type {hf_config.get('model_type')!r} is not a supported causal LM "
             f"(supported: {', '.join(CAUSAL_LM_MODEL_TYPES)})"
         )
+    if family == "mistral":
+        hf_config = {**MISTRAL_DEFAULTS, **hf_config}
     act = hf_config.get("hidden_act", "silu")
     if act not in ACTIVATIONS:
         raise CheckpointError(
@@ -102,6 +121,10 @@ def causal_lm_config(hf_config: Mapping[str, Any], source: str = "config.json") 
                 f"{source}: {key} asks for sliding-window attention, which vlkit does not "
                 "implement (set use_sliding_window to false)"
             )
+    if family == "mistral":
+        _check_mistral_window(hf_config, source)
+        # MistralAttention / MistralMLP: bias=False whatever the config says.
+        overrides.update(attention_bias=False, qkv_bias=False, mlp_bias=False)
     if family == "qwen2":
         overrides["qkv_bias"] = True  # Qwen2Attention: q/k/v biases always, o_proj none
         overrides["attention_bias"] = False
@@ -118,6 +141,23 @@ def causal_lm_config(hf_config: Mapping[str, Any], source: str = "config.json") 
         ) from error
 
 
+def _check_mistral_window(hf_config: Mapping[str, Any], source: str) -> None:
+    """Refuse a `sliding_window` that can mask anything. transformers' window
+    (`masking_utils.sliding_window_overlay`: `kv_idx > q_idx - sliding_window`, on positions in
+    the padded sequence) lets each token see itself and the `sliding_window - 1` before it, so a
+    window of at least `max_position_embeddings` masks nothing in any sequence up to the
+    checkpoint's context length (the case accepted here); vlkit's decoder has no window."""
+    window = hf_config.get("sliding_window")
+    longest = hf_config.get("max_position_embeddings")
+    if window is None or (isinstance(longest, int) and window >= longest):
+        return
+    raise CheckpointError(
+        f"{source}: sliding_window {window} is below max_position_embeddings {longest}: "
+        "vlkit does not implement sliding-window attention (supported: null, or at least "
+        "max_position_embeddings)"
+    )
+
+
 def _special_ids(directory: Path, hf_config: Mapping[str, Any]) -> dict[str, Any]:
     """bos/eos/pad ids as transformers' `generate` reads them: `generation_config.json` first,
     then config.json."""
@@ -132,7 +172,8 @@ def _special_ids(directory: Path, hf_config: Mapping[str, Any]) -> dict[str, Any
 
 
 def load_causal_lm(directory: str | Path) -> DecoderLM:
-    """Load a Llama / Qwen2 / Qwen3 causal-LM directory into a `DecoderLM` (float32, eval).
+    """Load a Llama / Qwen2 / Qwen3 / Mistral causal-LM directory into a `DecoderLM` (float32,
+    eval). The family is kept as `model.hf_model_type`, so that `save_pretrained` writes it back.
 
     Raises:
         CheckpointError: Unsupported config (see `causal_lm_config`), or weights with missing,
@@ -154,14 +195,25 @@ def load_causal_lm(directory: str | Path) -> DecoderLM:
     with skip_weight_init():  # every weight comes from the file
         model = DecoderLM(config)
     load_into(model, state, str(weights))
+    model.hf_model_type = causal_lm_model_type(hf_config)
     return model.eval()
 
 
-def causal_lm_config_to_hf(config: DecoderConfig) -> dict[str, Any]:
+def causal_lm_config_to_hf(config: DecoderConfig, model_type: str | None = None) -> dict[str, Any]:
     """The `config.json` of a `DecoderConfig` for transformers: Qwen3 when it has q/k norms,
-    Qwen2 when it has q/k/v biases without an o_proj bias, else Llama. The RoPE settings are
-    written in both layouts (v5 `rope_parameters`, v4 `rope_theta` + `rope_scaling`)."""
-    if config.qk_norm:
+    Qwen2 when it has q/k/v biases without an o_proj bias, Mistral (no sliding window) when
+    `model_type` is "mistral" (the same network as a bias-free Llama), else Llama. The RoPE
+    settings are written in both layouts (v5 `rope_parameters`, v4 `rope_theta` +
+    `rope_scaling`).
+
+    Raises:
+        ValueError: The decoder has parts the asked or inferred family lacks (biases).
+    """
+    if model_type == "mistral":
+        if config.qk_norm or config.qkv_bias or config.attention_bias or config.mlp_bias:
+            raise ValueError("MistralForCausalLM has no biases or q/k norms; this decoder has some")
+        model_type, architecture = "mistral", "MistralForCausalLM"
+    elif config.qk_norm:
         model_type, architecture = "qwen3", "Qwen3ForCausalLM"
     elif config.qkv_bias and not config.attention_bias:
         model_type, architecture = "qwen2", "Qwen2ForCausalLM"
@@ -199,6 +251,8 @@ def causal_lm_config_to_hf(config: DecoderConfig) -> dict[str, Any]:
         hf["mlp_bias"] = config.mlp_bias
     elif model_type == "qwen3":
         hf["attention_bias"] = config.attention_bias
+    elif model_type == "mistral":
+        hf["sliding_window"] = None  # vlkit's decoder attends to the whole sequence
     return hf
 
 
@@ -209,7 +263,7 @@ def save_causal_lm(model: DecoderLM, directory: str | Path) -> None:
         raise ValueError(f"only a plain DecoderLM saves as a causal LM, not {type(model).__name__}")
     directory = Path(directory)
     config = model.config
-    hf = causal_lm_config_to_hf(config)
+    hf = causal_lm_config_to_hf(config, getattr(model, "hf_model_type", None))
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # shared with the embedding, as transformers saves it

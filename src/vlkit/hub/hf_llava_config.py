@@ -2,9 +2,9 @@
 
 transformers 5.25's `LlavaConfig` (models/llava/configuration_llava.py): a `vision_config` (a
 `CLIPVisionModel` / `SiglipVisionModel`, read by `hf_clip`'s rules), a `text_config` (a Llama /
-Qwen2 / Qwen3, read by `hf_causal_lm`), the projector's activation and bias, and which hidden
-states feed it: `hidden_states[vision_feature_layer]` (an int, or a list concatenated along the
-width), token 0 dropped for `vision_feature_select_strategy="default"`:
+Qwen2 / Qwen3 / Mistral, read by `hf_causal_lm`), the projector's activation and bias, and which
+hidden states feed it: `hidden_states[vision_feature_layer]` (an int, or a list concatenated along
+the width), token 0 dropped for `vision_feature_select_strategy="default"`:
 `VisionTokens(tower, "hidden:-2", drop_first=True)` (`vlkit.models.frozen_vision`). The weights
 and directories are `hf_llava`'s.
 """
@@ -17,6 +17,7 @@ from typing import Any
 from vlkit.errors import CheckpointError
 from vlkit.fusion.projector import PROJECTOR_ACTIVATIONS, LlavaProjector
 from vlkit.hub.hf_causal_lm import (
+    CAUSAL_LM_DEFAULTS,
     CAUSAL_LM_MODEL_TYPES,
     causal_lm_config,
     causal_lm_config_to_hf,
@@ -43,7 +44,7 @@ __all__ = [
 LLAVA_MODEL_TYPES = ("llava",)
 # vision_config.model_type -> the hf_clip family whose rules convert the tower.
 LLAVA_VISION_MODEL_TYPES = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
-LLAVA_TEXT_MODEL_TYPES = CAUSAL_LM_MODEL_TYPES  # llama, qwen2, qwen3 (`hf_causal_lm`)
+LLAVA_TEXT_MODEL_TYPES = CAUSAL_LM_MODEL_TYPES  # llama, qwen2, qwen3, mistral (`hf_causal_lm`)
 # LlavaConfig's vision_config when config.json has none (configuration_llava.py).
 _DEFAULT_VISION = dict(model_type="clip_vision_model", intermediate_size=4096, hidden_size=1024,
                        patch_size=14, image_size=336, num_hidden_layers=24, num_attention_heads=16)  # fmt: skip
@@ -91,7 +92,8 @@ def _decoder_config(text: dict[str, Any], tied: bool, source: str) -> DecoderCon
             f"{source}: text_config.model_type {model_type!r} is not supported "
             f"(supported: {', '.join(LLAVA_TEXT_MODEL_TYPES)})"
         )
-    text = {**_LLAMA_DEFAULTS, "model_type": model_type, **text, "tie_word_embeddings": tied}
+    defaults = {**_LLAMA_DEFAULTS, **CAUSAL_LM_DEFAULTS.get(model_type, {})}  # Mistral's differ
+    text = {**defaults, "model_type": model_type, **text, "tie_word_embeddings": tied}
     try:
         return causal_lm_config(text, f"{source}: text_config")
     except (KeyError, TypeError, ValueError, NotImplementedError) as error:
@@ -191,11 +193,12 @@ def _vision_config_to_hf(config: ViTConfig, family: str, head: bool) -> dict[str
     return out
 
 
-def _text_config_to_hf(config: DecoderConfig) -> dict[str, Any]:
+def _text_config_to_hf(config: DecoderConfig, model_type: str | None = None) -> dict[str, Any]:
     """The `text_config` of a decoder: `hf_causal_lm`'s config.json without the causal-LM
-    `architectures` (a LLaVA's language model is the bare `*Model`)."""
+    `architectures` (a LLaVA's language model is the bare `*Model`); `model_type` keeps the
+    family of a loaded checkpoint (Mistral is written as Mistral)."""
     try:
-        text = causal_lm_config_to_hf(config)
+        text = causal_lm_config_to_hf(config, model_type)
     except ValueError as error:
         raise CheckpointError(f"cannot write a transformers LLaVA: {error}") from error
     text.pop("architectures", None)
@@ -233,9 +236,7 @@ def llava_config_to_hf(model: LlavaVLM) -> dict[str, Any]:
     }
     text_base = base.get("text_config") or {}
     decoder = model.decoder.config
-    text_hf = (
-        {**_text_config_to_hf(decoder), **text_base} if text_base else _text_config_to_hf(decoder)
-    )
+    text_hf = {**_text_config_to_hf(decoder, text_base.get("model_type")), **text_base}
     text_hf["tie_word_embeddings"] = decoder.tie_word_embeddings
     for key in ("eos_token_id", "pad_token_id"):
         value = getattr(model, key, None)

@@ -208,7 +208,12 @@ _HF_FORMATS: tuple[
     ("LLaVA-NeXT", LLAVA_NEXT_MODEL_TYPES, is_llava_next_directory, load_llava_next),
     ("BLIP-2", BLIP2_MODEL_TYPES, is_blip2_directory, load_blip2),
     ("OPT", OPT_MODEL_TYPES, is_opt_directory, load_opt),
-    ("Llama/Qwen2/Qwen3 causal LM", CAUSAL_LM_MODEL_TYPES, is_causal_lm_directory, load_causal_lm),
+    (
+        "Llama/Qwen2/Qwen3/Mistral causal LM",
+        CAUSAL_LM_MODEL_TYPES,
+        is_causal_lm_directory,
+        load_causal_lm,
+    ),
 )
 
 
