@@ -27,20 +27,8 @@ from vlkit.models.llava_next import AnyResLlavaVLM
 from vlkit.training.sft_task import SFTTask
 
 transformers = pytest.importorskip("transformers")
+from test_finetune_llava import CHATML, COLORS, VISION, chatml_tokenizer  # noqa: E402
 
-CHATML = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-SPECIAL = ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<|im_start|>", "<|im_end|>"]
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
-CORPUS = [f"<|im_start|>user\nWhat color is it?<|im_end|>\n<|im_start|>assistant\n{c}<|im_end|>"
-          for c in COLORS] * 10  # fmt: skip
-VISION = dict(image_size=16, patch_size=8, hidden_size=16, intermediate_size=32,
-              num_hidden_layers=2, num_attention_heads=2)  # fmt: skip
 LM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
           num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
 # (height, width): 2x2 tiles (+ global view = 5 views), 1x3 (4 views), 1x2 (3 views).
@@ -58,18 +46,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _tokenizer() -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=120, special_tokens=SPECIAL, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
-    return tokenizer
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A saved anyres composed model and six conversations: images of SIZES in turn, and one
@@ -83,7 +59,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     transformers.CLIPImageProcessor(
         size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}
     ).save_pretrained(root / "clip")
-    tokenizer = _tokenizer()
+    tokenizer = chatml_tokenizer()
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>",
         unk_token="<unk>",

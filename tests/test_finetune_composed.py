@@ -31,20 +31,8 @@ from vlkit.training.sft_task import SFTTask
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
+from test_finetune_llava import CHATML, COLORS, VISION, chatml_tokenizer  # noqa: E402
 
-CHATML = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-SPECIAL = ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<|im_start|>", "<|im_end|>"]
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
-CORPUS = [f"<|im_start|>user\nWhat color is it?<|im_end|>\n<|im_start|>assistant\n{c}<|im_end|>"
-          for c in COLORS] * 10  # fmt: skip
-VISION = dict(image_size=16, patch_size=8, hidden_size=16, intermediate_size=32,
-              num_hidden_layers=2, num_attention_heads=2)  # fmt: skip
 LM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
           num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
 KIND_OPTIONS: dict[str, dict[str, Any]] = {
@@ -74,18 +62,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _tokenizer() -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=120, special_tokens=SPECIAL, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
-    return tokenizer
-
-
 def _parts(root: Path) -> None:
     """clip, siglip (towers with image processors), llama, qwen2 (LMs with the template)."""
     torch.manual_seed(0)
@@ -101,7 +77,7 @@ def _parts(root: Path) -> None:
     transformers.SiglipImageProcessor(size={"height": 16, "width": 16}).save_pretrained(
         root / "siglip"
     )
-    tokenizer = _tokenizer()
+    tokenizer = chatml_tokenizer()
     vocab = tokenizer.get_vocab_size()
     for name, config in (
         ("llama", transformers.LlamaConfig(vocab_size=vocab, **LM)),

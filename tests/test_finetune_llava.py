@@ -39,7 +39,9 @@ SETTINGS = ["batch_size=3", "max_steps=2", "lr=1e-2", "warmup_steps=1", "log_eve
             "device=cpu", "progress=false", "checkpoint_every=2"]  # fmt: skip
 
 
-def _fast_tokenizer(**special: str):
+def chatml_tokenizer():
+    """A byte-level BPE trained on CORPUS with the ChatML and `<image>` special tokens (also
+    used by tests/test_finetune_anyres.py and tests/test_finetune_composed.py)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -48,6 +50,11 @@ def _fast_tokenizer(**special: str):
     tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(
         vocab_size=120, special_tokens=SPECIAL, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    return tokenizer
+
+
+def _fast_tokenizer(**special: str):
+    tokenizer = chatml_tokenizer()
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token="<s>", pad_token="<pad>", unk_token="<unk>",
         **special,

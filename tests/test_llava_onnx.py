@@ -35,11 +35,9 @@ from parity.test_transformers_llava import (  # noqa: E402
 NEW = 8
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def write_random_llava(directory: Path) -> Path:
     """A tiny random llava-hf-style directory: CLIP tower ("default" strategy, hidden -2),
     GQA Llama, left-padding tokenizer, chat template, generation_config (eos 2, pad 3)."""
-    directory = tmp_path_factory.mktemp("llava")
     tokenizer = _tokenizer()
     torch.manual_seed(0)
     config = _config(
@@ -62,6 +60,11 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
         chat_template=CHAT_TEMPLATE, num_additional_image_tokens=1,
     ).save_pretrained(directory)  # fmt: skip
     return directory
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_random_llava(tmp_path_factory.mktemp("llava"))
 
 
 @pytest.fixture(scope="module")

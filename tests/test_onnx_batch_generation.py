@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from vlkit.data.benchmarks.vqa_sets import GenerativeSample, GenerativeSet
@@ -26,45 +25,11 @@ from vlkit.recipes.generative_benchmark import run_generative_task
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
-from parity.test_transformers_llava import (  # noqa: E402
-    CHAT_TEMPLATE,
-    PATCH,
-    PROCESSOR_SIZE,
-    TEXT,
-    VISION,
-    _config,
-    _tokenizer,
-)
+from test_llava_onnx import write_random_llava  # noqa: E402
 from test_smolvlm_processor import _write_processor, write_random_smolvlm  # noqa: E402
 
 NEW = 8
 KINDS = ["smolvlm", "llava"]
-
-
-def _write_llava(directory: Path) -> Path:
-    """A random llava-hf style LLaVA (CLIP tower, "default" strategy, GQA Llama, eos 2, pad 3)."""
-    tokenizer = _tokenizer()
-    torch.manual_seed(0)
-    config = _config(
-        vision_config={**VISION, "image_size": PROCESSOR_SIZE, "patch_size": PATCH},
-        text_config={**TEXT, "vocab_size": tokenizer.get_vocab_size(), "pad_token_id": 3,
-                     "eos_token_id": 2, "bos_token_id": 1, "num_key_value_heads": 2},
-        image_token_index=tokenizer.token_to_id("<image>"), vision_feature_layer=-2,
-    )  # fmt: skip
-    transformers.LlavaForConditionalGeneration(config).save_pretrained(directory)
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        unk_token="<unk>", padding_side="left", extra_special_tokens={"image_token": "<image>"},
-    )  # fmt: skip
-    images = transformers.CLIPImageProcessor(
-        size={"shortest_edge": PROCESSOR_SIZE},
-        crop_size={"height": PROCESSOR_SIZE, "width": PROCESSOR_SIZE},
-    )
-    transformers.LlavaProcessor(
-        images, fast, patch_size=PATCH, vision_feature_select_strategy="default",
-        chat_template=CHAT_TEMPLATE, num_additional_image_tokens=1,
-    ).save_pretrained(directory)  # fmt: skip
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +37,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The torch checkpoints: SmolVLM2 with 32-px tiles (images split up to 3 x 3), LLaVA."""
     smolvlm = _write_processor(tmp_path_factory.mktemp("smolvlm"))
     write_random_smolvlm(smolvlm, vision_layers=1, max_position_embeddings=1024)
-    return {"smolvlm": smolvlm, "llava": _write_llava(tmp_path_factory.mktemp("llava"))}
+    return {"smolvlm": smolvlm, "llava": write_random_llava(tmp_path_factory.mktemp("llava"))}
 
 
 @pytest.fixture(scope="module")

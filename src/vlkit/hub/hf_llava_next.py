@@ -39,6 +39,7 @@ from vlkit.hub.hf_llava_config import build_llava, llava_config_to_hf, llava_tow
 from vlkit.hub.hf_llava_processor import (
     read_image_processor_config,
     read_tokenizer_json,
+    tokenizer_image_token,
     tokenizer_settings,
 )
 from vlkit.hub.hf_preprocess import preprocess_config_from_hf
@@ -281,9 +282,8 @@ def read_llava_next_processor(directory: str | Path) -> AnyResProcessor:
             "0 with 'full'"
         )
     tokenizer_config = _json(root / "tokenizer_config.json")
-    extra_tokens = tokenizer_config.get("extra_special_tokens")
     image_token = (
-        (token_content(extra_tokens.get("image_token")) if isinstance(extra_tokens, dict) else None)
+        tokenizer_image_token(tokenizer_config)
         or token_content(tokenizer_config.get("image_token"))
         or processor.get("image_token")
         or "<image>"

@@ -30,6 +30,7 @@ __all__ = [
     "read_llava_processor",
     "read_tokenizer_json",
     "save_llava_processor",
+    "tokenizer_image_token",
     "tokenizer_settings",
 ]
 
@@ -55,7 +56,8 @@ def _chat_template(root: Path, processor: dict[str, Any]) -> str | None:
         raise CheckpointError(f"{root}: {error}") from error
 
 
-def _image_token(tokenizer_config: dict[str, Any]) -> str | None:
+def tokenizer_image_token(tokenizer_config: dict[str, Any]) -> str | None:
+    """The tokenizer's `image_token` (transformers 5: in `extra_special_tokens`), else None."""
     extra = tokenizer_config.get("extra_special_tokens")
     return token_content(extra.get("image_token")) if isinstance(extra, dict) else None
 
@@ -135,7 +137,7 @@ def read_llava_processor(directory: str | Path) -> LlavaProcessor:
             strategy or "default",
             int(processor.get("num_additional_image_tokens", 0 if processor else default_extra)),
             # transformers: the tokenizer's `image_token` (extra_special_tokens) wins.
-            _image_token(tokenizer_config) or processor.get("image_token") or "<image>",
+            tokenizer_image_token(tokenizer_config) or processor.get("image_token") or "<image>",
             **tokenizer_settings(root, tokenizer_config, processor),
         )
     except ValueError as error:
